@@ -1,0 +1,102 @@
+package config
+
+import "time"
+
+// Config is a parsed and validated pgmesh.yaml.
+type Config struct {
+	Path      string // file it was read from ("" when parsed from bytes)
+	Cluster   string
+	Nodes     []Node
+	Replicate Replicate
+	Conflicts Conflicts
+	Sequences Sequences
+	DDL       DDL
+	Agent     Agent
+}
+
+// Node is one PostgreSQL database that accepts writes.
+type Node struct {
+	Name string
+	DSN  string // ${ENV} references already expanded
+	// ID is the node id used by snowflake sequences: explicit `id:` or the
+	// 1-based position in the config.
+	ID   int
+	Line int // line of the node's entry in the file, for messages
+}
+
+// Replicate selects the replicated tables.
+type Replicate struct {
+	Schemas []string // default [public]
+	Exclude []string // "schema.table"
+}
+
+// Policy is a conflict resolution policy.
+type Policy string
+
+const (
+	LastUpdateWins  Policy = "last_update_wins"
+	FirstUpdateWins Policy = "first_update_wins"
+	KeepLocal       Policy = "keep_local"
+	ApplyRemote     Policy = "apply_remote"
+	PolicyError     Policy = "error"
+)
+
+// Conflicts configures conflict resolution.
+type Conflicts struct {
+	Default Policy                 // default last_update_wins
+	Tables  map[string]TableConfig // key "schema.table"
+	// LogRetention is how long pgmesh.conflict_log rows are kept (default 30 days).
+	LogRetention time.Duration
+	// TombstoneRetention is the minimum age before a tombstone may be pruned (default 24h).
+	TombstoneRetention time.Duration
+}
+
+// TableConfig overrides conflict handling for one table.
+type TableConfig struct {
+	Policy       Policy // "" = Conflicts.Default
+	DeltaColumns []string
+	DeleteWins   bool
+}
+
+// Sequences configures id generation.
+type Sequences struct {
+	Strategy string // snowflake | step | range | none (default snowflake)
+	MaxNodes int    // default 16
+}
+
+// DDL configures DDL propagation.
+type DDL struct {
+	Capture string // auto | manual (default auto)
+}
+
+// Agent configures `pgmesh run`.
+type Agent struct {
+	Listen string // default 127.0.0.1:9187
+}
+
+// NodeByName returns the node called name.
+func (c *Config) NodeByName(name string) (Node, bool) {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return Node{}, false
+}
+
+// NodeNames returns the node names in config order (the conflict tiebreak order).
+func (c *Config) NodeNames() []string {
+	names := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		names[i] = n.Name
+	}
+	return names
+}
+
+// PolicyFor returns the policy of table "schema.table".
+func (c *Config) PolicyFor(table string) Policy {
+	if tc, ok := c.Conflicts.Tables[table]; ok && tc.Policy != "" {
+		return tc.Policy
+	}
+	return c.Conflicts.Default
+}
