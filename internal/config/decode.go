@@ -448,8 +448,9 @@ func checkListen(s string) error {
 	if err != nil {
 		return fmt.Errorf("want host:port (e.g. 127.0.0.1:9187)")
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("port %q is not a number in 1..65535", port)
+	// Port 0 means "any free port" (tests, several agents on one host).
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q is not a number in 0..65535", port)
 	}
 	return nil
 }

@@ -1,0 +1,169 @@
+package check
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/pg"
+	"github.com/pgmesh/pgmesh/internal/topology"
+)
+
+// Node is what Preflight learned about one reachable node. Checks read it
+// and may query Conn.
+type Node struct {
+	Name    string
+	Address string // host:port/db user=u, never the password
+	Conn    *pgx.Conn
+	Version int // server_version_num
+	// Settings holds the server settings the checks need, by name.
+	Settings map[string]Setting
+	// Tables are the replicated tables on this node (config schemas minus
+	// excludes).
+	Tables []pg.Table
+	// Outbound and Inbound are the links of this node in the configured
+	// topology.
+	Outbound, Inbound []topology.Link
+}
+
+// Setting is one row of pg_settings.
+type Setting struct {
+	Value string
+	// PendingRestart: the configuration changed the value, but it takes
+	// effect only after a restart.
+	PendingRestart bool
+}
+
+// nodeCheck examines one node. An error means the check could not run; it
+// becomes a FAIL finding and the other checks still run.
+type nodeCheck struct {
+	name string
+	run  func(ctx context.Context, cfg *config.Config, n *Node) ([]Finding, error)
+}
+
+// clusterCheck compares the reachable nodes.
+type clusterCheck struct {
+	name string
+	run  func(ctx context.Context, cfg *config.Config, nodes []*Node) ([]Finding, error)
+}
+
+// The checks Preflight runs, in order. More checks (schema drift, sequences,
+// privileges, slot health) are added to these lists.
+var (
+	nodeChecks = []nodeCheck{
+		{"version", checkVersion},
+		{"settings", checkSettings},
+		{"capacity", checkCapacity},
+		{"local_node", checkLocalNode},
+		{"identity", checkIdentity},
+	}
+	clusterChecks = []clusterCheck{
+		{"tables", checkPresence},
+	}
+)
+
+// settingNames are read from pg_settings on every node; a name unknown to
+// the server (max_active_replication_origins before 18) is simply absent.
+var settingNames = []string{
+	"server_version", "wal_level", "track_commit_timestamp",
+	"max_replication_slots", "max_wal_senders", "max_active_replication_origins",
+	"max_slot_wal_keep_size",
+}
+
+// Preflight connects to every node of cfg and runs every check. An
+// unreachable node is a FAIL naming the node and its address; the other
+// nodes are still checked. The error is only for a cancelled context.
+func Preflight(ctx context.Context, cfg *config.Config) ([]Finding, error) {
+	links := topology.FullMesh(cfg.NodeNames())
+	conns := make([]*pgx.Conn, len(cfg.Nodes))
+	errs := make([]error, len(cfg.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range cfg.Nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conns[i], errs[i] = pg.Connect(ctx, n.Name, n.DSN, "pgmesh check")
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close(context.WithoutCancel(ctx))
+			}
+		}
+	}()
+
+	var findings []Finding
+	var nodes []*Node
+	for i, cn := range cfg.Nodes {
+		addr := pg.Address(cn.DSN)
+		if errs[i] != nil {
+			findings = append(findings, Finding{Status: Fail, Node: cn.Name, Check: "connect", Object: addr,
+				Message: errs[i].Error(), Fix: "start the server or correct the node's dsn in " + configName(cfg)})
+			continue
+		}
+		n := &Node{Name: cn.Name, Address: addr, Conn: conns[i],
+			Outbound: topology.Outbound(links, cn.Name), Inbound: topology.Inbound(links, cn.Name)}
+		if err := n.load(ctx, cfg); err != nil {
+			findings = append(findings, Finding{Status: Fail, Node: cn.Name, Check: "connect", Object: addr, Message: err.Error()})
+			continue
+		}
+		nodes = append(nodes, n)
+		for _, c := range nodeChecks {
+			fs, err := c.run(ctx, cfg, n)
+			if err != nil {
+				fs = append(fs, Finding{Status: Fail, Node: n.Name, Check: c.name, Message: "could not check: " + err.Error()})
+			}
+			findings = append(findings, fs...)
+		}
+	}
+	for _, c := range clusterChecks {
+		fs, err := c.run(ctx, cfg, nodes)
+		if err != nil {
+			fs = append(fs, Finding{Status: Fail, Check: c.name, Message: "could not check: " + err.Error()})
+		}
+		findings = append(findings, fs...)
+	}
+	if err := ctx.Err(); err != nil {
+		return findings, fmt.Errorf("preflight: %w", err)
+	}
+	return findings, nil
+}
+
+// load reads the version, settings and replicated tables of n.
+func (n *Node) load(ctx context.Context, cfg *config.Config) error {
+	v, err := pg.ServerVersionNum(ctx, n.Conn)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	n.Version = v
+	rows, err := n.Conn.Query(ctx, "SELECT name, setting, pending_restart FROM pg_settings WHERE name = ANY($1)", settingNames)
+	if err != nil {
+		return fmt.Errorf("node %s: read settings: %w", n.Name, err)
+	}
+	n.Settings = map[string]Setting{}
+	var name string
+	var s Setting
+	if _, err := pgx.ForEachRow(rows, []any{&name, &s.Value, &s.PendingRestart}, func() error {
+		n.Settings[name] = s
+		return nil
+	}); err != nil {
+		return fmt.Errorf("node %s: read settings: %w", n.Name, err)
+	}
+	n.Tables, err = pg.ReplicatedTables(ctx, n.Conn, cfg.Replicate.Schemas, cfg.Replicate.Exclude)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+func configName(cfg *config.Config) string {
+	if cfg.Path == "" {
+		return "the config"
+	}
+	return cfg.Path
+}

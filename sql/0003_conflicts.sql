@@ -1,0 +1,182 @@
+-- 0003_conflicts: conflict resolution (DESIGN.md §5, issue 3).
+-- The apply statements built by internal/conflict read and write these
+-- objects inside the one statement that applies each remote change.
+
+-- The nodes of the cluster in config order; rank 1 (first in the config)
+-- wins ties of commit time. Written by `pgmesh init` (conflict.SyncNodes).
+CREATE TABLE pgmesh.node (
+    name text PRIMARY KEY,
+    rank int  NOT NULL UNIQUE
+);
+
+-- origin_node names the node that wrote a row, from the origin id of its
+-- commit-timestamp data: 0 is this node; pgmesh_<node> is <node>, and so is
+-- pgmesh_<node>_<k> (a parallel apply worker of that link) when <node> is a
+-- known node. An exact node name wins over a suffix reading, so that nodes
+-- "a" and "a_1" stay distinct. Any other origin is reported by its name
+-- (without the pgmesh_ prefix); NULL when the origin id is unknown (dropped)
+-- or NULL (frozen row).
+CREATE FUNCTION pgmesh.origin_node(roident oid) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN roident = 0 THEN (SELECT ln.name FROM pgmesh.local_node ln)
+        ELSE (SELECT coalesce(
+                (SELECT n.name FROM pgmesh.node n WHERE o.roname = 'pgmesh_' || n.name),
+                (SELECT n.name FROM pgmesh.node n
+                  WHERE o.roname ~ ('^pgmesh_' || n.name || '_[0-9]+$')
+                  ORDER BY length(n.name) DESC LIMIT 1),
+                CASE WHEN o.roname LIKE 'pgmesh\_%' THEN substr(o.roname, 8) ELSE o.roname END)
+                FROM pg_replication_origin o WHERE o.roident = origin_node.roident)
+    END
+$$;
+
+-- Every row image that lost a conflict, on the node that detected it. Not
+-- replicated (schema pgmesh is never published); pruned by age.
+CREATE TABLE pgmesh.conflict_log (
+    id                 bigserial PRIMARY KEY,
+    detected_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    table_name         text NOT NULL,          -- schema.table
+    kind               text NOT NULL,          -- insert_exists, update_origin_differs…
+    resolution         text NOT NULL,          -- apply_remote, keep_local…
+    key                jsonb,
+    local_row          jsonb,
+    remote_row         jsonb,
+    local_commit_time  timestamptz,
+    remote_commit_time timestamptz,
+    local_origin       text,                   -- node names
+    remote_origin      text,
+    remote_lsn         pg_lsn
+);
+CREATE INDEX conflict_log_detected_at ON pgmesh.conflict_log (detected_at);
+
+-- The newest delete of each key. Remote deletes carry their commit time in
+-- deleted_at; local deletes (trigger pgmesh.record_delete) carry their
+-- transaction id, whose commit time is only known after commit: see
+-- tombstone_time. node is the node that deleted.
+CREATE TABLE pgmesh.tombstone (
+    table_name text NOT NULL,
+    key        jsonb NOT NULL,
+    deleted_at timestamptz,
+    xid        xid8,
+    node       text,
+    PRIMARY KEY (table_name, key)
+);
+
+-- to_jsonb_utc renders a key or row as jsonb independently of the session's
+-- TimeZone and IntervalStyle, so that the key a local delete stored (in a
+-- user session) equals the key an apply session computes.
+CREATE FUNCTION pgmesh.to_jsonb_utc(anyelement) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+SET timezone = 'UTC' SET intervalstyle = 'postgres'
+AS $$ SELECT to_jsonb($1) $$;
+
+-- tombstone_time is the commit time of a tombstone's delete: deleted_at, or
+-- the commit timestamp of the local deleting transaction. xid8 → xid drops
+-- the epoch, so an xid more than 2^31 transactions old could alias a newer
+-- transaction; such a tombstone is reported as unknown (NULL = oldest), as
+-- PostgreSQL itself no longer keeps commit timestamps that old.
+CREATE FUNCTION pgmesh.tombstone_time(deleted_at timestamptz, x xid8) RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN deleted_at IS NOT NULL THEN deleted_at
+        WHEN x IS NULL THEN NULL
+        WHEN x::text::numeric < pg_snapshot_xmin(pg_current_snapshot())::text::numeric - 2000000000 THEN NULL
+        ELSE pg_xact_commit_timestamp(x::xid)
+    END
+$$;
+
+-- record_delete stores a tombstone for every local delete of a replicated
+-- table. TG_ARGV holds the key columns. It runs AFTER DELETE FOR EACH ROW in
+-- ordinary sessions only: apply sessions run with session_replication_role
+-- = replica, where ordinary triggers do not fire (the applier writes remote
+-- tombstones itself, with the remote commit time). A tombstone from a remote
+-- delete stamped in the future (clock skew) is not overwritten.
+CREATE FUNCTION pgmesh.record_delete() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET timezone = 'UTC' SET intervalstyle = 'postgres'
+AS $$
+DECLARE
+    img jsonb := to_jsonb(OLD);
+    k   jsonb;
+BEGIN
+    SELECT jsonb_object_agg(col, img -> col) INTO k FROM unnest(TG_ARGV) AS col;
+    INSERT INTO pgmesh.tombstone AS t (table_name, key, deleted_at, xid, node)
+    VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, k, NULL, pg_current_xact_id(),
+            (SELECT ln.name FROM pgmesh.local_node ln))
+    ON CONFLICT (table_name, key) DO UPDATE
+       SET deleted_at = NULL, xid = excluded.xid, node = excluded.node
+     WHERE coalesce(pgmesh.tombstone_time(t.deleted_at, t.xid), '-infinity') <= statement_timestamp();
+    RETURN NULL;
+END
+$$;
+
+-- peer_seen: node <peer> had applied every change of <origin> committed up to
+-- seen_until (commit times as <origin> stamped them). The applier upserts it
+-- from the peer's "pgmesh.seen" messages, which the peer emits into its own
+-- WAL after applying; so for any change of <peer> applied after the upsert,
+-- <peer> had seen at least that much when it committed the change. A local
+-- row written by <origin> at T is concurrent with a change from <peer> iff
+-- T > seen_until (no row: never seen). The value only grows.
+CREATE TABLE pgmesh.peer_seen (
+    peer       text NOT NULL,
+    origin     text NOT NULL,
+    seen_until timestamptz NOT NULL,
+    PRIMARY KEY (peer, origin)
+);
+
+-- raise_conflict stops the apply statement under policy `error`.
+CREATE FUNCTION pgmesh.raise_conflict(table_name text, kind text, key jsonb,
+                                      local_origin text, remote_origin text) RETURNS text
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    RAISE EXCEPTION 'pgmesh: conflict % on table % key % (local row from %, remote change from %) and the table''s conflict policy is error',
+        kind, table_name, key, coalesce(local_origin, 'unknown'), coalesce(remote_origin, 'unknown')
+        USING ERRCODE = 'P0001',
+              HINT = 'fix the row on this node (so that the remote change applies cleanly) or change the policy in pgmesh.yaml, then restart the link';
+END
+$$;
+
+-- prune_conflict_log deletes log rows older than retention; returns the count.
+CREATE FUNCTION pgmesh.prune_conflict_log(retention interval) RETURNS bigint
+LANGUAGE sql VOLATILE
+AS $$
+    WITH d AS (DELETE FROM pgmesh.conflict_log WHERE detected_at < now() - retention RETURNING 1)
+    SELECT count(*) FROM d
+$$;
+
+-- prune_tombstones deletes tombstones older than retention that every peer
+-- has seen. Why both: a tombstone exists to beat a change that is still on
+-- its way: an update concurrent with the delete (committed on a peer before
+-- that peer applied the delete) can arrive any time until that peer has
+-- applied the delete — a peer that is down or partitioned may send such an
+-- update days later. Once every peer's seen_until for the deleting node is
+-- past the delete, each peer has applied it, so anything they send later is
+-- causally after the delete (their row is gone, so they can only re-insert,
+-- which a missing tombstone does not hurt). A peer without a peer_seen row
+-- for that origin has not been heard from: its tombstones stay. The
+-- retention window covers peers whose messages are still in flight and
+-- keeps tombstones readable for diagnosis. Local tombstones whose
+-- transaction never got a commit time (unknown) are kept until the window
+-- and the peers allow it like any other: an unknown time counts as oldest.
+CREATE FUNCTION pgmesh.prune_tombstones(retention interval) RETURNS bigint
+LANGUAGE sql VOLATILE
+AS $$
+    WITH d AS (
+        DELETE FROM pgmesh.tombstone t
+         WHERE coalesce(pgmesh.tombstone_time(t.deleted_at, t.xid), '-infinity') < now() - retention
+           AND NOT EXISTS (
+                SELECT 1 FROM pgmesh.node n
+                 WHERE n.name IS DISTINCT FROM t.node
+                   AND n.name IS DISTINCT FROM (SELECT ln.name FROM pgmesh.local_node ln)
+                   AND coalesce((SELECT s.seen_until >= coalesce(pgmesh.tombstone_time(t.deleted_at, t.xid), '-infinity')
+                                   FROM pgmesh.peer_seen s
+                                  WHERE s.peer = n.name AND s.origin = t.node), false) = false)
+        RETURNING 1)
+    SELECT count(*) FROM d
+$$;
