@@ -1,0 +1,213 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/pg"
+	"github.com/pgmesh/pgmesh/internal/topology"
+)
+
+// Options configures an Agent.
+type Options struct {
+	// Node restricts the agent to the inbound links of one node; "" runs
+	// every link of the cluster (sandbox, demo, tests).
+	Node string
+	// Listen overrides agent.listen of the config; "-" disables HTTP.
+	Listen string
+	// SpoolDir holds spooled streamed transactions (default: a temp dir).
+	SpoolDir string
+	Logger   *slog.Logger
+}
+
+// Agent runs links.
+type Agent struct {
+	cfg   *config.Config
+	opts  Options
+	log   *slog.Logger
+	links []*link
+
+	httpAddr chan string // the bound HTTP address, once
+}
+
+// New checks the options against the config and prepares the links.
+func New(cfg *config.Config, opts Options) (*Agent, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Node != "" {
+		if _, ok := cfg.NodeByName(opts.Node); !ok {
+			return nil, fmt.Errorf("node %q is not in %s (nodes: %v)", opts.Node, cfg.Path, cfg.NodeNames())
+		}
+	}
+	if opts.Listen == "" {
+		opts.Listen = cfg.Agent.Listen
+	}
+	if opts.SpoolDir == "" {
+		opts.SpoolDir = filepath.Join(os.TempDir(), "pgmesh-spool-"+cfg.Cluster)
+	}
+	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, httpAddr: make(chan string, 1)}
+	for _, l := range topology.FullMesh(cfg.NodeNames()) {
+		if opts.Node != "" && l.Down != opts.Node {
+			continue
+		}
+		up, _ := cfg.NodeByName(l.Up)
+		down, _ := cfg.NodeByName(l.Down)
+		a.links = append(a.links, &link{
+			Link: l, up: up, down: down, log: a.log,
+			spoolDir: filepath.Join(opts.SpoolDir, l.Slot()),
+			state:    StateConnecting,
+		})
+	}
+	if len(a.links) == 0 {
+		return nil, errors.New("no links to run: the cluster needs at least two nodes")
+	}
+	return a, nil
+}
+
+// HTTPAddr returns the address the HTTP endpoint listens on, once it does.
+func (a *Agent) HTTPAddr(ctx context.Context) (string, error) {
+	select {
+	case addr := <-a.httpAddr:
+		a.httpAddr <- addr
+		return addr, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// Run runs every link until ctx is cancelled (SIGINT/SIGTERM in the CLI),
+// then stops them cleanly. It returns an error only when it cannot start.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	if a.opts.Listen != "-" {
+		ln, err := net.Listen("tcp", a.opts.Listen)
+		if err != nil {
+			return fmt.Errorf("agent HTTP: listen on %s: %w (set agent.listen or --listen)", a.opts.Listen, err)
+		}
+		a.httpAddr <- ln.Addr().String()
+		srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 5 * time.Second}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.Error("agent HTTP stopped", "err", err)
+			}
+		}()
+		go func() {
+			<-ctx.Done()
+			shut, c := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer c()
+			_ = srv.Shutdown(shut)
+		}()
+		a.log.Info("agent HTTP listening", "addr", ln.Addr().String())
+	}
+
+	for _, l := range a.links {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.run(ctx)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.recordStates(ctx)
+	}()
+	a.log.Info("agent running", "links", len(a.links))
+	wg.Wait()
+	a.log.Info("agent stopped")
+	return nil
+}
+
+// recordStates writes each link's state into pgmesh.link_state on its
+// downstream whenever it changes, for `pgmesh status`. Nothing is written
+// while nothing changes, so an idle cluster produces no WAL.
+func (a *Agent) recordStates(ctx context.Context) {
+	w := &stateWriter{conns: map[string]*pgx.Conn{}}
+	defer w.close()
+	written := map[string]linkSnapshot{}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		for _, l := range a.links {
+			snap := l.snapshot()
+			if written[l.Name()] == snap {
+				continue
+			}
+			if err := w.write(ctx, l, snap); err != nil {
+				if ctx.Err() == nil {
+					a.log.Debug("record link state", "link", l.Name(), "err", err)
+				}
+				continue
+			}
+			written[l.Name()] = snap
+		}
+		select {
+		case <-ctx.Done():
+			// Record "stopped" on the way out, with a short deadline.
+			stopCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			for _, l := range a.links {
+				snap := l.snapshot()
+				snap.state, snap.lastErr = StateStopped, ""
+				_ = w.write(stopCtx, l, snap)
+			}
+			c()
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// stateWriter keeps one connection per downstream node for link states.
+type stateWriter struct{ conns map[string]*pgx.Conn }
+
+func (w *stateWriter) write(ctx context.Context, l *link, s linkSnapshot) error {
+	conn := w.conns[l.Down]
+	if conn == nil || conn.IsClosed() {
+		c, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh agent")
+		if err != nil {
+			return err
+		}
+		conn, w.conns[l.Down] = c, c
+	}
+	var lsn, ts any
+	if s.lastEndLSN != 0 {
+		lsn = s.lastEndLSN.String()
+		ts = s.lastCommitTime
+	}
+	_, err := conn.Exec(ctx, `
+INSERT INTO pgmesh.link_state AS s (upstream, state, last_error, last_commit_lsn, last_commit_time, applied_txns, updated_at)
+VALUES ($1, $2, NULLIF($3, ''), $4::pg_lsn, $5, $6, now())
+ON CONFLICT (upstream) DO UPDATE SET state = EXCLUDED.state, last_error = EXCLUDED.last_error,
+  last_commit_lsn = COALESCE(EXCLUDED.last_commit_lsn, s.last_commit_lsn),
+  last_commit_time = COALESCE(EXCLUDED.last_commit_time, s.last_commit_time),
+  applied_txns = EXCLUDED.applied_txns, updated_at = now()`,
+		l.Up, s.state, s.lastErr, lsn, ts, int64(s.txns))
+	if err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return fmt.Errorf("link %s: write pgmesh.link_state on %s: %w", l.Name(), l.Down, err)
+	}
+	return nil
+}
+
+func (w *stateWriter) close() {
+	for _, c := range w.conns {
+		c.Close(context.Background())
+	}
+}

@@ -1,0 +1,238 @@
+// Package agent runs the inbound links of one node (or of every node): per
+// link it wires a stream from the upstream slot to an apply engine on the
+// downstream, restarts it with backoff when either side goes away, and
+// records the link's state for `pgmesh status`.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgmesh/pgmesh/internal/apply"
+	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/pg"
+	"github.com/pgmesh/pgmesh/internal/stream"
+	"github.com/pgmesh/pgmesh/internal/topology"
+)
+
+// Link states, as shown by `pgmesh status` and in pgmesh.link_state.
+const (
+	StateConnecting = "connecting"
+	StateStreaming  = "streaming"
+	StateRetrying   = "retrying"
+	StateStopped    = "stopped"
+)
+
+// link supervises one upstream → downstream edge.
+type link struct {
+	topology.Link
+	up, down config.Node
+	log      *slog.Logger
+	spoolDir string
+	backoff  backoff
+
+	mu      sync.Mutex
+	state   string
+	lastErr string
+	applier *apply.Applier // current session's applier, nil between sessions
+	before  linkSnapshot   // totals of the sessions that ended
+}
+
+// linkSnapshot is what the agent knows of a link at one moment.
+type linkSnapshot struct {
+	state, lastErr string
+	txns           uint64 // applied since the agent started
+	lastEndLSN     stream.LSN
+	lastCommitTime time.Time
+}
+
+func (l *link) setState(state string, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.state = state
+	if err != nil {
+		l.lastErr = err.Error()
+	} else if state == StateStreaming {
+		l.lastErr = ""
+	}
+}
+
+func (l *link) snapshot() linkSnapshot {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	snap := l.before
+	snap.state, snap.lastErr = l.state, l.lastErr
+	if l.applier != nil {
+		addStats(&snap, l.applier.Stats())
+	}
+	return snap
+}
+
+// addStats adds one session's applier statistics to s.
+func addStats(s *linkSnapshot, st apply.Stats) {
+	s.txns += st.Txns
+	if st.LastEndLSN > s.lastEndLSN {
+		s.lastEndLSN, s.lastCommitTime = st.LastEndLSN, st.LastCommitTime
+	}
+}
+
+// run keeps the link streaming until ctx is done: a failed session is
+// logged with the link name and retried with exponential backoff, so one
+// bad link never stops the others.
+func (l *link) run(ctx context.Context) {
+	for {
+		l.setState(StateConnecting, nil)
+		started := time.Now()
+		err := l.session(ctx)
+		if ctx.Err() != nil {
+			l.setState(StateStopped, nil)
+			return
+		}
+		// A session that streamed for a while was healthy: start over
+		// with a short delay instead of the long one reached earlier.
+		if time.Since(started) > time.Minute {
+			l.backoff.reset()
+		}
+		wait := l.backoff.next()
+		l.setState(StateRetrying, err)
+		l.log.Warn("link failed, retrying", "link", l.Name(), "in", wait.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			l.setState(StateStopped, nil)
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// session is one connection of the link: downstream apply session, resume
+// point from the origin, upstream replication stream.
+func (l *link) session(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	applyConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh apply "+l.Name())
+	if err != nil {
+		return fmt.Errorf("link %s: %w", l.Name(), err)
+	}
+	defer applyConn.Close(context.WithoutCancel(ctx))
+
+	// A second connection answers "what is durable" for the feedback to
+	// the upstream while the apply connection is busy with a pipeline.
+	monConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh monitor "+l.Name())
+	if err != nil {
+		return fmt.Errorf("link %s: %w", l.Name(), err)
+	}
+	defer monConn.Close(context.WithoutCancel(ctx))
+
+	applier, err := apply.New(ctx, applyConn.PgConn(), apply.Options{
+		Upstream: l.Up,
+		Origin:   l.Origin(),
+		Logger:   l.log.With("link", l.Name()),
+	})
+	if err != nil {
+		return fmt.Errorf("link %s: start apply session on %s: %w", l.Name(), l.Down, err)
+	}
+	defer applier.Close(context.WithoutCancel(ctx))
+	start, err := applier.Progress(ctx)
+	if err != nil {
+		return fmt.Errorf("link %s: read origin progress on %s: %w", l.Name(), l.Down, err)
+	}
+
+	replConn, err := pg.ConnectReplication(ctx, l.Up, l.up.DSN, "pgmesh "+l.Name())
+	if err != nil {
+		return fmt.Errorf("link %s: %w", l.Name(), err)
+	}
+	defer replConn.Close(context.WithoutCancel(ctx))
+	major, err := majorVersion(replConn.ParameterStatus("server_version"))
+	if err != nil {
+		return fmt.Errorf("link %s: upstream %s: %w", l.Name(), l.Up, err)
+	}
+
+	l.mu.Lock()
+	l.applier = applier
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		addStats(&l.before, applier.Stats())
+		l.applier = nil
+		l.mu.Unlock()
+	}()
+	l.setState(StateStreaming, nil)
+	l.log.Info("link streaming", "link", l.Name(), "slot", l.Slot(), "origin", l.Origin(), "resume_after", start.String(), "upstream_major", major)
+
+	origin := l.Origin()
+	flushed := func(ctx context.Context) (stream.LSN, error) {
+		return originProgress(ctx, monConn, origin, true)
+	}
+	err = stream.Run(ctx, replConn, stream.Options{
+		Node:        l.Up,
+		Slot:        l.Slot(),
+		Publication: "pgmesh",
+		StartLSN:    start,
+		OriginNone:  major >= 16,
+		SpoolDir:    l.spoolDir,
+		Logger:      l.log.With("link", l.Name()),
+	}, applier, flushed)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", l.Name(), err)
+	}
+	return errors.New("link " + l.Name() + ": stream ended")
+}
+
+// originProgress reads pg_replication_origin_progress. With flush=true it
+// is the remote LSN whose local commit is durable: the only position that
+// may be confirmed to the upstream.
+func originProgress(ctx context.Context, conn *pgx.Conn, origin string, flush bool) (stream.LSN, error) {
+	var s *string
+	err := conn.QueryRow(ctx, "SELECT pg_replication_origin_progress($1, $2)::text", origin, flush).Scan(&s)
+	if err != nil {
+		return 0, fmt.Errorf("read progress of origin %s: %w", origin, err)
+	}
+	if s == nil {
+		return 0, nil
+	}
+	lsn, err := pglogrepl.ParseLSN(*s)
+	if err != nil {
+		return 0, fmt.Errorf("origin %s progress %q: %w", origin, *s, err)
+	}
+	return lsn, nil
+}
+
+// majorVersion parses server_version ("15.18 (Debian…)", "18.4") to 15, 18.
+func majorVersion(v string) (int, error) {
+	head, _, _ := strings.Cut(v, ".")
+	head, _, _ = strings.Cut(head, " ")
+	n, err := strconv.Atoi(head)
+	if err != nil || n < 10 {
+		return 0, fmt.Errorf("unrecognised server_version %q", v)
+	}
+	return n, nil
+}
+
+// backoff doubles from 500ms up to 30s.
+type backoff struct{ cur time.Duration }
+
+func (b *backoff) next() time.Duration {
+	switch {
+	case b.cur == 0:
+		b.cur = 500 * time.Millisecond
+	case b.cur < 30*time.Second:
+		b.cur *= 2
+		if b.cur > 30*time.Second {
+			b.cur = 30 * time.Second
+		}
+	}
+	return b.cur
+}
+
+func (b *backoff) reset() { b.cur = 0 }

@@ -1,0 +1,413 @@
+// Package apply applies the transactions of one link onto the downstream:
+// each remote transaction becomes one local transaction, run under the
+// link's replication origin so that PostgreSQL records the remote commit
+// time and origin with the rows and advances the origin atomically with
+// the data.
+//
+// Statements go through one pgconn pipeline with prepared statements and
+// raw text parameters. Several remote transactions share a flight (one
+// round trip) with a single Sync at its end. No transaction can commit past
+// a failed one: after an error the server skips the rest of the flight, and
+// a failure inside a transaction leaves its block aborted, so that every
+// statement of later flights fails too until the Applier gives up (a
+// flight is never cut between a transaction's last statement and its
+// COMMIT, which would end the aborted block).
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgmesh/pgmesh/internal/stream"
+)
+
+// DefaultMaxFlight is the number of statements after which a flight is
+// sent even in the middle of a transaction.
+const DefaultMaxFlight = 1000
+
+// Warning kinds counted in Stats.Warnings. They are the conflict types of
+// DESIGN §5 that the core applier detects and resolves by going on.
+const (
+	WarnInsertExists  = "insert_exists"
+	WarnUpdateMissing = "update_missing"
+	WarnDeleteMissing = "delete_missing"
+)
+
+var warnKinds = [...]string{WarnInsertExists, WarnUpdateMissing, WarnDeleteMissing}
+
+// Options configure an Applier.
+type Options struct {
+	Upstream string       // upstream node name, for logs and errors
+	Origin   string       // replication origin on the downstream, e.g. "pgmesh_n1"; must exist
+	Logger   *slog.Logger // nil = slog.Default()
+	// MaxFlight is the number of statements per pipeline flight after which
+	// the flight is sent even mid-transaction (0 = DefaultMaxFlight).
+	MaxFlight int
+	// OnMessage, when set, is called for every logical decoding message
+	// after everything queued before it has been executed, so it may use the
+	// apply connection: for a transactional message, inside the remote
+	// transaction (what it writes commits with it). Outside one, what it
+	// commits on that connection has a local commit time but is still
+	// marked with the origin, as the whole session is.
+	// Without it messages are ignored.
+	OnMessage func(ctx context.Context, m stream.Message) error
+}
+
+// Stats is a snapshot of what an Applier has applied (confirmed by the
+// server).
+type Stats struct {
+	Txns           uint64            // remote transactions committed
+	Changes        uint64            // row changes and truncates in them
+	Flights        uint64            // pipeline flights sent (round trips)
+	LastCommitTime time.Time         // remote commit time of the last committed transaction
+	LastEndLSN     stream.LSN        // its EndLSN
+	Warnings       map[string]uint64 // by kind: insert_exists, update_missing, delete_missing
+}
+
+// Applier applies one link's stream onto the downstream. It implements
+// stream.Handler. Handler methods, Progress and Close must be called from
+// one goroutine; Stats may be called from any.
+//
+// The Applier keeps references to the Data of the Changes it is given
+// until the flight holding them has been answered (to name the key in
+// warnings): the stream must not reuse those buffers.
+type Applier struct {
+	conn *pgconn.PgConn
+	o    Options
+	log  *slog.Logger
+
+	pipe    *pgconn.Pipeline // open while statements are queued or in the air
+	pending []item           // queued since the last Sync
+	inAir   [][]item         // sent flights whose results are unread, oldest first
+	spare   [][]item         // emptied flights, reused
+	err     error            // first failure; the Applier is dead afterwards
+
+	rels    map[uint32]*relInfo // by upstream relation id
+	stmts   map[string]string   // SQL → prepared statement name
+	params  [][]byte            // scratch: parameters of the statement being queued
+	shape   []byte              // scratch: statement shape key
+	txn     *txn                // current remote transaction, nil between transactions
+	lastEnd stream.LSN          // EndLSN of the last remote transaction queued for commit
+
+	closed bool
+
+	txns, changes, flights, lastEndLSN atomic.Uint64
+	lastCommit                         atomic.Int64 // unix nanoseconds, 0 = none
+	warns                              [len(warnKinds)]atomic.Uint64
+}
+
+// txn is one remote transaction.
+type txn struct {
+	begin   stream.Begin
+	end     stream.Commit
+	started bool // BEGIN queued
+	skip    bool // already applied before (at or before the origin's progress)
+	changes uint64
+}
+
+// Fixed statements, prepared once per session.
+const (
+	stmtBegin       = "pgmesh_begin"
+	stmtConstraints = "pgmesh_constraints"
+	stmtXact        = "pgmesh_xact"
+	stmtCommit      = "pgmesh_commit"
+)
+
+// A remote transaction ends with stmtConstraints, stmtXact and stmtCommit.
+// PostgreSQL 15+ advances the session's origin to the LSN given to
+// pg_replication_origin_xact_setup even when the transaction then aborts, so
+// that call must come after everything that can fail: deferred constraint
+// triggers are fired before it (SET CONSTRAINTS ALL IMMEDIATE), and COMMIT
+// follows in the same flight, so only a crash can come in between. The xid
+// makes even a transaction whose changes all missed their rows write a
+// commit record, which advances the origin.
+var fixedStatements = []struct{ name, sql string }{
+	// Read committed whatever the server default: a serialization failure
+	// at COMMIT would come after the origin setup.
+	{stmtBegin, "BEGIN ISOLATION LEVEL READ COMMITTED"},
+	{stmtConstraints, "SET CONSTRAINTS ALL IMMEDIATE"},
+	{stmtXact, "SELECT pg_current_xact_id(), pg_replication_origin_xact_setup($1, $2)"},
+	{stmtCommit, "COMMIT"},
+}
+
+// New prepares the apply session on conn, an ordinary connection to the
+// downstream dedicated to this Applier: replica role (no FK checks or
+// ordinary triggers, as in the native apply worker), asynchronous commit
+// (durability is tracked through the origin's flushed progress), and the
+// replication origin set up for the session.
+func New(ctx context.Context, conn *pgconn.PgConn, o Options) (*Applier, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.MaxFlight <= 0 {
+		o.MaxFlight = DefaultMaxFlight
+	}
+	a := &Applier{
+		conn:  conn,
+		o:     o,
+		log:   o.Logger.With("upstream", o.Upstream, "origin", o.Origin),
+		rels:  map[uint32]*relInfo{},
+		stmts: map[string]string{},
+	}
+	setup := []struct{ what, sql string }{
+		{"set session_replication_role", "SET session_replication_role = replica"},
+		{"set synchronous_commit", "SET synchronous_commit = off"},
+	}
+	for _, s := range setup {
+		if _, err := conn.Exec(ctx, s.sql).ReadAll(); err != nil {
+			return nil, fmt.Errorf("apply session for upstream %s: %s: %w", o.Upstream, s.what, err)
+		}
+	}
+	if _, err := conn.ExecParams(ctx, "SELECT pg_replication_origin_session_setup($1)", [][]byte{[]byte(o.Origin)}, nil, nil, nil).Close(); err != nil {
+		hint := ""
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) {
+			switch pe.Code {
+			case "42704":
+				hint = " (the origin does not exist: run pgmesh init)"
+			case "55006":
+				hint = " (another apply session uses it: is a second agent running this link?)"
+			}
+		}
+		return nil, fmt.Errorf("apply session for upstream %s: set up replication origin %q: %w%s", o.Upstream, o.Origin, err, hint)
+	}
+	for _, p := range fixedStatements {
+		if _, err := conn.Prepare(ctx, p.name, p.sql, nil); err != nil {
+			return nil, fmt.Errorf("apply session for upstream %s: prepare %s: %w", o.Upstream, p.sql, err)
+		}
+	}
+	start, err := a.progress(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a.lastEnd = start
+	return a, nil
+}
+
+// Begin starts a remote transaction. Nothing is sent until its first change,
+// so that transactions without changes cost nothing.
+func (a *Applier) Begin(ctx context.Context, b stream.Begin) error {
+	if a.err != nil {
+		return a.err
+	}
+	if a.txn != nil {
+		return a.fail(fmt.Errorf("upstream %s: BEGIN of remote transaction %s inside transaction %s", a.o.Upstream, b.FinalLSN, a.txn.begin.FinalLSN))
+	}
+	a.txn = &txn{begin: b}
+	// A transaction whose commit record lies before the end of the last one
+	// applied was applied already (a resend after a reconnect): skipping it
+	// keeps apply exactly-once whatever position the upstream resumes from.
+	if b.FinalLSN < a.lastEnd {
+		a.txn.skip = true
+		a.log.Debug("skip remote transaction applied before", "commit_lsn", b.FinalLSN.String(), "progress", a.lastEnd.String())
+	}
+	return nil
+}
+
+// Change queues one row change (or truncate) of the current transaction.
+func (a *Applier) Change(ctx context.Context, c *stream.Change) error {
+	if a.err != nil {
+		return a.err
+	}
+	if a.txn == nil {
+		return a.fail(fmt.Errorf("upstream %s: change outside a transaction", a.o.Upstream))
+	}
+	if a.txn.skip {
+		return nil
+	}
+	if err := a.queueChange(ctx, c); err != nil {
+		return a.fail(err)
+	}
+	a.txn.changes++
+	return a.maybeSend(ctx)
+}
+
+// Message hands a logical decoding message to Options.OnMessage, once
+// everything before it has been executed.
+func (a *Applier) Message(ctx context.Context, m stream.Message) error {
+	if a.err != nil {
+		return a.err
+	}
+	if a.o.OnMessage == nil || (a.txn != nil && a.txn.skip) {
+		return nil
+	}
+	if m.Transactional && a.txn != nil {
+		a.startTxn(ctx)
+	}
+	if err := a.drain(ctx); err != nil {
+		return err
+	}
+	if a.txn == nil {
+		// The last transaction's remote commit LSN and time are still set
+		// up: what the hook commits must not be stamped with them.
+		if _, err := a.conn.Exec(ctx, "SELECT pg_replication_origin_xact_reset()").ReadAll(); err != nil {
+			return a.fail(fmt.Errorf("upstream %s: reset origin transaction state: %w", a.o.Upstream, err))
+		}
+	}
+	if err := a.o.OnMessage(ctx, m); err != nil {
+		return a.fail(fmt.Errorf("upstream %s: message %q at %s: %w", a.o.Upstream, m.Prefix, m.LSN, err))
+	}
+	return nil
+}
+
+// Commit queues the end of the remote transaction: deferred checks and the
+// origin setup with its EndLSN and commit time, then COMMIT. It does not wait for
+// the server; Idle or a full flight sends it.
+func (a *Applier) Commit(ctx context.Context, c stream.Commit) error {
+	if a.err != nil {
+		return a.err
+	}
+	t := a.txn
+	if t == nil {
+		return a.fail(fmt.Errorf("upstream %s: COMMIT %s outside a transaction", a.o.Upstream, c.CommitLSN))
+	}
+	a.txn = nil
+	if t.skip || !t.started {
+		return nil
+	}
+	t.end = c
+	a.ensurePipe(ctx)
+	a.pipe.SendQueryPrepared(stmtConstraints, nil, nil, nil)
+	a.pending = append(a.pending, item{kind: itemConstraints, txn: t})
+	a.params = append(a.params[:0], []byte(c.EndLSN.String()), []byte(formatTime(c.CommitTime)))
+	a.pipe.SendQueryPrepared(stmtXact, a.params, nil, nil)
+	a.pending = append(a.pending, item{kind: itemXact, txn: t})
+	a.pipe.SendQueryPrepared(stmtCommit, nil, nil, nil)
+	a.pending = append(a.pending, item{kind: itemCommit, txn: t})
+	a.lastEnd = c.EndLSN
+	return a.maybeSend(ctx)
+}
+
+// Idle sends what is queued and waits for every answer: the stream has
+// nothing else for us, so this is the moment to make the work visible and
+// to surface errors.
+func (a *Applier) Idle(ctx context.Context) error {
+	if a.err != nil {
+		return a.err
+	}
+	return a.drain(ctx)
+}
+
+// Progress is the origin's progress: the EndLSN of the last remote
+// transaction committed on the downstream (0 if none), the point to resume
+// streaming after. Everything queued is executed first.
+func (a *Applier) Progress(ctx context.Context) (stream.LSN, error) {
+	if a.err != nil {
+		return 0, a.err
+	}
+	if err := a.drain(ctx); err != nil {
+		return 0, err
+	}
+	return a.progress(ctx)
+}
+
+func (a *Applier) progress(ctx context.Context) (stream.LSN, error) {
+	res := a.conn.ExecParams(ctx, "SELECT pg_replication_origin_progress($1, false)", [][]byte{[]byte(a.o.Origin)}, nil, nil, nil).Read()
+	if res.Err != nil {
+		return 0, fmt.Errorf("upstream %s: read progress of origin %s: %w", a.o.Upstream, a.o.Origin, res.Err)
+	}
+	if len(res.Rows) != 1 || res.Rows[0][0] == nil {
+		return 0, nil
+	}
+	lsn, err := pglogrepl.ParseLSN(string(res.Rows[0][0]))
+	if err != nil {
+		return 0, fmt.Errorf("upstream %s: progress of origin %s: %w", a.o.Upstream, a.o.Origin, err)
+	}
+	return lsn, nil
+}
+
+// Stats returns what has been applied so far. Safe from any goroutine.
+func (a *Applier) Stats() Stats {
+	s := Stats{
+		Txns:       a.txns.Load(),
+		Changes:    a.changes.Load(),
+		Flights:    a.flights.Load(),
+		LastEndLSN: stream.LSN(a.lastEndLSN.Load()),
+		Warnings:   make(map[string]uint64, len(warnKinds)),
+	}
+	if ns := a.lastCommit.Load(); ns != 0 {
+		s.LastCommitTime = time.Unix(0, ns)
+	}
+	for i, k := range warnKinds {
+		s.Warnings[k] = a.warns[i].Load()
+	}
+	return s
+}
+
+// Close executes what is queued (complete remote transactions commit; an
+// unfinished one is rolled back) and returns the session to normal: origin
+// released, settings and prepared statements discarded. The connection
+// stays open: it belongs to the caller.
+func (a *Applier) Close(ctx context.Context) error {
+	if a.closed {
+		return nil
+	}
+	a.closed = true
+	dead := a.err != nil
+	var errs []error
+	if a.pipe != nil {
+		if dead {
+			// Leaving pipeline mode needs a Sync after the last request;
+			// the server skips or fails what follows the error, and the
+			// unfinished transaction is rolled back below.
+			if len(a.pending) > 0 {
+				if err := a.pipe.Sync(); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			var pe *pgconn.PgError
+			if err := a.closePipe(); err != nil && !errors.As(err, &pe) {
+				errs = append(errs, err)
+			}
+		} else {
+			a.txn = nil
+			if err := a.drain(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	a.fail(errors.New("apply session closed"))
+	if !a.conn.IsClosed() {
+		errs = append(errs, a.resetSession(ctx)...)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("upstream %s: close apply session: %w", a.o.Upstream, err)
+	}
+	return nil
+}
+
+func (a *Applier) resetSession(ctx context.Context) []error {
+	var errs []error
+	if a.conn.TxStatus() != 'I' {
+		if _, err := a.conn.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+			errs = append(errs, fmt.Errorf("roll back unfinished transaction: %w", err))
+		}
+	}
+	if _, err := a.conn.Exec(ctx, "SELECT pg_replication_origin_session_reset()").ReadAll(); err != nil {
+		errs = append(errs, fmt.Errorf("release origin %s: %w", a.o.Origin, err))
+	}
+	if _, err := a.conn.Exec(ctx, "DISCARD ALL").ReadAll(); err != nil {
+		errs = append(errs, fmt.Errorf("discard session state: %w", err))
+	}
+	return errs
+}
+
+// fail records the first error; the Applier refuses all work afterwards.
+func (a *Applier) fail(err error) error {
+	if a.err == nil {
+		a.err = err
+	}
+	return a.err
+}
+
+// formatTime renders a commit time for a timestamptz parameter.
+func formatTime(t time.Time) string {
+	return t.UTC().Format("2006-01-02 15:04:05.999999Z07:00")
+}

@@ -1,0 +1,456 @@
+package apply
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgmesh/pgmesh/internal/stream"
+)
+
+func TestApplyRows(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	// Local column order differs from the remote one, and the local table
+	// has an extra column with a default.
+	e.exec(t, `CREATE TABLE t (v text, note text DEFAULT 'local', id int PRIMARY KEY, n int)`)
+	e.exec(t, `CREATE TABLE u (id int PRIMARY KEY)`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id", "v", "n")
+	ur := rel(2, "u", 'd', "*id")
+
+	steps := []struct {
+		name    string
+		changes []*stream.Change
+		want    []string
+	}{
+		{"insert", []*stream.Change{ins(tr, "1", "a", "10"), ins(tr, "2", "b", "∅")},
+			[]string{"1|a|10|local", "2|b|∅|local"}},
+		{"update", []*stream.Change{upd(tr, nil, "1", "a2", "11")},
+			[]string{"1|a2|11|local", "2|b|∅|local"}},
+		{"null to value and back", []*stream.Change{upd(tr, nil, "2", "∅", "5"), upd(tr, nil, "1", "a2", "∅")},
+			[]string{"1|a2|∅|local", "2|∅|5|local"}},
+		{"key change", []*stream.Change{upd(tr, tup("1", "∅", "∅"), "3", "a3", "∅")},
+			[]string{"2|∅|5|local", "3|a3|∅|local"}},
+		{"delete", []*stream.Change{del(tr, "2", "∅", "∅")},
+			[]string{"3|a3|∅|local"}},
+		{"insert update delete in one transaction", []*stream.Change{ins(tr, "4", "x", "1"), upd(tr, nil, "4", "y", "2"), del(tr, "3", "∅", "∅")},
+			[]string{"4|y|2|local"}},
+		// u is first seen in the middle of a transaction.
+		{"two tables in one transaction", []*stream.Change{upd(tr, nil, "4", "z", "2"), ins(ur, "1")},
+			[]string{"4|z|2|local"}},
+	}
+	for _, s := range steps {
+		r.apply(t, a, s.changes...)
+		if got := e.rows(t, "SELECT id, v, n, note FROM t ORDER BY id"); !slices.Equal(got, s.want) {
+			t.Fatalf("%s: rows %q, want %q", s.name, got, s.want)
+		}
+	}
+	st := a.Stats()
+	if got := e.rows(t, "SELECT id FROM u"); !slices.Equal(got, []string{"1"}) {
+		t.Errorf("rows of u: %q", got)
+	}
+	if st.Txns != uint64(len(steps)) || st.Changes != 12 {
+		t.Errorf("stats: %d txns, %d changes; want %d, 12", st.Txns, st.Changes, len(steps))
+	}
+	for k, n := range st.Warnings {
+		if n != 0 {
+			t.Errorf("unexpected warning %s: %d", k, n)
+		}
+	}
+}
+
+func TestApplyFullIdentity(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE f (a int, b text, j json)`)
+	e.exec(t, `ALTER TABLE f REPLICA IDENTITY FULL`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	fr := rel(2, "f", 'f', "a", "b", "j")
+
+	r.apply(t, a, ins(fr, "1", "x", `{"k": 1}`), ins(fr, "1", "x", `{"k": 1}`), ins(fr, "2", "∅", "∅"))
+	// Two identical rows: an update changes exactly one of them.
+	r.apply(t, a, upd(fr, tup("1", "x", `{"k": 1}`), "1", "y", `{"k": 1}`))
+	// NULLs in the old row are matched.
+	r.apply(t, a, upd(fr, tup("2", "∅", "∅"), "2", "z", "∅"))
+	want := []string{`1|x|{"k": 1}`, `1|y|{"k": 1}`, "2|z|∅"}
+	if got := e.rows(t, "SELECT a, b, j::text FROM f ORDER BY a, b"); !slices.Equal(got, want) {
+		t.Fatalf("after updates: %q, want %q", got, want)
+	}
+	r.apply(t, a, del(fr, "1", "x", `{"k": 1}`), del(fr, "2", "z", "∅"))
+	want = []string{`1|y|{"k": 1}`}
+	if got := e.rows(t, "SELECT a, b, j::text FROM f ORDER BY a, b"); !slices.Equal(got, want) {
+		t.Fatalf("after deletes: %q, want %q", got, want)
+	}
+	r.apply(t, a, del(fr, "9", "nope", "∅"))
+	if w := a.Stats().Warnings[WarnDeleteMissing]; w != 1 {
+		t.Errorf("delete_missing = %d, want 1", w)
+	}
+}
+
+func TestApplyUnchangedToast(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE big (id int PRIMARY KEY, doc text, n int)`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	br := rel(3, "big", 'd', "*id", "doc", "n")
+	doc := strings.Repeat("0123456789abcdef", 1<<16) // 1 MB
+	r.apply(t, a, ins(br, "1", doc, "1"))
+	r.apply(t, a, upd(br, nil, "1", "⊘", "2"))
+	got := e.rows(t, "SELECT n, length(doc), md5(doc) = md5(repeat('0123456789abcdef', 65536)) FROM big")
+	if want := []string{"2|1048576|true"}; !slices.Equal(got, want) {
+		t.Fatalf("rows %q, want %q", got, want)
+	}
+}
+
+func TestApplyTruncate(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE p (id serial PRIMARY KEY)`)
+	e.exec(t, `CREATE TABLE c (id int PRIMARY KEY, pid int REFERENCES p)`)
+	e.exec(t, `CREATE TABLE other (id int PRIMARY KEY)`)
+	e.exec(t, `INSERT INTO p SELECT FROM generate_series(1, 3)`)
+	e.exec(t, `INSERT INTO c VALUES (1, 1)`)
+	e.exec(t, `INSERT INTO other VALUES (1)`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	pr, or := rel(4, "p", 'd', "*id"), rel(5, "other", 'd', "*id")
+	r.apply(t, a, &stream.Change{Op: stream.Truncate, TruncateRels: []*stream.Relation{pr, or}, Cascade: true, RestartIdentity: true})
+	got := e.rows(t, "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM c), (SELECT count(*) FROM other), nextval('p_id_seq')")
+	if want := []string{"0|0|0|1"}; !slices.Equal(got, want) {
+		t.Fatalf("counts p, c, other, next id: %q, want %q", got, want)
+	}
+	if st := a.Stats(); st.Changes != 1 {
+		t.Errorf("changes = %d, want 1", st.Changes)
+	}
+}
+
+func TestApplyRecordsOriginAndCommitTime(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id", "v")
+	c1 := r.apply(t, a, ins(tr, "1", "a"))
+	c2 := r.apply(t, a, ins(tr, "2", "b"))
+
+	for id, c := range map[int]stream.Commit{1: c1, 2: c2} {
+		var ts time.Time
+		var roident, want int
+		err := e.db.QueryRow(context.Background(), `SELECT x.timestamp, x.roident::int, o.roident::int
+			FROM t, pg_xact_commit_timestamp_origin(t.xmin) x, pg_replication_origin o
+			WHERE t.id = $1 AND o.roname = $2`, id, e.origin).Scan(&ts, &roident, &want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ts.Equal(c.CommitTime) || roident != want {
+			t.Errorf("row %d: commit time %v origin %d, want %v origin %d", id, ts, roident, c.CommitTime, want)
+		}
+	}
+	p, err := a.Progress(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p != c2.EndLSN {
+		t.Errorf("Progress = %s, want EndLSN of the last transaction %s", p, c2.EndLSN)
+	}
+	var dbProgress string
+	if err := e.db.QueryRow(context.Background(), "SELECT pg_replication_origin_progress($1, false)::text", e.origin).Scan(&dbProgress); err != nil {
+		t.Fatal(err)
+	}
+	if dbProgress != c2.EndLSN.String() {
+		t.Errorf("pg_replication_origin_progress = %s, want %s", dbProgress, c2.EndLSN)
+	}
+	st := a.Stats()
+	if st.LastEndLSN != c2.EndLSN || !st.LastCommitTime.Equal(c2.CommitTime) {
+		t.Errorf("stats last %s %v, want %s %v", st.LastEndLSN, st.LastCommitTime, c2.EndLSN, c2.CommitTime)
+	}
+}
+
+func TestApplyManyTransactionsInOneFlight(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v int)`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id", "v")
+	var last stream.Commit
+	for i := range 50 {
+		last = r.feed(t, a, ins(tr, fmt.Sprint(i), "0"), upd(tr, nil, fmt.Sprint(i), "1"))
+	}
+	if err := a.Idle(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st := a.Stats()
+	if st.Flights != 1 || st.Txns != 50 || st.LastEndLSN != last.EndLSN {
+		t.Errorf("stats: %d flights, %d txns, last %s; want 1, 50, %s", st.Flights, st.Txns, st.LastEndLSN, last.EndLSN)
+	}
+	// Each transaction committed separately: 50 distinct xmins.
+	if got := e.rows(t, "SELECT count(*), count(DISTINCT xmin::text), sum(v) FROM t"); !slices.Equal(got, []string{"50|50|50"}) {
+		t.Errorf("count, distinct xmin, sum: %q", got)
+	}
+}
+
+// A failed transaction must stop every later one, whether they share its
+// flight or follow in a flight sent before the failure was known, and
+// whether it fails on a statement or at COMMIT (deferred constraint).
+func TestApplyFailureStopsLaterTransactions(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name      string
+		maxFlight int
+		bad       func(tr *stream.Relation) *stream.Change
+		wantErr   []string
+	}{
+		{"statement fails, same flight", 0,
+			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "∅") },
+			[]string{"insert into public.t", "null value"}},
+		{"statement fails, later flights in the air", 3,
+			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "∅") },
+			[]string{"insert into public.t", "null value"}},
+		{"commit fails", 0,
+			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "-1") },
+			[]string{"deferred constraints", "v must not be negative"}},
+		{"commit fails, later flights in the air", 4,
+			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "-1") },
+			[]string{"deferred constraints", "v must not be negative"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)`)
+			// A deferred check that fires at COMMIT, even in replica role.
+			e.exec(t, `CREATE FUNCTION v_check() RETURNS trigger LANGUAGE plpgsql AS
+				$$BEGIN IF NEW.v < 0 THEN RAISE 'v must not be negative'; END IF; RETURN NULL; END$$`)
+			e.exec(t, `CREATE CONSTRAINT TRIGGER v_check AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED
+				FOR EACH ROW EXECUTE FUNCTION v_check()`)
+			e.exec(t, `ALTER TABLE t ENABLE ALWAYS TRIGGER v_check`)
+			a := e.applier(t, Options{MaxFlight: tc.maxFlight})
+			r := newRemote()
+			tr := rel(1, "t", 'd', "*id", "v")
+			var commits []stream.Commit
+			var err error
+			ctx := context.Background()
+			for i := 1; i <= 5; i++ {
+				ch := ins(tr, fmt.Sprint(i), fmt.Sprint(i))
+				if i == 3 {
+					ch = tc.bad(tr)
+				}
+				b, c := r.next()
+				commits = append(commits, c)
+				if err = a.Begin(ctx, b); err != nil {
+					break
+				}
+				if err = a.Change(ctx, ch); err != nil {
+					break
+				}
+				if err = a.Commit(ctx, c); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				err = a.Idle(ctx)
+			}
+			if err == nil {
+				t.Fatal("no error for the failing transaction")
+			}
+			for _, w := range append(tc.wantErr, commits[2].CommitLSN.String()) {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if _, err2 := a.Progress(ctx); !errors.Is(err2, err) {
+				t.Errorf("applier still usable after an error: Progress returned %v", err2)
+			}
+			if got := e.rows(t, "SELECT id FROM t ORDER BY id"); !slices.Equal(got, []string{"1", "2"}) {
+				t.Errorf("rows %q, want transactions 1 and 2 only", got)
+			}
+			if err := a.Close(ctx); err != nil {
+				t.Errorf("Close after failure: %v", err)
+			}
+			a2 := e.applier(t, Options{})
+			p, err := a2.Progress(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p != commits[1].EndLSN {
+				t.Errorf("progress %s, want EndLSN of transaction 2 %s", p, commits[1].EndLSN)
+			}
+		})
+	}
+}
+
+func TestApplyConflictsGoOn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	e.exec(t, `INSERT INTO t VALUES (1, 'local')`)
+	var log bytes.Buffer
+	a := e.applier(t, Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id", "v")
+	r.apply(t, a,
+		ins(tr, "1", "remote"),            // insert_exists: remote applied
+		upd(tr, nil, "7", "x"),            // update_missing
+		del(tr, "8", "∅"),                 // delete_missing
+		ins(tr, "2", "new"),               // and the transaction goes on
+		upd(tr, tup("9", "∅"), "10", "y"), // key change of a missing row
+	)
+	want := []string{"1|remote", "2|new"}
+	if got := e.rows(t, "SELECT id, v FROM t ORDER BY id"); !slices.Equal(got, want) {
+		t.Errorf("rows %q, want %q", got, want)
+	}
+	st := a.Stats()
+	wantW := map[string]uint64{WarnInsertExists: 1, WarnUpdateMissing: 2, WarnDeleteMissing: 1}
+	for k, n := range wantW {
+		if st.Warnings[k] != n {
+			t.Errorf("warnings %s = %d, want %d", k, st.Warnings[k], n)
+		}
+	}
+	if st.Txns != 1 {
+		t.Errorf("txns = %d, want 1", st.Txns)
+	}
+	for _, w := range []string{
+		`kind=insert_exists table=public.t key="id=1"`,
+		`kind=update_missing table=public.t key="id=7"`,
+		`kind=delete_missing table=public.t key="id=8"`,
+		`kind=update_missing table=public.t key="id=9"`,
+	} {
+		if !strings.Contains(log.String(), w) {
+			t.Errorf("log lacks %s:\n%s", w, log.String())
+		}
+	}
+}
+
+func TestApplySchemaErrors(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	cases := []struct {
+		name string
+		rel  *stream.Relation
+		want []string
+	}{
+		{"missing table", rel(1, "nope", 'd', "*id"), []string{"public.nope", "does not exist"}},
+		{"missing column", rel(2, "t", 'd', "*id", "extra"), []string{"public.t", `"extra"`}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			a := e.applier(t, Options{})
+			b, _ := newRemote().next()
+			if err := a.Begin(context.Background(), b); err != nil {
+				t.Fatal(err)
+			}
+			vals := make([]string, len(tc.rel.Columns))
+			for i := range vals {
+				vals[i] = "1"
+			}
+			err := a.Change(context.Background(), ins(tc.rel, vals...))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %s", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestApplySession(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id")
+	c1 := r.apply(t, a, ins(tr, "1"))
+
+	// The origin is in use by a: a second session is refused.
+	conn := connect(t, e.dsn)
+	if _, err := New(context.Background(), conn.PgConn(), Options{Upstream: "n1", Origin: e.origin}); err == nil || !strings.Contains(err.Error(), "another apply session") {
+		t.Errorf("second session on the origin: %v", err)
+	}
+	conn2 := connect(t, e.dsn)
+	if _, err := New(context.Background(), conn2.PgConn(), Options{Upstream: "n1", Origin: "pgmesh_missing"}); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("missing origin: %v", err)
+	}
+
+	// After a reconnect, a resent transaction is skipped, a new one applied.
+	if err := a.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	a2 := e.applier(t, Options{})
+	if p, err := a2.Progress(context.Background()); err != nil || p != c1.EndLSN {
+		t.Fatalf("progress after reconnect: %s %v, want %s", p, err, c1.EndLSN)
+	}
+	r.lsn -= 0x100 // replay the first transaction
+	r.apply(t, a2, ins(tr, "1"))
+	r.apply(t, a2, ins(tr, "2"))
+	if got := e.rows(t, "SELECT id FROM t ORDER BY id"); !slices.Equal(got, []string{"1", "2"}) {
+		t.Errorf("rows %q", got)
+	}
+	if st := a2.Stats(); st.Txns != 1 || st.Warnings[WarnInsertExists] != 0 {
+		t.Errorf("stats after replay: %+v", st)
+	}
+}
+
+// OnMessage runs after everything before the message was executed, inside
+// the remote transaction for a transactional message, so a hook may run SQL
+// that commits with the transaction under the origin.
+func TestApplyOnMessage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	conn := connect(t, e.dsn)
+	var seen []string
+	o := Options{Upstream: "n1", Origin: e.origin, OnMessage: func(ctx context.Context, m stream.Message) error {
+		seen = append(seen, m.Prefix)
+		_, err := conn.PgConn().Exec(ctx, "INSERT INTO t SELECT count(*) + 100 FROM t").ReadAll()
+		return err
+	}}
+	a, err := New(context.Background(), conn.PgConn(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(context.Background()) })
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id")
+	ctx := context.Background()
+	b, c := r.next()
+	steps := []error{
+		a.Begin(ctx, b),
+		a.Change(ctx, ins(tr, "1")),
+		a.Message(ctx, stream.Message{Transactional: true, LSN: b.FinalLSN - 8, Prefix: "pgmesh.ddl"}),
+		a.Change(ctx, ins(tr, "2")),
+		a.Commit(ctx, c),
+		a.Message(ctx, stream.Message{Prefix: "other"}),
+		a.Idle(ctx),
+	}
+	for i, err := range steps {
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+	}
+	if want := []string{"pgmesh.ddl", "other"}; !slices.Equal(seen, want) {
+		t.Errorf("messages %q, want %q", seen, want)
+	}
+	// 101 was written in the remote transaction (it saw row 1, and has its
+	// commit time), 103 after it.
+	got := e.rows(t, `SELECT id, x.timestamp = '`+formatTime(c.CommitTime)+`' FROM t, pg_xact_commit_timestamp_origin(t.xmin) x ORDER BY id`)
+	if want := []string{"1|true", "2|true", "101|true", "103|false"}; !slices.Equal(got, want) {
+		t.Errorf("rows, with the remote commit time: %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,188 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
+	"github.com/pgmesh/pgmesh/internal/stream"
+)
+
+func TestMain(m *testing.M) { sandboxtest.Main(m, 1) }
+
+// testEnv is a fresh database and a fresh replication origin for one test.
+type testEnv struct {
+	dsn    string
+	origin string
+	db     *pgx.Conn // for setup and assertions
+}
+
+func newEnv(t testing.TB) *testEnv {
+	t.Helper()
+	env := sandboxtest.New(t, 1)
+	// Origins are per server. Not named pgmesh_*: sandboxtest drops unused
+	// ones of that name when any test ends.
+	e := &testEnv{dsn: env.DSNs[0], origin: "applytest_" + env.DB, db: env.Conn(t, 0)}
+	e.exec(t, "SELECT pg_replication_origin_create($1)", e.origin)
+	t.Cleanup(func() {
+		// After the appliers' cleanups (registered later, run earlier).
+		if _, err := e.db.Exec(context.Background(), "SELECT pg_replication_origin_drop($1)", e.origin); err != nil {
+			t.Errorf("drop origin: %v", err)
+		}
+	})
+	return e
+}
+
+func connect(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func (e *testEnv) exec(t testing.TB, sql string, args ...any) {
+	t.Helper()
+	if _, err := e.db.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// applier starts an Applier on its own connection, closed at cleanup.
+func (e *testEnv) applier(t testing.TB, o Options) *Applier {
+	t.Helper()
+	conn := connect(t, e.dsn)
+	o.Upstream, o.Origin = "n1", e.origin
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
+	}
+	a, err := New(context.Background(), conn.PgConn(), o)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { a.Close(context.Background()) })
+	return a
+}
+
+// rows returns the result of a query as text, one string per row with
+// columns separated by "|", NULL as "∅".
+func (e *testEnv) rows(t testing.TB, sql string) []string {
+	t.Helper()
+	rs, err := e.db.Query(context.Background(), sql)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	defer rs.Close()
+	var out []string
+	for rs.Next() {
+		vals, err := rs.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts := make([]string, len(vals))
+		for i, v := range vals {
+			if v == nil {
+				parts[i] = "∅"
+			} else {
+				parts[i] = fmt.Sprint(v)
+			}
+		}
+		out = append(out, strings.Join(parts, "|"))
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return out
+}
+
+// Tuple building: "∅" is NULL, "⊘" is an unchanged TOAST value.
+func tup(vals ...string) stream.Tuple {
+	t := make(stream.Tuple, len(vals))
+	for i, v := range vals {
+		switch v {
+		case "∅":
+			t[i] = stream.Value{Kind: stream.Null}
+		case "⊘":
+			t[i] = stream.Value{Kind: stream.Unchanged}
+		default:
+			t[i] = stream.Value{Kind: stream.Text, Data: []byte(v)}
+		}
+	}
+	return t
+}
+
+func rel(id uint32, name string, identity byte, cols ...string) *stream.Relation {
+	r := &stream.Relation{ID: id, Schema: "public", Name: name, ReplicaIdentity: identity}
+	for _, c := range cols {
+		key := strings.HasPrefix(c, "*")
+		r.Columns = append(r.Columns, stream.Column{Name: strings.TrimPrefix(c, "*"), Key: key || identity == 'f'})
+	}
+	return r
+}
+
+func ins(r *stream.Relation, vals ...string) *stream.Change {
+	return &stream.Change{Op: stream.Insert, Rel: r, New: tup(vals...)}
+}
+
+func upd(r *stream.Relation, old stream.Tuple, vals ...string) *stream.Change {
+	return &stream.Change{Op: stream.Update, Rel: r, Old: old, OldIsKey: old != nil && r.ReplicaIdentity != 'f', New: tup(vals...)}
+}
+
+func del(r *stream.Relation, vals ...string) *stream.Change {
+	return &stream.Change{Op: stream.Delete, Rel: r, Old: tup(vals...), OldIsKey: r.ReplicaIdentity != 'f'}
+}
+
+// remote hands out commit positions and times of a fake upstream.
+type remote struct {
+	lsn stream.LSN
+	ts  time.Time
+}
+
+func newRemote() *remote {
+	return &remote{lsn: 0x1000000, ts: time.Date(2025, 3, 1, 12, 0, 0, 123456000, time.UTC)}
+}
+
+// next returns the Begin and Commit of the next remote transaction.
+func (r *remote) next() (stream.Begin, stream.Commit) {
+	r.lsn += 0x100
+	r.ts = r.ts.Add(time.Second)
+	b := stream.Begin{XID: uint32(r.lsn), FinalLSN: r.lsn, CommitTime: r.ts}
+	return b, stream.Commit{CommitLSN: r.lsn, EndLSN: r.lsn + 0x30, CommitTime: r.ts}
+}
+
+// feed sends one remote transaction to the handler without waiting.
+func (r *remote) feed(t testing.TB, a *Applier, changes ...*stream.Change) stream.Commit {
+	t.Helper()
+	ctx := context.Background()
+	b, c := r.next()
+	if err := a.Begin(ctx, b); err != nil {
+		t.Fatalf("Begin: %v", err)
+	}
+	for _, ch := range changes {
+		if err := a.Change(ctx, ch); err != nil {
+			t.Fatalf("Change: %v", err)
+		}
+	}
+	if err := a.Commit(ctx, c); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	return c
+}
+
+// apply sends one remote transaction and waits until it is applied.
+func (r *remote) apply(t testing.TB, a *Applier, changes ...*stream.Change) stream.Commit {
+	t.Helper()
+	c := r.feed(t, a, changes...)
+	if err := a.Idle(context.Background()); err != nil {
+		t.Fatalf("Idle: %v", err)
+	}
+	return c
+}

@@ -1,0 +1,581 @@
+package stream
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgmesh/pgmesh/internal/pg"
+)
+
+// Options configure one replication stream.
+type Options struct {
+	Node        string // upstream node name, for errors and logs
+	Slot        string
+	Publication string // normally "pgmesh"
+	// StartLSN is the resume point: transactions whose commit ends at or
+	// before it are already applied and are skipped, also client-side.
+	StartLSN LSN
+	// OriginNone asks pgoutput (PG16+) not to send changes applied under a
+	// replication origin. Such transactions are dropped client-side anyway.
+	OriginNone bool
+	// ProtoVersion is 1 (default) or 2: with 2 the upstream streams big
+	// transactions before they commit; the chunks are spooled to SpoolDir
+	// and replayed to the Handler at commit, aborted ones are discarded.
+	ProtoVersion int
+	SpoolDir     string
+	// StatusInterval is how often the flushed position is reported to the
+	// upstream (default 1s).
+	StatusInterval time.Duration
+	// MaxInFlight bounds the bytes of received messages waiting for the
+	// Handler (default 8 MiB).
+	MaxInFlight int
+	Logger      *slog.Logger
+}
+
+// DefaultMaxInFlight is the default Options.MaxInFlight.
+const DefaultMaxInFlight = 8 << 20
+
+// Flushed returns the upstream LSN up to which changes are durably applied
+// downstream (the agent implements it with
+// pg_replication_origin_progress(origin, true)). It is the only position
+// the upstream is told it may forget.
+type Flushed func(ctx context.Context) (LSN, error)
+
+func (o Options) withDefaults() Options {
+	if o.ProtoVersion == 0 {
+		o.ProtoVersion = 1
+	}
+	if o.StatusInterval <= 0 {
+		o.StatusInterval = time.Second
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = DefaultMaxInFlight
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// pluginArgs are the pgoutput options. Text format only: apply binds text.
+func (o Options) pluginArgs() []string {
+	args := []string{
+		fmt.Sprintf("proto_version '%d'", o.ProtoVersion),
+		// publication_names is a list of identifiers inside a literal.
+		"publication_names " + pg.QuoteLiteral(pg.Ident(o.Publication)),
+		"messages 'true'",
+	}
+	if o.ProtoVersion >= 2 {
+		args = append(args, "streaming 'on'")
+	}
+	if o.OriginNone {
+		args = append(args, "origin 'none'")
+	}
+	return args
+}
+
+// Run streams from the slot until ctx is done or an error occurs, calling h
+// for each transaction, change and message. conn is a replication=database
+// connection (pg.ConnectReplication); Run leaves it in COPY mode or broken,
+// so the caller closes it afterwards. Every error names the node and slot;
+// when ctx ends, the error wraps ctx's error.
+//
+// One goroutine owns conn: it receives, reports positions every
+// StatusInterval (and when the upstream asks), and hands raw messages
+// through a pipe bounded by bytes to the goroutine that decodes them and
+// calls h, so receiving and applying overlap while memory stays bounded.
+func Run(ctx context.Context, conn *pgconn.PgConn, o Options, h Handler, flushed Flushed) error {
+	o = o.withDefaults()
+	if err := run(ctx, conn, o, h, flushed); err != nil {
+		return fmt.Errorf("stream from %s slot %s: %w", o.Node, o.Slot, err)
+	}
+	return nil
+}
+
+func run(ctx context.Context, conn *pgconn.PgConn, o Options, h Handler, flushed Flushed) error {
+	if o.ProtoVersion != 1 && o.ProtoVersion != 2 {
+		return fmt.Errorf("unsupported protocol version %d", o.ProtoVersion)
+	}
+	if o.ProtoVersion == 2 && o.SpoolDir == "" {
+		return errors.New("protocol 2 needs a spool directory")
+	}
+	err := pglogrepl.StartReplication(ctx, conn, pg.Ident(o.Slot), o.StartLSN,
+		pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: o.pluginArgs()})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("start replication at %s: %w", o.StartLSN, err)
+	}
+	c := &consumer{o: o, h: h, log: o.Logger, rels: map[uint32]*Relation{}}
+	if o.ProtoVersion == 2 {
+		// Only now is the slot ours: its spool files can be cleared.
+		sp, err := newSpooler(o.SpoolDir, o.Slot)
+		if err != nil {
+			return err
+		}
+		defer sp.close()
+		c.spool = sp
+	}
+	o.Logger.Debug("replication started", "node", o.Node, "slot", o.Slot, "start_lsn", o.StartLSN, "proto", o.ProtoVersion)
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	p := newPipe(o.MaxInFlight)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		cancel(c.run(ctx, p))
+	}()
+	r := &receiver{conn: conn, o: o, flushed: flushed, consumer: &c.progress}
+	cancel(r.run(ctx, p))
+	<-done
+	return context.Cause(ctx)
+}
+
+// receiver is the goroutine that owns the connection.
+type receiver struct {
+	conn     *pgconn.PgConn
+	o        Options
+	flushed  Flushed
+	received LSN // last position received, reported as "write"
+	next     time.Time
+	pushed   uint64 // items handed to the consumer
+	consumer *consumerProgress
+}
+
+func (r *receiver) run(ctx context.Context, p *pipe) error {
+	r.next = time.Now().Add(r.o.StatusInterval)
+	for {
+		if !time.Now().Before(r.next) {
+			if err := r.status(ctx); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, r.next)
+		msg, err := r.conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("receive: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := r.copyData(ctx, p, m.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return pgconn.ErrorResponseToPgError(m)
+		case *pgproto3.CopyDone:
+			return errors.New("upstream ended the replication stream")
+		}
+	}
+}
+
+func (r *receiver) copyData(ctx context.Context, p *pipe, data []byte) error {
+	if len(data) == 0 {
+		return errors.New("empty CopyData message")
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		k, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("keepalive: %w", err)
+		}
+		r.received = max(r.received, k.ServerWALEnd)
+		if k.ReplyRequested {
+			return r.status(ctx)
+		}
+		return nil
+	case pglogrepl.XLogDataByteID:
+		x, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("XLogData: %w", err)
+		}
+		if len(x.WALData) == 0 {
+			return fmt.Errorf("empty XLogData at %s", x.WALStart)
+		}
+		// pgconn reuses its buffer on the next receive: the item needs its own copy.
+		if err := r.push(ctx, p, item{lsn: x.WALStart, data: bytes.Clone(x.WALData)}); err != nil {
+			return err
+		}
+		r.pushed++
+		r.received = max(r.received, x.WALStart)
+		return nil
+	}
+	return fmt.Errorf("unknown CopyData message type %q", data[0])
+}
+
+// push waits for room in the pipe, still reporting status meanwhile so that
+// a slow apply does not make the upstream's wal_sender_timeout fire.
+func (r *receiver) push(ctx context.Context, p *pipe, it item) error {
+	for !p.tryPush(it) {
+		t := time.NewTimer(time.Until(r.next))
+		select {
+		case <-p.space:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+			if err := r.status(ctx); err != nil {
+				return err
+			}
+		}
+		t.Stop()
+	}
+	return nil
+}
+
+// status sends a standby status update: write = last received, flush =
+// apply = what Flushed reports as durable downstream, never more.
+func (r *receiver) status(ctx context.Context) error {
+	r.next = time.Now().Add(r.o.StatusInterval)
+	flush, err := r.flushed(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("read flushed position: %w", err)
+	}
+	if r.caughtUp(flush) {
+		flush = max(flush, r.received)
+	}
+	// pglogrepl.SendStandbyStatusUpdate would turn a zero flush position
+	// (nothing applied yet) into the write position: encode it ourselves.
+	buf := make([]byte, 0, 34)
+	buf = append(buf, pglogrepl.StandbyStatusUpdateByteID)
+	buf = binary.BigEndian.AppendUint64(buf, uint64(max(r.received, flush)))
+	buf = binary.BigEndian.AppendUint64(buf, uint64(flush))
+	buf = binary.BigEndian.AppendUint64(buf, uint64(flush))
+	buf = binary.BigEndian.AppendUint64(buf, uint64(pgTime(time.Now())))
+	buf = append(buf, 0)
+	msg, err := (&pgproto3.CopyData{Data: buf}).Encode(nil)
+	if err != nil {
+		return fmt.Errorf("encode status update: %w", err)
+	}
+	if err := r.conn.Frontend().SendUnbufferedEncodedCopyData(msg); err != nil {
+		return fmt.Errorf("send status update: %w", err)
+	}
+	return nil
+}
+
+// caughtUp tells whether every transaction received so far has been handled
+// and its effect is durable downstream (flush is the durable position). Then,
+// as the native apply worker does, the last received position may be
+// confirmed: without it a link whose upstream writes only WAL that is not
+// replicated (other databases, transactions dropped by origin, pgmesh's
+// own bookkeeping) would never advance its slot, and the upstream would keep
+// that WAL forever. It is safe because a transaction not yet received
+// commits after the received position, so the upstream sends it again after
+// a restart.
+func (r *receiver) caughtUp(flush LSN) bool {
+	return r.consumer.processed.Load() == r.pushed &&
+		!r.consumer.busy.Load() &&
+		uint64(flush) >= r.consumer.needFlush.Load()
+}
+
+// pgTime is t in microseconds since 2000-01-01 UTC, PostgreSQL's epoch.
+func pgTime(t time.Time) int64 {
+	return t.UnixMicro() - 946684800_000_000
+}
+
+// txnState is where the consumer is in the (non-streamed) message sequence.
+type txnState uint8
+
+const (
+	idle     txnState = iota
+	pending           // BEGIN received but held back: an ORIGIN may follow
+	open              // Begin delivered to the Handler
+	dropping          // applied under an origin, or already applied: skip to COMMIT
+)
+
+// consumer decodes messages and drives the Handler. It alone owns the
+// relation map and the spool.
+type consumer struct {
+	o     Options
+	h     Handler
+	log   *slog.Logger
+	rels  map[uint32]*Relation
+	state txnState
+	begin Begin
+
+	spool       *spooler // protocol 2 only
+	inStream    bool     // between STREAM START and STREAM STOP
+	streamXID   uint32
+	awaitOrigin bool // right after the first STREAM START of streamXID
+
+	progress consumerProgress
+}
+
+// consumerProgress is what the receiver needs to know of the consumer to
+// decide whether everything received has been handled (see caughtUp).
+type consumerProgress struct {
+	processed atomic.Uint64 // items fully handled
+	busy      atomic.Bool   // inside a transaction or holding spooled ones
+	needFlush atomic.Uint64 // EndLSN of the last transaction handed to the Handler
+}
+
+func (c *consumer) run(ctx context.Context, p *pipe) error {
+	for {
+		it, ok := p.pop()
+		if !ok {
+			if err := c.h.Idle(ctx); err != nil {
+				return fmt.Errorf("handler idle: %w", err)
+			}
+			select {
+			case <-p.ready:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		if err := c.process(ctx, it); err != nil {
+			return err
+		}
+		c.progress.busy.Store(c.state != idle || c.inStream || (c.spool != nil && len(c.spool.files) > 0))
+		c.progress.processed.Add(1)
+	}
+}
+
+func (c *consumer) process(ctx context.Context, it item) error {
+	if c.inStream {
+		return c.streamData(it)
+	}
+	if c.state == dropping {
+		switch it.data[0] {
+		case 'I', 'U', 'D', 'T', 'Y', 'M':
+			return nil // nothing to decode: the transaction is skipped
+		}
+	}
+	ev, err := decode(c.rels, it.data, it.lsn, false)
+	if err != nil {
+		return err
+	}
+	switch ev.kind {
+	case evRelation, evType:
+		return nil
+	case evBegin:
+		if c.state != idle {
+			return fmt.Errorf("BEGIN of xid %d at %s inside transaction %d", ev.begin.XID, it.lsn, c.begin.XID)
+		}
+		c.begin = ev.begin
+		// The commit record starts before StartLSN, so it also ends at or
+		// before it: the transaction is applied already.
+		if ev.begin.FinalLSN < c.o.StartLSN {
+			c.log.Debug("skip transaction applied before start position", "node", c.o.Node, "xid", ev.begin.XID, "commit_lsn", ev.begin.FinalLSN, "start_lsn", c.o.StartLSN)
+			c.state = dropping
+			return nil
+		}
+		c.state = pending
+		return nil
+	case evOrigin:
+		switch c.state {
+		case pending:
+			c.log.Debug("drop transaction applied under a replication origin", "node", c.o.Node, "xid", c.begin.XID, "origin", ev.origin)
+			c.state = dropping
+			return nil
+		case dropping:
+			return nil
+		}
+		return fmt.Errorf("ORIGIN %q at %s not right after BEGIN", ev.origin, it.lsn)
+	case evChange:
+		return c.change(ctx, ev.change)
+	case evMessage:
+		return c.message(ctx, ev.msg)
+	case evCommit:
+		return c.commit(ctx, ev.commit)
+	case evStreamStart:
+		if c.spool == nil {
+			return fmt.Errorf("STREAM START at %s with protocol 1", it.lsn)
+		}
+		if c.state != idle {
+			return fmt.Errorf("STREAM START at %s inside transaction %d", it.lsn, c.begin.XID)
+		}
+		c.inStream, c.streamXID, c.awaitOrigin = true, ev.xid, ev.first
+		return c.spool.start(ev.xid, ev.first)
+	case evStreamCommit:
+		return c.streamCommit(ctx, ev.xid, ev.commit)
+	case evStreamAbort:
+		if c.spool == nil {
+			return fmt.Errorf("STREAM ABORT at %s with protocol 1", it.lsn)
+		}
+		if ev.xid == ev.subXID {
+			c.log.Debug("discard aborted streamed transaction", "node", c.o.Node, "xid", ev.xid)
+		} else {
+			c.log.Debug("discard aborted streamed subtransaction", "node", c.o.Node, "xid", ev.xid, "subxid", ev.subXID)
+		}
+		return c.spool.abort(ev.xid, ev.subXID)
+	}
+	return fmt.Errorf("unexpected message %q at %s outside a stream segment", it.data[0], it.lsn)
+}
+
+// streamData handles a message between STREAM START and STREAM STOP.
+func (c *consumer) streamData(it item) error {
+	first := c.awaitOrigin
+	c.awaitOrigin = false
+	switch it.data[0] {
+	case 'E':
+		c.inStream = false
+		return nil
+	case 'O':
+		// PG15 marks a transaction applied under an origin with ORIGIN
+		// after its first STREAM START.
+		if !first {
+			return fmt.Errorf("ORIGIN at %s not right after STREAM START", it.lsn)
+		}
+		c.log.Debug("drop streamed transaction applied under a replication origin", "node", c.o.Node, "xid", c.streamXID)
+		c.spool.drop(c.streamXID)
+		return nil
+	}
+	sub, ok := inStreamXID(it.data)
+	if !ok {
+		return fmt.Errorf("unexpected message %q at %s inside a stream segment", it.data[0], it.lsn)
+	}
+	return c.spool.append(c.streamXID, sub, it.data)
+}
+
+// streamCommit replays a spooled transaction as Begin, changes, Commit.
+// A dropped or already applied one only contributes its RELATION messages,
+// which the upstream counts as sent once the transaction commits.
+func (c *consumer) streamCommit(ctx context.Context, xid uint32, cm Commit) error {
+	if c.spool == nil {
+		return fmt.Errorf("STREAM COMMIT of xid %d with protocol 1", xid)
+	}
+	if c.state != idle {
+		return fmt.Errorf("STREAM COMMIT of xid %d inside transaction %d", xid, c.begin.XID)
+	}
+	c.begin = Begin{XID: xid, FinalLSN: cm.CommitLSN, CommitTime: cm.CommitTime}
+	switch {
+	case c.spool.isDropped(xid):
+		c.state = dropping
+	case cm.EndLSN <= c.o.StartLSN:
+		c.log.Debug("skip streamed transaction applied before start position", "node", c.o.Node, "xid", xid, "end_lsn", cm.EndLSN, "start_lsn", c.o.StartLSN)
+		c.state = dropping
+	default:
+		c.log.Debug("replay streamed transaction", "node", c.o.Node, "xid", xid, "commit_lsn", cm.CommitLSN)
+		c.state = pending
+	}
+	err := c.spool.replay(xid, func(data []byte) error {
+		if c.state == dropping && data[0] != 'R' {
+			return nil
+		}
+		ev, err := decode(c.rels, data, cm.CommitLSN, true)
+		if err != nil {
+			return fmt.Errorf("streamed xid %d: %w", xid, err)
+		}
+		switch ev.kind {
+		case evRelation, evType:
+			return nil
+		case evChange:
+			return c.change(ctx, ev.change)
+		case evMessage:
+			return c.message(ctx, ev.msg)
+		}
+		return fmt.Errorf("streamed xid %d: unexpected message %q", xid, data[0])
+	})
+	if err == nil {
+		err = c.spool.finish(xid)
+	}
+	if err != nil {
+		c.state = idle
+		return err
+	}
+	return c.commit(ctx, cm)
+}
+
+// deliverBegin passes a held-back BEGIN once something of the transaction
+// must be delivered.
+func (c *consumer) deliverBegin(ctx context.Context) error {
+	if c.state != pending {
+		return nil
+	}
+	c.state = open
+	if err := c.h.Begin(ctx, c.begin); err != nil {
+		return fmt.Errorf("handler begin of xid %d (commit %s): %w", c.begin.XID, c.begin.FinalLSN, err)
+	}
+	return nil
+}
+
+func (c *consumer) change(ctx context.Context, ch *Change) error {
+	switch c.state {
+	case dropping:
+		return nil
+	case idle:
+		return fmt.Errorf("%c change outside a transaction", ch.Op)
+	}
+	if err := c.deliverBegin(ctx); err != nil {
+		return err
+	}
+	if err := c.h.Change(ctx, ch); err != nil {
+		return fmt.Errorf("handler change in xid %d (commit %s): %w", c.begin.XID, c.begin.FinalLSN, err)
+	}
+	return nil
+}
+
+func (c *consumer) message(ctx context.Context, m Message) error {
+	if !m.Transactional {
+		if c.state != idle {
+			return fmt.Errorf("non-transactional message %q at %s inside transaction %d", m.Prefix, m.LSN, c.begin.XID)
+		}
+		if err := c.h.Message(ctx, m); err != nil {
+			return fmt.Errorf("handler message %q at %s: %w", m.Prefix, m.LSN, err)
+		}
+		return nil
+	}
+	switch c.state {
+	case dropping:
+		return nil
+	case idle:
+		return fmt.Errorf("transactional message %q at %s outside a transaction", m.Prefix, m.LSN)
+	}
+	if err := c.deliverBegin(ctx); err != nil {
+		return err
+	}
+	if err := c.h.Message(ctx, m); err != nil {
+		return fmt.Errorf("handler message %q in xid %d (commit %s): %w", m.Prefix, c.begin.XID, c.begin.FinalLSN, err)
+	}
+	return nil
+}
+
+func (c *consumer) commit(ctx context.Context, cm Commit) error {
+	state := c.state
+	c.state = idle
+	switch state {
+	case idle:
+		return fmt.Errorf("COMMIT at %s outside a transaction", cm.CommitLSN)
+	case dropping:
+		return nil
+	}
+	if cm.CommitLSN != c.begin.FinalLSN {
+		return fmt.Errorf("COMMIT at %s of xid %d whose BEGIN announced %s", cm.CommitLSN, c.begin.XID, c.begin.FinalLSN)
+	}
+	if state == pending {
+		// An empty transaction is still delivered: committing it records
+		// the origin's progress downstream.
+		c.state = pending
+		if err := c.deliverBegin(ctx); err != nil {
+			return err
+		}
+		c.state = idle
+	}
+	c.progress.needFlush.Store(uint64(cm.EndLSN))
+	if err := c.h.Commit(ctx, cm); err != nil {
+		return fmt.Errorf("handler commit of xid %d (commit %s): %w", c.begin.XID, cm.CommitLSN, err)
+	}
+	return nil
+}
