@@ -15,21 +15,28 @@ CREATE TABLE pgmesh.node (
 -- known node. An exact node name wins over a suffix reading, so that nodes
 -- "a" and "a_1" stay distinct. Any other origin is reported by its name
 -- (without the pgmesh_ prefix); NULL when the origin id is unknown (dropped)
--- or NULL (frozen row).
+-- or NULL (frozen row). PL/pgSQL because it keeps its query plans for the
+-- session (an SQL function with sub-selects is planned at every statement
+-- that calls it); no SET clause, which would cost a configuration change at
+-- every call: names are schema-qualified instead.
 CREATE FUNCTION pgmesh.origin_node(roident oid) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $$
-    SELECT CASE
-        WHEN roident = 0 THEN (SELECT ln.name FROM pgmesh.local_node ln)
-        ELSE (SELECT coalesce(
+BEGIN
+    IF roident IS NULL THEN
+        RETURN NULL;
+    ELSIF roident = 0 THEN
+        RETURN (SELECT ln.name FROM pgmesh.local_node ln);
+    END IF;
+    RETURN (SELECT coalesce(
                 (SELECT n.name FROM pgmesh.node n WHERE o.roname = 'pgmesh_' || n.name),
                 (SELECT n.name FROM pgmesh.node n
-                  WHERE o.roname ~ ('^pgmesh_' || n.name || '_[0-9]+$')
-                  ORDER BY length(n.name) DESC LIMIT 1),
-                CASE WHEN o.roname LIKE 'pgmesh\_%' THEN substr(o.roname, 8) ELSE o.roname END)
-                FROM pg_replication_origin o WHERE o.roident = origin_node.roident)
-    END
+                  WHERE pg_catalog.starts_with(o.roname, 'pgmesh_' || n.name || '_')
+                    AND pg_catalog.substr(o.roname, pg_catalog.length(n.name) + 9) ~ '^[0-9]+$'
+                  ORDER BY pg_catalog.length(n.name) DESC LIMIT 1),
+                CASE WHEN pg_catalog.starts_with(o.roname, 'pgmesh_') THEN pg_catalog.substr(o.roname, 8) ELSE o.roname END)
+              FROM pg_catalog.pg_replication_origin o WHERE o.roident = origin_node.roident);
+END
 $$;
 
 -- Every row image that lost a conflict, on the node that detected it. Not
@@ -77,20 +84,23 @@ AS $$ SELECT to_jsonb($1) $$;
 -- the epoch, so an xid more than 2^31 transactions old could alias a newer
 -- transaction; such a tombstone is reported as unknown (NULL = oldest), as
 -- PostgreSQL itself no longer keeps commit timestamps that old.
+-- It is VOLATILE like pg_xact_commit_timestamp and has no SET clause so
+-- that the planner inlines it.
 CREATE FUNCTION pgmesh.tombstone_time(deleted_at timestamptz, x xid8) RETURNS timestamptz
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql VOLATILE
 AS $$
     SELECT CASE
         WHEN deleted_at IS NOT NULL THEN deleted_at
         WHEN x IS NULL THEN NULL
-        WHEN x::text::numeric < pg_snapshot_xmin(pg_current_snapshot())::text::numeric - 2000000000 THEN NULL
-        ELSE pg_xact_commit_timestamp(x::xid)
+        WHEN x::text::numeric < pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::text::numeric - 2000000000 THEN NULL
+        ELSE pg_catalog.pg_xact_commit_timestamp(x::xid)
     END
 $$;
 
 -- record_delete stores a tombstone for every local delete of a replicated
--- table. TG_ARGV holds the key columns. It runs AFTER DELETE FOR EACH ROW in
+-- table. TG_ARGV[0] is the table as "schema.table" (for a partitioned table
+-- the root, which is what peers replicate, not the partition the trigger
+-- fires on), the other arguments are the key columns. It runs AFTER DELETE FOR EACH ROW in
 -- ordinary sessions only: apply sessions run with session_replication_role
 -- = replica, where ordinary triggers do not fire (the applier writes remote
 -- tombstones itself, with the remote commit time). A tombstone from a remote
@@ -104,9 +114,9 @@ DECLARE
     img jsonb := to_jsonb(OLD);
     k   jsonb;
 BEGIN
-    SELECT jsonb_object_agg(col, img -> col) INTO k FROM unnest(TG_ARGV) AS col;
+    SELECT jsonb_object_agg(col, img -> col) INTO k FROM unnest(TG_ARGV[1:]) AS col;
     INSERT INTO pgmesh.tombstone AS t (table_name, key, deleted_at, xid, node)
-    VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, k, NULL, pg_current_xact_id(),
+    VALUES (TG_ARGV[0], k, NULL, pg_current_xact_id(),
             (SELECT ln.name FROM pgmesh.local_node ln))
     ON CONFLICT (table_name, key) DO UPDATE
        SET deleted_at = NULL, xid = excluded.xid, node = excluded.node

@@ -68,6 +68,10 @@ func BenchApply(ctx context.Context, o ApplyBenchOptions) (*ApplyBenchResult, er
 		if err != nil {
 			return nil, err
 		}
+		// As root the servers run as the postgres user, who must enter it.
+		if err := os.Chmod(d, 0o755); err != nil {
+			return nil, err
+		}
 		dir = filepath.Join(d, "cluster")
 	}
 	cl, err := sandbox.Up(ctx, sandbox.Options{Dir: dir, Nodes: 2, BinDir: o.BinDir, DB: "native",

@@ -65,6 +65,10 @@ func StartDemo(ctx context.Context, o DemoOptions) (*Demo, error) {
 		if err != nil {
 			return nil, err
 		}
+		// As root the servers run as the postgres user, who must enter it.
+		if err := os.Chmod(d, 0o755); err != nil {
+			return nil, err
+		}
 		o.Dir = filepath.Join(d, "cluster")
 	}
 	step := func(f string, a ...any) { fmt.Fprintf(o.Out, "==> "+f+"\n", a...) }

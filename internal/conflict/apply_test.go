@@ -1,0 +1,198 @@
+package conflict
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgmesh/pgmesh/internal/config"
+)
+
+// One case per row of the DESIGN §5 table and per policy rule. The node
+// under test is n3; remote changes come from n1 (rank 1) unless said
+// otherwise. Local writes (origin 0 = n3) commit at the real time "now";
+// remote changes are an hour older or newer. peer_seen is empty unless a
+// case fills it, so changes of other nodes are concurrent.
+func TestApplyCases(t *testing.T) {
+	const hour = time.Hour
+	local := func(sql string) func(f *fixture, now time.Time) {
+		return func(f *fixture, now time.Time) { f.exec(sql) }
+	}
+	as := func(node string, off time.Duration, sql string) func(f *fixture, now time.Time) {
+		return func(f *fixture, now time.Time) { f.writeAs(node, now.Add(off), sql) }
+	}
+	seen := func(peer, origin string, off time.Duration) func(f *fixture, now time.Time) {
+		return func(f *fixture, now time.Time) {
+			f.exec(SeenSQL(), peer, origin, now.Add(off))
+		}
+	}
+	const (
+		insL    = "INSERT INTO item VALUES (1, 'a', 'L')"
+		delL    = "DELETE FROM item WHERE id = 1"
+		insA    = "INSERT INTO item VALUES (1, 'a', 'A')"
+		insert  = "insert"
+		update  = "update"
+		deleteO = "delete"
+	)
+	row := []any{1, "a", "R", 0}
+	updRow := []any{1, 1, "a", "R", 0} // old id, then the new row
+	cases := []struct {
+		name    string
+		mod     func(*Table)
+		setup   []func(f *fixture, now time.Time)
+		node    string        // remote node, default n1
+		at      time.Duration // remote commit time relative to now
+		op      string
+		set     []string // update: columns sent (default all)
+		args    []any
+		want    verdict
+		wantErr string
+		rows    string
+		log     []string
+		tomb    string
+	}{
+		// INSERT
+		{name: "insert absent", op: insert, at: -hour, args: row, rows: "1:a:R:0"},
+		{name: "insert_exists remote newer wins", setup: fs(local(insL)), op: insert, at: hour, args: row,
+			want: verdict{InsertExists, ApplyRemote}, rows: "1:a:R:0", log: []string{"insert_exists/apply_remote/n3/n1/L/R"}},
+		{name: "insert_exists remote older loses", setup: fs(local(insL)), op: insert, at: -hour, args: row,
+			want: verdict{InsertExists, KeepLocal}, rows: "1:a:L:0", log: []string{"insert_exists/keep_local/n3/n1/L/R"}},
+		{name: "insert after a newer delete is skipped", setup: fs(local(insL), local(delL)), op: insert, at: -hour, args: row,
+			want: verdict{InsertDeleted, KeepLocal}, rows: "", log: []string{"insert_deleted/keep_local/n3/n1/-/R"}, tomb: `{"id": 1}@n3`},
+		{name: "insert newer than a delete applies", setup: fs(local(insL), local(delL)), op: insert, at: hour, args: row,
+			want: verdict{InsertDeleted, ApplyRemote}, rows: "1:a:R:0", log: []string{"insert_deleted/apply_remote/n3/n1/-/R"}},
+		// UPDATE
+		{name: "update of own older row", setup: fs(as("n1", -hour, insA)), op: update, args: updRow, rows: "1:a:R:0"},
+		{name: "update of older row of another origin", setup: fs(as("n2", -hour, insA)), op: update, args: updRow,
+			want: verdict{UpdateOriginDiffers, ApplyRemote}, rows: "1:a:R:0", log: []string{"update_origin_differs/apply_remote/n2/n1/A/R"}},
+		{name: "update older than local row", setup: fs(local(insL)), op: update, at: -hour, args: updRow,
+			want: verdict{UpdateOriginDiffers, KeepLocal}, rows: "1:a:L:0", log: []string{"update_origin_differs/keep_local/n3/n1/L/R"}},
+		{name: "update_deleted: newer tombstone skips", setup: fs(local(insL), local(delL)), op: update, at: -hour, args: updRow,
+			want: verdict{UpdateDeleted, KeepLocal}, rows: "", log: []string{"update_deleted/keep_local/n3/n1/-/R"}},
+		{name: "update_deleted: older tombstone resurrects", setup: fs(local(insL), local(delL)), op: update, at: hour, args: updRow,
+			want: verdict{UpdateDeleted, ApplyRemote}, rows: "1:a:R:0", log: []string{"update_deleted/apply_remote/n3/n1/-/R"}},
+		{name: "update_missing inserts the row", op: update, args: updRow,
+			want: verdict{UpdateMissing, ApplyRemote}, rows: "1:a:R:0", log: []string{"update_missing/apply_remote/-/n1/-/R"}},
+		{name: "update_missing with unchanged TOAST is skipped", op: update, set: []string{"id", "email", "name"}, args: []any{1, 1, "a", "R"},
+			want: verdict{UpdateMissing, SkipIncomplete}, rows: "", log: []string{"update_missing/skip_incomplete/-/n1/-/R"}},
+		{name: "update that changes the key moves the row", setup: fs(as("n1", -hour, insA)), op: update, args: []any{1, 7, "a", "R", 0}, rows: "7:a:R:0"},
+		{name: "update onto an existing key: unique_conflict", setup: fs(as("n1", -hour, insA), local("INSERT INTO item VALUES (7, 'b', 'L')")),
+			op: update, at: -2 * hour, args: []any{1, 7, "a", "R", 0},
+			want: verdict{UniqueConflict, KeepLocal}, rows: "1:a:A:0 7:b:L:0", log: []string{"unique_conflict/keep_local/n3/n1/L/R"}},
+		// DELETE
+		{name: "delete of own older row", setup: fs(as("n1", -hour, insA)), op: deleteO, args: []any{1}, rows: "", tomb: `{"id": 1}@n1`},
+		{name: "delete of older row of another origin", setup: fs(as("n2", -hour, insA)), op: deleteO, args: []any{1},
+			want: verdict{DeleteOriginDiffers, ApplyRemote}, rows: "", log: []string{`delete_origin_differs/apply_remote/n2/n1/A/{"id": 1}`}, tomb: `{"id": 1}@n1`},
+		{name: "delete older than local row", setup: fs(local(insL)), op: deleteO, at: -hour, args: []any{1},
+			want: verdict{DeleteOriginDiffers, KeepLocal}, rows: "1:a:L:0", log: []string{`delete_origin_differs/keep_local/n3/n1/L/{"id": 1}`}},
+		{name: "delete_missing writes a tombstone", op: deleteO, args: []any{1},
+			want: verdict{DeleteMissing, Skip}, rows: "", log: []string{`delete_missing/skip/-/n1/-/{"id": 1}`}, tomb: `{"id": 1}@n1`},
+		// secondary unique index
+		{name: "unique_conflict: older remote row is skipped", setup: fs(local(insL)), op: insert, at: -hour, args: []any{2, "a", "R", 0},
+			want: verdict{UniqueConflict, KeepLocal}, rows: "1:a:L:0", log: []string{"unique_conflict/keep_local/n3/n1/L/R"}},
+		{name: "unique_conflict: newer remote row replaces the local one", setup: fs(local(insL)), op: insert, at: hour, args: []any{2, "a", "R", 0},
+			want: verdict{UniqueConflict, ApplyRemote}, rows: "2:a:R:0", log: []string{"unique_conflict/apply_remote/n3/n1/L/R"}},
+		// ties of commit time go to the node first in the config
+		{name: "tie: n1 beats n2", setup: fs(as("n2", -hour, insA)), op: update, at: -hour, args: updRow,
+			want: verdict{UpdateOriginDiffers, ApplyRemote}, rows: "1:a:R:0", log: []string{"update_origin_differs/apply_remote/n2/n1/A/R"}},
+		{name: "tie: n2 loses to n1", setup: fs(as("n1", -hour, insA)), node: "n2", op: update, at: -hour, args: updRow,
+			want: verdict{UpdateOriginDiffers, KeepLocal}, rows: "1:a:A:0", log: []string{"update_origin_differs/keep_local/n1/n2/A/R"}},
+		// exact concurrency through peer_seen
+		{name: "causal update of a row the peer had seen", setup: fs(as("n2", -hour, insA), seen("n1", "n2", -hour+time.Minute)),
+			op: update, args: updRow, rows: "1:a:R:0"},
+		{name: "causal update of a local row", setup: fs(local(insL), seen("n1", "n3", time.Minute)), op: update, at: hour, args: updRow, rows: "1:a:R:0"},
+		{name: "concurrent: the peer had seen an older version only", setup: fs(local(insL), seen("n1", "n3", -time.Minute)), op: update, at: hour, args: updRow,
+			want: verdict{UpdateOriginDiffers, ApplyRemote}, rows: "1:a:R:0", log: []string{"update_origin_differs/apply_remote/n3/n1/L/R"}},
+		{name: "causal but older (clock skew) loses and is logged", setup: fs(local(insL), seen("n1", "n3", time.Minute)), op: update, at: -hour, args: updRow,
+			want: verdict{UpdateOriginDiffers, KeepLocalClockSkew}, rows: "1:a:L:0", log: []string{"update_origin_differs/keep_local_clock_skew/n3/n1/L/R"}},
+		// delete_wins
+		{name: "delete_wins: older delete beats a concurrent update", mod: deleteWins, setup: fs(local(insL)), op: deleteO, at: -hour, args: []any{1},
+			want: verdict{DeleteOriginDiffers, ApplyRemote}, rows: "", log: []string{`delete_origin_differs/apply_remote/n3/n1/L/{"id": 1}`}},
+		{name: "delete_wins: newer update does not resurrect", mod: deleteWins, setup: fs(local(insL), local(delL)), op: update, at: hour, args: updRow,
+			want: verdict{UpdateDeleted, KeepLocal}, rows: "", log: []string{"update_deleted/keep_local/n3/n1/-/R"}},
+		{name: "delete_wins: causal update still applies", mod: deleteWins, setup: fs(local(insL), seen("n1", "n3", time.Minute)), op: update, at: hour, args: updRow, rows: "1:a:R:0"},
+		// other policies
+		{name: "first_update_wins: older remote wins", mod: policy(config.FirstUpdateWins), setup: fs(local(insL)), op: update, at: -hour, args: updRow,
+			want: verdict{UpdateOriginDiffers, ApplyRemote}, rows: "1:a:R:0", log: []string{"update_origin_differs/apply_remote/n3/n1/L/R"}},
+		{name: "first_update_wins: newer remote loses", mod: policy(config.FirstUpdateWins), setup: fs(local(insL)), op: update, at: hour, args: updRow,
+			want: verdict{UpdateOriginDiffers, KeepLocal}, rows: "1:a:L:0", log: []string{"update_origin_differs/keep_local/n3/n1/L/R"}},
+		{name: "first_update_wins: insert_exists keeps the older", mod: policy(config.FirstUpdateWins), setup: fs(local(insL)), op: insert, at: hour, args: row,
+			want: verdict{InsertExists, KeepLocal}, rows: "1:a:L:0", log: []string{"insert_exists/keep_local/n3/n1/L/R"}},
+		{name: "first_update_wins: causal newer update applies", mod: policy(config.FirstUpdateWins), setup: fs(local(insL), seen("n1", "n3", time.Minute)), op: update, at: hour, args: updRow, rows: "1:a:R:0"},
+		{name: "keep_local: concurrent newer update loses", mod: policy(config.KeepLocal), setup: fs(local(insL)), op: update, at: hour, args: updRow,
+			want: verdict{UpdateOriginDiffers, KeepLocal}, rows: "1:a:L:0", log: []string{"update_origin_differs/keep_local/n3/n1/L/R"}},
+		{name: "keep_local: causal update applies", mod: policy(config.KeepLocal), setup: fs(local(insL), seen("n1", "n3", time.Minute)), op: update, at: hour, args: updRow, rows: "1:a:R:0"},
+		{name: "keep_local: unique_conflict keeps the local row", mod: policy(config.KeepLocal), setup: fs(local(insL)), op: insert, at: hour, args: []any{2, "a", "R", 0},
+			want: verdict{UniqueConflict, KeepLocal}, rows: "1:a:L:0", log: []string{"unique_conflict/keep_local/n3/n1/L/R"}},
+		{name: "apply_remote: concurrent older update wins", mod: policy(config.ApplyRemote), setup: fs(local(insL)), op: update, at: -hour, args: updRow,
+			want: verdict{UpdateOriginDiffers, ApplyRemote}, rows: "1:a:R:0", log: []string{"update_origin_differs/apply_remote/n3/n1/L/R"}},
+		{name: "apply_remote: older delete wins", mod: policy(config.ApplyRemote), setup: fs(local(insL)), op: deleteO, at: -hour, args: []any{1},
+			want: verdict{DeleteOriginDiffers, ApplyRemote}, rows: "", log: []string{`delete_origin_differs/apply_remote/n3/n1/L/{"id": 1}`}},
+		{name: "error: concurrent update stops the link", mod: policy(config.PolicyError), setup: fs(local(insL)), op: update, at: hour, args: updRow,
+			wantErr: "conflict update_origin_differs on table public.item key {\"id\": 1}", rows: "1:a:L:0"},
+		{name: "error: insert_exists stops the link", mod: policy(config.PolicyError), setup: fs(local(insL)), op: insert, at: hour, args: row,
+			wantErr: "conflict insert_exists on table public.item", rows: "1:a:L:0"},
+		{name: "error: unique_conflict stops the link", mod: policy(config.PolicyError), setup: fs(local(insL)), op: insert, at: hour, args: []any{2, "a", "R", 0},
+			wantErr: "conflict unique_conflict on table public.item", rows: "1:a:L:0"},
+		{name: "error: causal update applies", mod: policy(config.PolicyError), setup: fs(local(insL), seen("n1", "n3", time.Minute)), op: update, at: hour, args: updRow, rows: "1:a:R:0"},
+		{name: "error: delete_missing only logs", mod: policy(config.PolicyError), op: deleteO, args: []any{1},
+			want: verdict{DeleteMissing, Skip}, rows: "", log: []string{`delete_missing/skip/-/n1/-/{"id": 1}`}, tomb: `{"id": 1}@n1`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, itemDDL)
+			tbl := f.table("item", tc.mod)
+			now := time.Now().Truncate(time.Microsecond)
+			for _, s := range tc.setup {
+				s(f, now)
+			}
+			var sql string
+			switch tc.op {
+			case insert:
+				sql = InsertSQL(tbl)
+			case update:
+				set := tc.set
+				if set == nil {
+					set = tbl.Columns
+				}
+				sql = UpdateSQL(tbl, set)
+			case deleteO:
+				sql = DeleteSQL(tbl)
+			}
+			node := tc.node
+			if node == "" {
+				node = "n1"
+			}
+			got, err := f.apply(node, now.Add(tc.at), sql, vals(tc.args...)...)
+			switch {
+			case tc.wantErr != "" && err == nil:
+				t.Fatalf("no error, want one containing %q (verdict %v)", tc.wantErr, got)
+			case tc.wantErr != "" && !strings.Contains(err.Error(), tc.wantErr):
+				t.Fatalf("error %q, want one containing %q", err, tc.wantErr)
+			case tc.wantErr == "" && err != nil:
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("verdict %+v, want %+v", got, tc.want)
+			}
+			if r := f.rows(); r != tc.rows {
+				t.Errorf("rows %q, want %q", r, tc.rows)
+			}
+			if l := f.logRows(); !slices.Equal(l, tc.log) {
+				t.Errorf("conflict log:\n got %s\nwant %s", joinLog(l), joinLog(tc.log))
+			}
+			if tc.tomb != "" {
+				if tb := f.tombstones(); tb != tc.tomb {
+					t.Errorf("tombstones %q, want %q", tb, tc.tomb)
+				}
+			}
+		})
+	}
+}
+
+func fs(steps ...func(f *fixture, now time.Time)) []func(f *fixture, now time.Time) { return steps }
+
+func deleteWins(t *Table) { t.DeleteWins = true }
+
+func policy(p config.Policy) func(*Table) { return func(t *Table) { t.Policy = p } }

@@ -1,0 +1,147 @@
+// Package conflict resolves conflicts between remote changes and the local
+// state of a node (DESIGN.md §5, issue 3). Resolution happens inside the
+// database: every remote row change is applied by ONE data-modifying SQL
+// statement built here, which locks the local row by key, reads its last
+// writer with pg_xact_commit_timestamp_origin(xmin), decides, applies,
+// writes tombstones and the conflict log, and returns one row
+// (kind text, resolution text). No round trip waits for a decision, so the
+// applier can pipeline any number of these statements.
+//
+// Order of writes is (commit time, node rank): the later commit wins, ties go
+// to the node that comes first in the config (lower rank); an unknown local
+// commit time (frozen row, commit timestamp no longer kept, or a row written
+// earlier in the same remote transaction) is the oldest.
+//
+// Exact concurrency: a remote change from peer P on a row last written by
+// node L ≠ P is concurrent only if the row's commit time is later than what P
+// had seen of L (pgmesh.peer_seen, fed by P's "pgmesh.seen" messages). We
+// chose this over comparing old row images (REPLICA IDENTITY FULL) because it
+// works for every table, costs one index probe instead of shipping whole old
+// rows, and tells "P overwrote a version it had seen" (normal replication)
+// from "P wrote without knowing" even when both versions hold equal values.
+// peer_seen is a lower bound of what P had seen, so an error can only make a
+// causal change look concurrent (a harmless extra log row), never hide a
+// conflict.
+package conflict
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/pgmesh/pgmesh/internal/config"
+)
+
+// Conflict kinds, as returned by the statements and stored in
+// pgmesh.conflict_log.kind.
+const (
+	InsertExists        = "insert_exists"
+	InsertDeleted       = "insert_deleted" // remote insert older than a delete of the same key
+	UpdateOriginDiffers = "update_origin_differs"
+	UpdateMissing       = "update_missing"
+	UpdateDeleted       = "update_deleted"
+	DeleteOriginDiffers = "delete_origin_differs"
+	DeleteMissing       = "delete_missing"
+	UniqueConflict      = "unique_conflict"
+)
+
+// Resolutions, as returned by the statements and stored in
+// pgmesh.conflict_log.resolution.
+const (
+	ApplyRemote = "apply_remote" // the remote change was applied; the local image lost
+	KeepLocal   = "keep_local"   // the local state was kept; the remote image lost
+	// KeepLocalClockSkew: a causal change (its node had seen the local
+	// version) lost because its commit time is older than the local one,
+	// which only clock skew between nodes explains.
+	KeepLocalClockSkew = "keep_local_clock_skew"
+	// SkipIncomplete: an update of a missing row could not insert it because
+	// unchanged TOAST columns did not come with the change.
+	SkipIncomplete = "skip_incomplete"
+	Skip           = "skip" // delete of a missing row: a tombstone is written
+)
+
+// Table describes a replicated table on the applying node.
+type Table struct {
+	Schema, Name string
+	// Columns are the local columns the statements set: the remote row's
+	// columns that exist locally, in the order of the parameters.
+	Columns []string
+	// Types are the types of Columns as format_type prints them
+	// ("integer", "character varying(20)", "public.mood"); parameters are
+	// cast to them.
+	Types []string
+	// Key are the replica identity columns (primary key or USING INDEX); a
+	// subset of Columns. Empty for tables identified only by REPLICA
+	// IDENTITY FULL: then all of Columns identify a row.
+	Key []string
+	// Uniques are the other unique indexes (their columns), checked before
+	// a row image is written. Indexes on columns outside Columns are not
+	// checked.
+	Uniques [][]string
+	// FullIdentity is REPLICA IDENTITY FULL: updates and deletes come with
+	// the old values of every column.
+	FullIdentity bool
+	Policy       config.Policy // "" = last_update_wins
+	// DeltaColumns are numeric columns merged as local + (new − old) on
+	// every update, whoever wins the rest of the row. They need
+	// FullIdentity (the old values).
+	DeltaColumns []string
+	// DeleteWins makes a delete beat every concurrent insert or update,
+	// whatever the commit times.
+	DeleteWins bool
+}
+
+// QualifiedName is "schema.table", as in the config and the conflict log.
+func (t Table) QualifiedName() string { return t.Schema + "." + t.Name }
+
+// Validate checks what the statement builders rely on. Builders must only be
+// given tables that pass it.
+func (t Table) Validate() error {
+	name := t.QualifiedName()
+	if t.Schema == "" || t.Name == "" {
+		return fmt.Errorf("conflict table %q: schema and name are required", name)
+	}
+	if len(t.Columns) == 0 || len(t.Columns) != len(t.Types) {
+		return fmt.Errorf("table %s: %d columns and %d types: need one type per column", name, len(t.Columns), len(t.Types))
+	}
+	seen := map[string]bool{}
+	for i, c := range t.Columns {
+		if seen[c] {
+			return fmt.Errorf("table %s: column %s listed twice", name, c)
+		}
+		seen[c] = true
+		if t.Types[i] == "" {
+			return fmt.Errorf("table %s: column %s has no type", name, c)
+		}
+	}
+	for _, k := range t.Key {
+		if !seen[k] {
+			return fmt.Errorf("table %s: key column %s is not among the applied columns", name, k)
+		}
+	}
+	switch t.Policy {
+	case "", config.LastUpdateWins, config.FirstUpdateWins, config.KeepLocal, config.ApplyRemote, config.PolicyError:
+	default:
+		return fmt.Errorf("table %s: unknown conflict policy %q", name, t.Policy)
+	}
+	if len(t.DeltaColumns) > 0 && !t.FullIdentity {
+		return fmt.Errorf("table %s: delta_columns %v need REPLICA IDENTITY FULL (the old values come with each update): run ALTER TABLE %s REPLICA IDENTITY FULL on every node",
+			name, t.DeltaColumns, name)
+	}
+	for _, d := range t.DeltaColumns {
+		if !seen[d] {
+			return fmt.Errorf("table %s: delta column %s is not among the applied columns", name, d)
+		}
+		if slices.Contains(t.Key, d) {
+			return fmt.Errorf("table %s: delta column %s is part of the key", name, d)
+		}
+	}
+	return nil
+}
+
+// policy is t.Policy with the default filled in.
+func (t Table) policy() config.Policy {
+	if t.Policy == "" {
+		return config.LastUpdateWins
+	}
+	return t.Policy
+}
