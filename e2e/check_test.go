@@ -246,10 +246,20 @@ func TestCheckSlots(t *testing.T) {
 	if !ok {
 		t.Fatalf("no FAIL for the lost slot:\n%s", out)
 	}
-	for _, want := range []string{"pg_drop_replication_slot('pgmesh_n1_n2')", "pgmesh init", "pgmesh repair", "--from n1"} {
+	for _, want := range []string{"pg_drop_replication_slot('pgmesh_n1_n2')", "pg_create_logical_replication_slot('pgmesh_n1_n2', 'pgoutput')", "pgmesh repair", "--from n1"} {
 		if !strings.Contains(f.Fix, want) {
 			t.Errorf("fix of the lost slot lacks %q:\n%s", want, f.Fix)
 		}
+	}
+	// Re-created, the slot is back to inactive (no agent runs here).
+	env.Exec(t, 0, "SELECT pg_drop_replication_slot('pgmesh_n1_n2')")
+	env.Exec(t, 0, "SELECT pg_create_logical_replication_slot('pgmesh_n1_n2', 'pgoutput')")
+	fs, code = checkJSON(t, env.ConfigPath)
+	if code != 0 {
+		t.Fatalf("check after re-creating the slot: exit %d, FAILs:\n%s", code, failures(fs))
+	}
+	if _, ok := findingWith(fs, "WARN", "n1", "pgmesh_n1_n2", "inactive"); !ok {
+		t.Errorf("re-created slot not reported inactive: %+v", fs)
 	}
 }
 

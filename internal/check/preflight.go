@@ -27,6 +27,9 @@ type Node struct {
 	// Outbound and Inbound are the links of this node in the configured
 	// topology.
 	Outbound, Inbound []topology.Link
+	// Initialised: pgmesh.local_node says this database is this node of
+	// this cluster, i.e. init has run here.
+	Initialised bool
 }
 
 // Setting is one row of pg_settings.
@@ -41,27 +44,36 @@ type Setting struct {
 // becomes a FAIL finding and the other checks still run.
 type nodeCheck struct {
 	name string
-	run  func(ctx context.Context, cfg *config.Config, n *Node) ([]Finding, error)
+	run  func(ctx context.Context, r *run, n *Node) ([]Finding, error)
 }
 
 // clusterCheck compares the reachable nodes.
 type clusterCheck struct {
 	name string
-	run  func(ctx context.Context, cfg *config.Config, nodes []*Node) ([]Finding, error)
+	run  func(ctx context.Context, r *run, nodes []*Node) ([]Finding, error)
 }
 
-// The checks Preflight runs, in order. More checks (schema drift, sequences,
-// privileges, slot health) are added to these lists.
+// run is what every check of one Preflight sees.
+type run struct {
+	cfg  *config.Config
+	opts Options
+}
+
+// The checks Preflight runs, in order.
 var (
 	nodeChecks = []nodeCheck{
 		{"version", checkVersion},
 		{"settings", checkSettings},
 		{"capacity", checkCapacity},
 		{"local_node", checkLocalNode},
+		{"privileges", checkPrivileges},
 		{"identity", checkIdentity},
+		{"slots", checkSlots},
 	}
 	clusterChecks = []clusterCheck{
 		{"tables", checkPresence},
+		{"schema", checkDrift},
+		{"sequences", checkSequences},
 	}
 )
 
@@ -73,10 +85,18 @@ var settingNames = []string{
 	"max_slot_wal_keep_size",
 }
 
-// Preflight connects to every node of cfg and runs every check. An
-// unreachable node is a FAIL naming the node and its address; the other
-// nodes are still checked. The error is only for a cancelled context.
+// Preflight connects to every node of cfg and runs every check with the
+// default Options. An unreachable node is a FAIL naming the node and its
+// address; the other nodes are still checked. The error is only for a
+// cancelled context.
 func Preflight(ctx context.Context, cfg *config.Config) ([]Finding, error) {
+	return PreflightWith(ctx, cfg, Options{})
+}
+
+// PreflightWith is Preflight with thresholds; zero fields of opts take
+// their defaults.
+func PreflightWith(ctx context.Context, cfg *config.Config, opts Options) ([]Finding, error) {
+	r := &run{cfg: cfg, opts: opts.withDefaults()}
 	links := topology.FullMesh(cfg.NodeNames())
 	conns := make([]*pgx.Conn, len(cfg.Nodes))
 	errs := make([]error, len(cfg.Nodes))
@@ -114,7 +134,7 @@ func Preflight(ctx context.Context, cfg *config.Config) ([]Finding, error) {
 		}
 		nodes = append(nodes, n)
 		for _, c := range nodeChecks {
-			fs, err := c.run(ctx, cfg, n)
+			fs, err := c.run(ctx, r, n)
 			if err != nil {
 				fs = append(fs, Finding{Status: Fail, Node: n.Name, Check: c.name, Message: "could not check: " + err.Error()})
 			}
@@ -122,7 +142,7 @@ func Preflight(ctx context.Context, cfg *config.Config) ([]Finding, error) {
 		}
 	}
 	for _, c := range clusterChecks {
-		fs, err := c.run(ctx, cfg, nodes)
+		fs, err := c.run(ctx, r, nodes)
 		if err != nil {
 			fs = append(fs, Finding{Status: Fail, Check: c.name, Message: "could not check: " + err.Error()})
 		}
@@ -157,6 +177,19 @@ func (n *Node) load(ctx context.Context, cfg *config.Config) error {
 	n.Tables, err = pg.ReplicatedTables(ctx, n.Conn, cfg.Replicate.Schemas, cfg.Replicate.Exclude)
 	if err != nil {
 		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	// The table does not exist before pgmesh is installed (and a query
+	// naming it would not even parse).
+	var installed bool
+	if err := n.Conn.QueryRow(ctx, "SELECT to_regclass('pgmesh.local_node') IS NOT NULL").Scan(&installed); err != nil {
+		return fmt.Errorf("node %s: look for pgmesh.local_node: %w", n.Name, err)
+	}
+	if installed {
+		err = n.Conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pgmesh.local_node WHERE cluster = $1 AND name = $2)", cfg.Cluster, n.Name).
+			Scan(&n.Initialised)
+		if err != nil {
+			return fmt.Errorf("node %s: read pgmesh.local_node: %w", n.Name, err)
+		}
 	}
 	return nil
 }

@@ -7,8 +7,6 @@ import (
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/pgmesh/pgmesh/internal/config"
 )
 
 // minVersion is the oldest server pgmesh is built and tested for (DESIGN.md);
@@ -20,7 +18,7 @@ const minVersion = 150000
 // a restart. Below the need is a FAIL, below need+headroom a WARN.
 const headroom = 2
 
-func checkVersion(_ context.Context, _ *config.Config, n *Node) ([]Finding, error) {
+func checkVersion(_ context.Context, _ *run, n *Node) ([]Finding, error) {
 	return []Finding{versionFinding(n.Name, n.Version, n.Settings["server_version"].Value)}, nil
 }
 
@@ -34,7 +32,7 @@ func versionFinding(node string, num int, version string) Finding {
 	return f
 }
 
-func checkSettings(_ context.Context, _ *config.Config, n *Node) ([]Finding, error) {
+func checkSettings(_ context.Context, _ *run, n *Node) ([]Finding, error) {
 	return settingFindings(n.Name, n.Settings), nil
 }
 
@@ -82,7 +80,7 @@ type usage struct {
 	otherOrigins      int // replication origins that are not this node's pgmesh origins
 }
 
-func checkCapacity(ctx context.Context, _ *config.Config, n *Node) ([]Finding, error) {
+func checkCapacity(ctx context.Context, _ *run, n *Node) ([]Finding, error) {
 	u := usage{outbound: len(n.Outbound), inbound: len(n.Inbound)}
 	slots := make([]string, 0, len(n.Outbound))
 	for _, l := range n.Outbound {
@@ -146,7 +144,8 @@ func capacity(node, check, setting string, s map[string]Setting, need int, why s
 // checkLocalNode refuses a database that is already another pgmesh node: a
 // config pointing two nodes at one database, or at another cluster's node,
 // would make the node replicate to itself.
-func checkLocalNode(ctx context.Context, cfg *config.Config, n *Node) ([]Finding, error) {
+func checkLocalNode(ctx context.Context, r *run, n *Node) ([]Finding, error) {
+	cfg := r.cfg
 	f := Finding{Status: Pass, Node: n.Name, Check: "local_node", Object: "pgmesh.local_node", Message: "not yet initialised"}
 	var exists bool
 	if err := n.Conn.QueryRow(ctx, "SELECT to_regclass('pgmesh.local_node') IS NOT NULL").Scan(&exists); err != nil {

@@ -13,7 +13,8 @@ import (
 // checkIdentity makes sure every replicated table can ship UPDATE and
 // DELETE: PostgreSQL refuses both on a published table without a replica
 // identity, which would break the application, not only replication.
-func checkIdentity(ctx context.Context, cfg *config.Config, n *Node) ([]Finding, error) {
+func checkIdentity(ctx context.Context, r *run, n *Node) ([]Finding, error) {
+	cfg := r.cfg
 	if len(n.Tables) == 0 {
 		return []Finding{{Status: Warn, Node: n.Name, Check: "identity",
 			Message: fmt.Sprintf("no tables to replicate in schemas %s", strings.Join(cfg.Replicate.Schemas, ", ")),
@@ -79,8 +80,8 @@ func describeIdentity(t pg.Table) string {
 
 // checkPresence fails every replicated table that exists on some nodes only:
 // its changes would have nowhere to go. Only reachable nodes are compared.
-func checkPresence(_ context.Context, cfg *config.Config, nodes []*Node) ([]Finding, error) {
-	return presenceFindings(cfg, nodes), nil
+func checkPresence(_ context.Context, r *run, nodes []*Node) ([]Finding, error) {
+	return presenceFindings(r.cfg, nodes), nil
 }
 
 func presenceFindings(cfg *config.Config, nodes []*Node) []Finding {

@@ -67,7 +67,9 @@ func TestInitConverges(t *testing.T) {
 	var want []string
 	for _, n := range []string{"n1", "n2", "n3"} {
 		want = append(want, n+": applied migration 0001_core", n+": set local node "+n+" of cluster test",
-			n+": created publication pgmesh with 3 tables")
+			n+": created publication pgmesh with 3 tables", n+": set node ranks n1, n2, n3",
+			n+": installed tombstone trigger on public.accounts", n+": installed tombstone trigger on public.events",
+			n+": installed tombstone trigger on public.pairs")
 	}
 	want = append(want,
 		"n1: created slot pgmesh_n1_n2", "n1: created slot pgmesh_n1_n3",
@@ -125,7 +127,7 @@ func TestInitConverges(t *testing.T) {
 		t.Fatalf("second init changed the catalogs:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 
-	// A new table converges the publication only.
+	// A new table converges its tombstone trigger and the publication only.
 	for i := range 3 {
 		e.Exec(t, i, "CREATE TABLE public.added (id int PRIMARY KEY)")
 	}
@@ -135,7 +137,8 @@ func TestInitConverges(t *testing.T) {
 	}
 	want = nil
 	for _, n := range []string{"n1", "n2", "n3"} {
-		want = append(want, n+": set tables of publication pgmesh: 4 tables (added public.added)")
+		want = append(want, n+": installed tombstone trigger on public.added",
+			n+": set tables of publication pgmesh: 4 tables (added public.added)")
 	}
 	if got := actions(rep); !slices.Equal(got, want) {
 		t.Fatalf("third init actions:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -305,11 +308,18 @@ func TestInitRejectsForeignSlot(t *testing.T) {
 	e := newEnv(t, 2, "CREATE TABLE public.t (id int PRIMARY KEY)")
 	e.Exec(t, 0, "SELECT pg_create_physical_replication_slot('pgmesh_n1_n2')")
 	t.Cleanup(func() { e.Exec(t, 0, "SELECT pg_drop_replication_slot('pgmesh_n1_n2')") })
-	_, err := Init(ctx, e.Config, quiet)
-	if err == nil || !strings.Contains(err.Error(), "slot pgmesh_n1_n2 exists but is a physical slot") ||
-		!strings.Contains(err.Error(), "pg_drop_replication_slot('pgmesh_n1_n2')") {
-		t.Fatalf("init err = %v, want the foreign slot named with a fix", err)
+	// Preflight catches it before init changes anything.
+	rep, err := Init(ctx, e.Config, quiet)
+	if !errors.Is(err, ErrPreflightFailed) {
+		t.Fatalf("init err = %v, want %v", err, ErrPreflightFailed)
 	}
+	for _, f := range rep.Findings {
+		if f.Status == check.Fail && f.Node == "n1" && strings.Contains(f.Message, "physical slot") &&
+			strings.Contains(f.Fix, "pg_drop_replication_slot('pgmesh_n1_n2')") {
+			return
+		}
+	}
+	t.Fatalf("no FAIL finding names the physical slot with a fix: %+v", rep.Findings)
 }
 
 func TestMigrateConcurrently(t *testing.T) {
