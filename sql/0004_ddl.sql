@@ -10,10 +10,11 @@
 --     event triggers need a superuser and the capture mode may change)
 --     capture DDL typed in psql.
 -- Peers execute the message with pgmesh.ddl_apply inside the apply
--- transaction. All three run the DDL text through PL/pgSQL EXECUTE, so every
--- node accepts and refuses the same things: transaction control and
--- statements that cannot run in a transaction block (CONCURRENTLY, VACUUM)
--- fail on the origin before anything is emitted.
+-- transaction. ddl_run and ddl_apply both run the DDL text through PL/pgSQL
+-- EXECUTE, so the origin accepts and refuses what the peers will:
+-- transaction control and statements that cannot run in a transaction block
+-- (CONCURRENTLY, VACUUM) fail in `pgmesh ddl` before anything is emitted.
+-- Captured CONCURRENTLY forms are recorded as not_replicated instead.
 
 -- What this node knows of each DDL: emitted here (status applied, origin_node
 -- = this node), applied from a peer's stream, skipped by the operator
@@ -60,6 +61,7 @@ $$;
 -- schema nsp concerns replicated objects. Triggers, rules and policies have
 -- no schema of their own: their table's counts. Triggers that call pgmesh
 -- functions (tombstones) are pgmesh's per-node machinery, never replicated.
+-- Excluded tables are node-local, so is their DDL.
 CREATE FUNCTION pgmesh.ddl_in_scope(classid oid, objid oid, nsp text, in_extension bool) RETURNS bool
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -79,7 +81,10 @@ BEGIN
     ELSIF classid = 'pg_policy'::regclass THEN
         SELECT p.polrelid INTO rel FROM pg_policy p WHERE p.oid = objid;
     ELSIF classid = 'pg_class'::regclass THEN
-        rel := objid;
+        -- An index belongs to its table (CREATE TABLE … PRIMARY KEY
+        -- reports both).
+        SELECT coalesce(i.indrelid, c.oid) INTO rel
+          FROM pg_class c LEFT JOIN pg_index i ON i.indexrelid = c.oid WHERE c.oid = objid;
     END IF;
     IF own THEN
         RETURN false;
@@ -99,20 +104,28 @@ $$;
 -- ddl_reconcile makes the publication match the replicated tables (the same
 -- rule as pg.ReplicatedTables: ordinary and partitioned tables of the
 -- replicated schemas, no partitions, no unlogged or temporary ones, minus
--- the excluded) and gives each new table the tombstone trigger when the
--- conflict migration provides pgmesh.install_tombstone_trigger(regclass).
--- It runs after every DDL: on the origin from the event trigger or ddl_run,
--- on peers from ddl_apply (their event trigger is quiet).
+-- the excluded) and gives every replicated table the tombstone trigger of
+-- conflict.InstallTriggers (same name, function and arguments: the table
+-- as "schema.table", then its key columns), or drops it when the table has
+-- no key any more. It runs after every DDL: on the origin from the event
+-- trigger or ddl_run, on peers from ddl_apply (their event trigger is quiet
+-- in apply sessions), so a new table, or one that just got its primary key,
+-- is complete on every node.
 CREATE FUNCTION pgmesh.ddl_reconcile() RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    prev text := coalesce(current_setting('pgmesh.in_ddl', true), '');
-    r    record;
+    prev       text := coalesce(current_setting('pgmesh.in_ddl', true), '');
+    tombstones bool := to_regprocedure('pgmesh.record_delete()') IS NOT NULL;
+    r          record;
+    args       text[];
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'pgmesh') THEN
-        RETURN; -- init has not created it yet; it will list the tables itself
+    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'pgmesh')
+       OR NOT EXISTS (SELECT 1 FROM pgmesh.replicated_schema) THEN
+        -- init has not run (fully) yet: it will set up the publication, and
+        -- without the replicated schemas every table would look unwanted.
+        RETURN;
     END IF;
     PERFORM set_config('pgmesh.in_ddl', 'on', true);
     FOR r IN
@@ -121,20 +134,42 @@ BEGIN
                         WHERE p.pubname = 'pgmesh' AND pr.prrelid = c.oid) AS published,
                n.nspname IN (SELECT name FROM pgmesh.replicated_schema)
                AND n.nspname <> 'pgmesh'
-               AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
+               AND NOT c.relispartition AND c.relpersistence = 'p'
                AND NOT EXISTS (SELECT 1 FROM pgmesh.replicated_exclude x
-                                WHERE x.schema_name = n.nspname AND x.table_name = c.relname) AS wanted
+                                WHERE x.schema_name = n.nspname AND x.table_name = c.relname) AS wanted,
+               (SELECT array_agg(a.attname::text ORDER BY k.ord)
+                  FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                 WHERE i.indrelid = c.oid
+                   AND CASE c.relreplident WHEN 'i' THEN i.indisreplident
+                                           WHEN 'n' THEN false
+                                           ELSE i.indisprimary END) AS keys,
+               (SELECT t.tgargs FROM pg_trigger t
+                 WHERE t.tgrelid = c.oid AND t.tgname = 'pgmesh_tombstone' AND NOT t.tgisinternal
+                   AND t.tgfoid = to_regprocedure('pgmesh.record_delete()')) AS trigger_args
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p')
          ORDER BY n.nspname, c.relname
     LOOP
         IF r.wanted AND NOT r.published THEN
             EXECUTE format('ALTER PUBLICATION pgmesh ADD TABLE %I.%I', r.nspname, r.relname);
-            IF to_regprocedure('pgmesh.install_tombstone_trigger(regclass)') IS NOT NULL THEN
-                EXECUTE 'SELECT pgmesh.install_tombstone_trigger($1)' USING r.oid::regclass;
-            END IF;
         ELSIF r.published AND NOT r.wanted THEN
             EXECUTE format('ALTER PUBLICATION pgmesh DROP TABLE %I.%I', r.nspname, r.relname);
+        END IF;
+        CONTINUE WHEN NOT (r.wanted AND tombstones);
+        IF r.keys IS NULL THEN
+            IF r.trigger_args IS NOT NULL THEN
+                EXECUTE format('DROP TRIGGER pgmesh_tombstone ON %I.%I', r.nspname, r.relname);
+            END IF;
+            CONTINUE;
+        END IF;
+        args := ARRAY[r.nspname || '.' || r.relname] || r.keys;
+        -- tgargs holds each argument followed by a NUL byte.
+        IF r.trigger_args IS DISTINCT FROM (SELECT string_agg(convert_to(a, 'UTF8') || '\x00'::bytea, ''::bytea ORDER BY o)
+                                              FROM unnest(args) WITH ORDINALITY AS u(a, o)) THEN
+            EXECUTE format('CREATE OR REPLACE TRIGGER pgmesh_tombstone AFTER DELETE ON %I.%I FOR EACH ROW EXECUTE FUNCTION pgmesh.record_delete(%s)',
+                           r.nspname, r.relname,
+                           (SELECT string_agg(quote_literal(a), ', ' ORDER BY o) FROM unnest(args) WITH ORDINALITY AS u(a, o)));
         END IF;
     END LOOP;
     PERFORM set_config('pgmesh.in_ddl', prev, true);
@@ -227,14 +262,115 @@ BEGIN
 END
 $$;
 
+-- ddl_statement_count counts the statements of a query string the way the
+-- server splits it: semicolons outside string literals ('…', E'…' with
+-- backslash escapes, $tag$…$tag$), quoted identifiers, comments (nested
+-- /* */) and SQL-standard function bodies (BEGIN ATOMIC … END, with CASE …
+-- END inside) end a statement; empty statements do not count.
+CREATE FUNCTION pgmesh.ddl_statement_count(q text) RETURNS int
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c       text[] := regexp_split_to_array(q, '');
+    n       int := length(q);
+    i       int := 1;
+    j       int;
+    depth   int;
+    cnt     int := 0;
+    content bool := false;
+    atomic  int := 0;
+    cases   int := 0;
+    word    text;
+    prev    text := '';
+    tag     text;
+BEGIN
+    WHILE i <= n LOOP
+        IF c[i] = '-' AND i < n AND c[i + 1] = '-' THEN
+            WHILE i <= n AND c[i] <> E'\n' LOOP i := i + 1; END LOOP;
+        ELSIF c[i] = '/' AND i < n AND c[i + 1] = '*' THEN
+            depth := 1;
+            i := i + 2;
+            WHILE i <= n AND depth > 0 LOOP
+                IF c[i] = '/' AND i < n AND c[i + 1] = '*' THEN
+                    depth := depth + 1; i := i + 2;
+                ELSIF c[i] = '*' AND i < n AND c[i + 1] = '/' THEN
+                    depth := depth - 1; i := i + 2;
+                ELSE
+                    i := i + 1;
+                END IF;
+            END LOOP;
+        ELSIF c[i] = ';' THEN
+            IF atomic = 0 THEN
+                IF content THEN cnt := cnt + 1; END IF;
+                content := false;
+            END IF;
+            i := i + 1;
+        ELSIF c[i] IN (' ', E'\t', E'\n', E'\r', E'\f') THEN
+            i := i + 1;
+        ELSE
+            content := true;
+            IF c[i] = '''' THEN
+                -- 'it''s' is two literals back to back: same count.
+                i := i + 1;
+                WHILE i <= n AND c[i] <> '''' LOOP i := i + 1; END LOOP;
+                i := i + 1;
+            ELSIF c[i] = '"' THEN
+                i := i + 1;
+                WHILE i <= n AND c[i] <> '"' LOOP i := i + 1; END LOOP;
+                i := i + 1;
+            ELSIF c[i] = '$' AND i < n AND c[i + 1] !~ '[0-9]' THEN
+                j := i + 1;
+                WHILE j <= n AND c[j] ~ '[A-Za-z0-9_]' LOOP j := j + 1; END LOOP;
+                IF j <= n AND c[j] = '$' THEN
+                    tag := array_to_string(c[i:j], '');
+                    depth := strpos(substr(q, j + 1), tag);
+                    i := CASE WHEN depth = 0 THEN n + 1 ELSE j + depth + length(tag) END;
+                ELSE
+                    i := i + 1;
+                END IF;
+            ELSIF c[i] ~ '[A-Za-z_]' THEN
+                j := i + 1;
+                WHILE j <= n AND c[j] ~ '[A-Za-z0-9_$]' LOOP j := j + 1; END LOOP;
+                word := lower(array_to_string(c[i:j - 1], ''));
+                i := j;
+                IF word = 'e' AND i <= n AND c[i] = '''' THEN
+                    i := i + 1;
+                    WHILE i <= n AND c[i] <> '''' LOOP
+                        i := i + CASE WHEN c[i] = '\' THEN 2 ELSE 1 END;
+                    END LOOP;
+                    i := i + 1;
+                ELSIF word = 'atomic' AND prev = 'begin' THEN
+                    atomic := atomic + 1;
+                ELSIF word = 'case' AND atomic > 0 THEN
+                    cases := cases + 1;
+                ELSIF word = 'end' AND atomic > 0 THEN
+                    IF cases > 0 THEN cases := cases - 1; ELSE atomic := atomic - 1; END IF;
+                END IF;
+                prev := word;
+            ELSE
+                i := i + 1;
+            END IF;
+        END IF;
+    END LOOP;
+    IF content THEN
+        cnt := cnt + 1;
+    END IF;
+    RETURN cnt;
+END
+$$;
+
 -- ddl_capture turns the current top-level statement into a DDL message (or
 -- a not_replicated record for CONCURRENTLY forms). One statement fires the
 -- event triggers several times (sql_drop then ddl_command_end for ALTER
 -- TABLE … DROP COLUMN; once per statement of a multi-statement query
 -- string): the statement timestamp and query text identify it, so it is
--- announced once. Limitation: PostgreSQL gives event triggers the whole
--- query string, so a multi-statement string is replicated as a whole, at its
--- first DDL (psql sends statements one at a time; `psql -c "a; b"` does not).
+-- announced once. PostgreSQL gives event triggers the whole query string,
+-- not the statement being run, so DDL sent in a query string of several
+-- statements is refused: replaying the whole string on the peers would run
+-- its other statements (DML, transaction control) a second time. psql sends
+-- statements one at a time (but not `psql -c "a; b"`); `pgmesh ddl` takes
+-- several statements.
 CREATE FUNCTION pgmesh.ddl_capture(p_tag text, p_search_path text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -249,6 +385,11 @@ BEGIN
         RETURN;
     END IF;
     PERFORM set_config('pgmesh.ddl_captured', key, true);
+    IF pgmesh.ddl_statement_count(q) > 1 THEN
+        RAISE EXCEPTION 'pgmesh: cannot replicate % sent in a query string of several statements', p_tag
+              USING DETAIL = 'PostgreSQL shows pgmesh the whole query string, not the statement being run.',
+                    HINT = 'send the statements one at a time (as psql does with a script), or run them with pgmesh ddl -f FILE';
+    END IF;
     IF q ~* '\mconcurrently\M' THEN
         id := pgmesh.ddl_announce(q, p_search_path, usr, 'not_replicated');
         RAISE WARNING 'pgmesh: % CONCURRENTLY is not replicated: it cannot run inside the apply transaction of the other nodes', p_tag

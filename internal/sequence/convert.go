@@ -169,6 +169,11 @@ func Convert(ctx context.Context, cfg *config.Config, strategy Strategy, maxNode
 			continue
 		}
 		if err := pgx.BeginFunc(ctx, conns[i], func(tx pgx.Tx) error {
+			// Each node's sequence settings are its own: DDL capture must
+			// not replay them on the peers.
+			if _, err := tx.Exec(ctx, `SELECT set_config('pgmesh.in_ddl', 'on', true)`); err != nil {
+				return fmt.Errorf("mark per-node DDL: %w", err)
+			}
 			for _, ch := range plans[i] {
 				for _, s := range ch.SQL {
 					if _, err := tx.Exec(ctx, s); err != nil {
