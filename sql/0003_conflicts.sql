@@ -152,6 +152,77 @@ BEGIN
 END
 $$;
 
+-- change_applies is the fast path's verdict (internal/conflict, fast.go) on
+-- the local row version written by transaction xmin, for a change of
+-- remote_node committed at remote_time: true when the full apply statement
+-- would apply the change without a conflict — the row's commit time is
+-- unknown, or it was written by remote_node, or remote_node had seen it
+-- (peer_seen) and the change orders after it or the policy does not order
+-- causal changes (newer_wins false). False sends the change to the full
+-- statement, which decides and logs. The order is the full statement's:
+-- commit time, then the node first in the config, then the name. PL/pgSQL
+-- keeps its plans for the session.
+CREATE FUNCTION pgmesh.change_applies(xmin xid, remote_time timestamptz, remote_node text, newer_wins boolean)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    local_time timestamptz;
+    local_roident oid;
+    local_node text;
+BEGIN
+    SELECT c."timestamp", c.roident INTO local_time, local_roident
+      FROM pg_catalog.pg_xact_commit_timestamp_origin(change_applies.xmin) c;
+    IF local_time IS NULL THEN
+        RETURN true;
+    END IF;
+    local_node := pgmesh.origin_node(local_roident);
+    IF local_node = remote_node THEN
+        RETURN true;
+    END IF;
+    IF local_time > coalesce((SELECT p.seen_until FROM pgmesh.peer_seen p
+                               WHERE p.peer = remote_node AND p.origin = local_node), '-infinity') THEN
+        RETURN false; -- concurrent
+    END IF;
+    RETURN NOT newer_wins
+        OR remote_time > local_time
+        OR (remote_time = local_time
+            AND (coalesce((SELECT n.rank FROM pgmesh.node n WHERE n.name = remote_node), 2147483647), remote_node)
+              < (coalesce((SELECT n.rank FROM pgmesh.node n WHERE n.name = local_node), 2147483647), coalesce(local_node, '')));
+END
+$$;
+
+-- The result row of every apply statement.
+CREATE TYPE pgmesh.verdict AS (kind text, resolution text);
+
+-- resolve_change runs the full apply statement of a change (internal/conflict,
+-- build.go) whose fast path did not apply: statement takes its parameters
+-- as $1, the array of every parameter of the change as text. It runs for
+-- conflicts, missing rows and new unique values only, but then as often as
+-- they come (a partition that heals), so the statement is prepared once per
+-- session as name and its plan kept like any prepared statement's. The
+-- session setting pgmesh.<name> remembers that it was prepared, as looking
+-- it up in pg_prepared_statements copies the text of every prepared
+-- statement; the setting is rolled back with an aborted transaction, the
+-- prepared statement is not, hence the look-up then. DISCARD ALL drops
+-- both.
+CREATE FUNCTION pgmesh.resolve_change(name text, statement text, params text[]) RETURNS pgmesh.verdict
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v pgmesh.verdict;
+BEGIN
+    IF pg_catalog.current_setting('pgmesh.' || name, true) IS DISTINCT FROM 'prepared' THEN
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements p WHERE p.name = resolve_change.name) THEN
+            EXECUTE pg_catalog.format('PREPARE %I (text[]) AS %s', name, statement);
+        END IF;
+        PERFORM pg_catalog.set_config('pgmesh.' || name, 'prepared', false);
+    END IF;
+    EXECUTE pg_catalog.format('EXECUTE %I (%L)', name, params) INTO v.kind, v.resolution;
+    RETURN v;
+END
+$$;
+
 -- prune_conflict_log deletes log rows older than retention; returns the count.
 CREATE FUNCTION pgmesh.prune_conflict_log(retention interval) RETURNS bigint
 LANGUAGE sql VOLATILE

@@ -11,18 +11,109 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// BenchmarkUpdate compares, in the same run on the same server, the
-// generated UPDATE (lock, last writer, decision, unique pre-check, logs)
-// with a plain UPDATE by key, both sent as the applier sends them:
-// prepared, text parameters, 100 per pipelined remote transaction under
-// the origin of n1. The rows were last written by n1, as in steady-state
-// replication. Reported: ns per statement of each and their ratio.
+// The benchmarks compare, in the same run on the same server, a generated
+// statement with the plain statement by key that does the same write, both
+// sent as the applier sends them: prepared, text parameters of unspecified
+// type, 100 per pipelined remote transaction under the origin of n1,
+// alternating batch by batch. The rows were last written by n1, as in
+// steady-state replication, so no change meets a conflict. Reported: ns
+// per statement of each and their ratio.
+
+// BenchmarkInsert: remote inserts of new keys. The table is not empty, as
+// an empty analyzed table makes the planner scan it sequentially.
+func BenchmarkInsert(b *testing.B) {
+	benchApply(b, benchCase{
+		setup: "INSERT INTO item SELECT g, 'e' || g, 'x', 0 FROM generate_series(1, 1000) g",
+		plain: "INSERT INTO public.item (id, email, name, qty) SELECT $4::integer, $5::text, $6::text, $7::integer WHERE $1::timestamptz IS NOT NULL AND $2::text IS NOT NULL AND $3::pg_lsn IS NOT NULL",
+		sql:   func(t Table) string { return InsertSQL(t) },
+		// Each statement inserts a key of its own range.
+		params: func(stmt, i int) [][]byte {
+			id := []byte(strconv.Itoa((stmt+1)*10_000_000 + i))
+			return [][]byte{id, append([]byte("e"), id...), []byte("y"), []byte("1")}
+		},
+	})
+}
+
+// BenchmarkUpdate: remote updates of every column of existing rows (key and
+// unique email unchanged).
 func BenchmarkUpdate(b *testing.B) {
+	const rows = 1000
+	benchApply(b, benchCase{
+		setup: fmt.Sprintf("INSERT INTO item SELECT g, 'e' || g, 'x', 0 FROM generate_series(1, %d) g", rows),
+		plain: "UPDATE public.item SET id = $5::integer, email = $6::text, name = $7::text, qty = $8::integer WHERE id = $4::integer AND $1::timestamptz IS NOT NULL AND $2::text IS NOT NULL AND $3::pg_lsn IS NOT NULL",
+		sql:   func(t Table) string { return UpdateSQL(t, t.Columns) },
+		params: func(_, i int) [][]byte {
+			id := []byte(strconv.Itoa(i%rows + 1))
+			return [][]byte{id, id, append([]byte("e"), id...), []byte("y"), []byte("1")}
+		},
+	})
+}
+
+// BenchmarkUpdateConflict: remote updates of rows that another node wrote
+// concurrently (no peer_seen), each an update_origin_differs that applies
+// and is logged: the fallback to the full statement.
+func BenchmarkUpdateConflict(b *testing.B) {
+	benchApply(b, benchCase{
+		rows: func(stmt, n int) string {
+			return fmt.Sprintf("INSERT INTO item SELECT g, 'e' || g, 'x', 0 FROM generate_series(%d, %d) g", (stmt+1)*10_000_000, (stmt+1)*10_000_000+n)
+		},
+		rowsBy:    "n2",
+		conflicts: true,
+		plain:     "UPDATE public.item SET id = $5::integer, email = $6::text, name = $7::text, qty = $8::integer WHERE id = $4::integer AND $1::timestamptz IS NOT NULL AND $2::text IS NOT NULL AND $3::pg_lsn IS NOT NULL",
+		sql:       func(t Table) string { return UpdateSQL(t, t.Columns) },
+		params: func(stmt, i int) [][]byte {
+			id := []byte(strconv.Itoa((stmt+1)*10_000_000 + i))
+			return [][]byte{id, id, append([]byte("e"), id...), []byte("y"), []byte("1")}
+		},
+	})
+}
+
+// BenchmarkDelete: remote deletes of existing rows.
+func BenchmarkDelete(b *testing.B) {
+	benchApply(b, benchCase{
+		plain: "DELETE FROM public.item WHERE id = $4::integer AND $1::timestamptz IS NOT NULL AND $2::text IS NOT NULL AND $3::pg_lsn IS NOT NULL",
+		sql:   func(t Table) string { return DeleteSQL(t) },
+		// Each statement deletes the keys of its own range, inserted
+		// before the timer starts.
+		rows: func(stmt, n int) string {
+			return fmt.Sprintf("INSERT INTO item SELECT g, 'e' || g, 'x', 0 FROM generate_series(%d, %d) g", (stmt+1)*10_000_000, (stmt+1)*10_000_000+n)
+		},
+		params: func(stmt, i int) [][]byte { return [][]byte{[]byte(strconv.Itoa((stmt+1)*10_000_000 + i))} },
+	})
+}
+
+type benchCase struct {
+	setup string // run as n1 an hour ago, before everything
+	// rows is run as rowsBy (default n1) an hour ago, for statement 0
+	// (plain) and 1 (generated), n changes each.
+	rows      func(stmt, n int) string
+	rowsBy    string
+	conflicts bool // every generated change is a conflict
+	plain     string
+	sql       func(Table) string
+	// params are the values after $1..$3 of change i (0…) of statement
+	// stmt (0 plain, 1 generated).
+	params func(stmt, i int) [][]byte
+}
+
+func benchApply(b *testing.B, bc benchCase) {
 	f := newFixture(b, itemDDL)
 	tbl := f.table("item", nil)
 	ctx := context.Background()
-	const rows, batch = 1000, 100
-	f.writeAs("n1", time.Now().Add(-time.Hour), fmt.Sprintf("INSERT INTO item SELECT g, 'e' || g, 'x', 0 FROM generate_series(1, %d) g", rows))
+	const batch, warmup = 100, 3
+	total := (b.N+batch-1)/batch*batch + warmup*batch
+	if bc.setup != "" {
+		f.writeAs("n1", time.Now().Add(-time.Hour), bc.setup)
+	}
+	if bc.rows != nil {
+		by := bc.rowsBy
+		if by == "" {
+			by = "n1"
+		}
+		for stmt := range 2 {
+			f.writeAs(by, time.Now().Add(-time.Hour), bc.rows(stmt, total))
+		}
+	}
 	f.exec("VACUUM ANALYZE item")
 
 	conn, err := pgx.Connect(ctx, f.env.DSNs[0])
@@ -36,13 +127,10 @@ func BenchmarkUpdate(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	stmts := map[string]string{
-		"plain":     "UPDATE public.item SET id = $5::integer, email = $6::text, name = $7::text, qty = $8::integer WHERE id = $4::integer AND $1::timestamptz IS NOT NULL AND $2::text IS NOT NULL AND $3::pg_lsn IS NOT NULL",
-		"generated": UpdateSQL(tbl, tbl.Columns),
-	}
-	for name, sql := range stmts {
-		if _, err := pc.Prepare(ctx, name, sql, nil); err != nil {
-			b.Fatalf("prepare %s: %v", name, err)
+	names := [2]string{"plain", "generated"}
+	for i, sql := range [2]string{bc.plain, bc.sql(tbl)} {
+		if _, err := pc.Prepare(ctx, names[i], sql, nil); err != nil {
+			b.Fatalf("prepare %s: %v", names[i], err)
 		}
 	}
 	var version string
@@ -52,18 +140,18 @@ func BenchmarkUpdate(b *testing.B) {
 	b.Logf("PostgreSQL %s", version)
 
 	lsn := 0
-	next := 0
-	run := func(stmt string) (time.Duration, error) {
+	next := [2]int{}
+	run := func(stmt int) (time.Duration, error) {
 		start := time.Now()
 		lsn++
-		ts := time.Now().Format(time.RFC3339Nano)
+		ts := []byte(time.Now().Format(time.RFC3339Nano))
 		p := pc.StartPipeline(ctx)
 		p.SendQueryParams("BEGIN", nil, nil, nil, nil)
-		p.SendQueryParams("SELECT pg_replication_origin_xact_setup($1, $2)", [][]byte{[]byte(fmt.Sprintf("0/%X", lsn*16)), []byte(ts)}, nil, nil, nil)
+		p.SendQueryParams("SELECT pg_replication_origin_xact_setup($1, $2)", [][]byte{[]byte(fmt.Sprintf("0/%X", lsn*16)), ts}, nil, nil, nil)
 		for range batch {
-			next = next%rows + 1
-			id := []byte(strconv.Itoa(next))
-			p.SendQueryPrepared(stmt, [][]byte{[]byte(ts), []byte("n1"), []byte("0/1"), id, id, []byte("e" + string(id)), []byte("y"), []byte("1")}, nil, nil)
+			params := append([][]byte{ts, []byte("n1"), []byte("0/1")}, bc.params(stmt, next[stmt])...)
+			next[stmt]++
+			p.SendQueryPrepared(names[stmt], params, nil, nil)
 		}
 		p.SendQueryParams("COMMIT", nil, nil, nil, nil)
 		if err := p.Sync(); err != nil {
@@ -92,36 +180,37 @@ func BenchmarkUpdate(b *testing.B) {
 		return time.Since(start), nil
 	}
 	// Warm both up past the switch to a generic plan.
-	for range 3 {
-		for name := range stmts {
-			if _, err := run(name); err != nil {
-				b.Fatalf("%s: %v", name, err)
+	for range warmup {
+		for stmt := range 2 {
+			if _, err := run(stmt); err != nil {
+				b.Fatalf("%s: %v", names[stmt], err)
 			}
 		}
 	}
-	var plain, generated time.Duration
+	var took [2]time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i += batch {
-		d, err := run("plain")
-		if err != nil {
-			b.Fatal(err)
+		for stmt := range 2 {
+			d, err := run(stmt)
+			if err != nil {
+				b.Fatalf("%s: %v", names[stmt], err)
+			}
+			took[stmt] += d
 		}
-		plain += d
-		if d, err = run("generated"); err != nil {
-			b.Fatal(err)
-		}
-		generated += d
 	}
 	b.StopTimer()
 	n := float64((b.N + batch - 1) / batch * batch)
-	b.ReportMetric(float64(plain.Nanoseconds())/n, "plain-ns/stmt")
-	b.ReportMetric(float64(generated.Nanoseconds())/n, "generated-ns/stmt")
-	b.ReportMetric(float64(generated)/float64(plain), "ratio")
+	b.ReportMetric(float64(took[0].Nanoseconds())/n, "plain-ns/stmt")
+	b.ReportMetric(float64(took[1].Nanoseconds())/n, "generated-ns/stmt")
+	b.ReportMetric(float64(took[1])/float64(took[0]), "ratio")
 	var logged int
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pgmesh.conflict_log").Scan(&logged); err != nil {
 		b.Fatal(err)
 	}
-	if logged != 0 {
+	switch {
+	case bc.conflicts && logged != total:
+		b.Fatalf("%d conflicts logged, want %d", logged, total)
+	case !bc.conflicts && logged != 0:
 		b.Fatalf("%d conflicts logged in steady-state replication, want none", logged)
 	}
 }

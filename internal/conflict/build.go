@@ -12,7 +12,8 @@ import (
 // Parameters of the statements built here. Every value is sent as text with
 // an unspecified type; the statement casts each parameter to its column's
 // type, always with the same cast, so the server infers one type per
-// parameter. A NULL value is a NULL parameter.
+// parameter (text for every parameter of InsertSQL/UpdateSQL/DeleteSQL of
+// a table with a key, see fast.go). A NULL value is a NULL parameter.
 //
 //	$1  remote commit time (timestamptz)
 //	$2  remote origin node name (text): "n1", never "pgmesh_n1"
@@ -39,9 +40,11 @@ const (
 	firstValue      = 4
 )
 
-// InsertSQL is the statement that applies a remote INSERT to t.
-func InsertSQL(t Table) string {
-	b := newBuilder(t)
+// insertFull is the full statement that applies a remote INSERT to t: every
+// case of DESIGN §5 in one statement. InsertSQL runs it when the fast path
+// does not apply.
+func insertFull(t Table, m mode) string {
+	b := newBuilder(t, m)
 	row := b.params(t.Columns)
 	ident := b.identOf(t.Columns, row)
 	var s strings.Builder
@@ -103,11 +106,10 @@ a AS MATERIALIZED (
 	return b.finish(&s, hasU)
 }
 
-// UpdateSQL is the statement that applies a remote UPDATE to t. set are the
-// columns whose new values came with the change (all of t.Columns but the
-// unchanged TOAST ones), a subset of t.Columns.
-func UpdateSQL(t Table, set []string) string {
-	b := newBuilder(t)
+// updateFull is the full statement that applies a remote UPDATE to t (see
+// insertFull).
+func updateFull(t Table, set []string, m mode) string {
+	b := newBuilder(t, m)
 	old := b.params(b.ident)
 	ident := b.identOf(b.ident, old)
 	newv := b.params(set)
@@ -215,9 +217,10 @@ a AS MATERIALIZED (
 	return b.finish(&s, hasU)
 }
 
-// DeleteSQL is the statement that applies a remote DELETE to t.
-func DeleteSQL(t Table) string {
-	b := newBuilder(t)
+// deleteFull is the full statement that applies a remote DELETE to t (see
+// insertFull).
+func deleteFull(t Table, m mode) string {
+	b := newBuilder(t, m)
 	old := b.params(b.ident)
 	ident := b.identOf(b.ident, old)
 	var s strings.Builder
@@ -249,11 +252,11 @@ a AS MATERIALIZED (
 		// commit time. Written when the delete applies and when the row was
 		// already gone (it still orders later changes of the key).
 		fmt.Fprintf(&s, `tomb AS (INSERT INTO pgmesh.tombstone AS z (table_name, key, deleted_at, xid, node)
- SELECT %s, (SELECT k.key FROM k), $%d::timestamptz, NULL, $%d::text FROM f WHERE f.go OR NOT f.present
+ SELECT %s, (SELECT k.key FROM k), %s, NULL, %s FROM f WHERE f.go OR NOT f.present
  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = excluded.deleted_at, xid = NULL, node = excluded.node
  WHERE coalesce(pgmesh.tombstone_time(z.deleted_at, z.xid), '-infinity') < excluded.deleted_at
  RETURNING 1),
-`, b.lit, paramCommitTime, paramOrigin)
+`, b.lit, b.commitTime(), b.origin())
 	}
 	s.WriteString(b.logCTEs("(SELECT k.key FROM k)", false))
 	return b.finish(&s, false)
@@ -268,12 +271,14 @@ type builder struct {
 	lit     string   // 'schema.table' literal for the log and tombstones
 	ident   []string // identity columns: Key, or all Columns
 	keyless bool
+	mode    mode
 	next    int // next parameter number
 }
 
-func newBuilder(t Table) *builder {
+func newBuilder(t Table, m mode) *builder {
 	b := &builder{
 		t:     t,
+		mode:  m,
 		pol:   t.policy(),
 		types: make(map[string]string, len(t.Columns)),
 		tbl:   pg.Ident(t.Schema, t.Name),
@@ -295,7 +300,7 @@ func newBuilder(t Table) *builder {
 func (b *builder) params(cols []string) []string {
 	ps := make([]string, len(cols))
 	for i, c := range cols {
-		ps[i] = fmt.Sprintf("$%d::%s", b.next, b.types[c])
+		ps[i] = b.arg(b.next, b.types[c])
 		b.next++
 	}
 	return ps
@@ -392,12 +397,12 @@ func (b *builder) stateCTE(tombstones bool) string {
 // newerThan is "the remote change orders after (ts, node)": later commit
 // time, or the same time and a node earlier in the config (lower rank; name
 // order between unknown nodes). An unknown time is the oldest.
-func newerThan(ts, node string) string {
-	return fmt.Sprintf(`(%[1]s IS NULL OR $%[3]d::timestamptz > %[1]s
-   OR ($%[3]d::timestamptz = %[1]s
-       AND (coalesce((SELECT n.rank FROM pgmesh.node n WHERE n.name = $%[4]d::text), 2147483647), $%[4]d::text)
+func (b *builder) newerThan(ts, node string) string {
+	return fmt.Sprintf(`(%[1]s IS NULL OR %[3]s > %[1]s
+   OR (%[3]s = %[1]s
+       AND (coalesce((SELECT n.rank FROM pgmesh.node n WHERE n.name = %[4]s), 2147483647), %[4]s)
          < (coalesce((SELECT n.rank FROM pgmesh.node n WHERE n.name = %[2]s), 2147483647), coalesce(%[2]s, ''))))`,
-		ts, node, paramCommitTime, paramOrigin)
+		ts, node, b.commitTime(), b.origin())
 }
 
 // classifyCTE compares the remote change with the local state (c): same
@@ -407,7 +412,7 @@ func newerThan(ts, node string) string {
 // commit time is after what peer_seen says the remote had applied of the
 // state's node). A state of unknown time is never concurrent.
 func (b *builder) classifyCTE(differs string) string {
-	same := fmt.Sprintf("coalesce(s.sn = $%d::text, false)", paramOrigin)
+	same := fmt.Sprintf("coalesce(s.sn = %s, false)", b.origin())
 	if differs != "" {
 		same += " OR NOT " + differs
 	}
@@ -418,9 +423,9 @@ c AS MATERIALIZED (
  SELECT c0.*,
         (c0.st IS NOT NULL AND NOT c0.same
          AND c0.st > coalesce((SELECT p.seen_until FROM pgmesh.peer_seen p
-                                WHERE p.peer = $%[1]d::text AND p.origin = c0.sn), '-infinity')) AS conc
+                                WHERE p.peer = %[1]s AND p.origin = c0.sn), '-infinity')) AS conc
    FROM c0),
-`, paramOrigin, same, newerThan("s.st", "s.sn"))
+`, b.origin(), same, b.newerThan("s.st", "s.sn"))
 }
 
 // Which side of a conflict is a delete, for delete_wins.
@@ -509,7 +514,7 @@ func (b *builder) uniqueCTEs(matches []string, exclude string) string {
 uv AS MATERIALIZED (
  SELECT count(*) > 0 AS hit, coalesce(bool_and(w), true) AS all_newer, coalesce(bool_and(NOT w), true) AS all_older
    FROM (SELECT %s AS w FROM u) uw),
-`, b.tbl, strings.Join(matches, " OR "), exclude, newerThan("u.ts", "u.node"))
+`, b.tbl, strings.Join(matches, " OR "), exclude, b.newerThan("u.ts", "u.node"))
 }
 
 // udCTE deletes the rows that lost a unique conflict (ud).
@@ -574,14 +579,14 @@ const logColumns = "table_name, kind, resolution, key, local_row, remote_row, lo
 func (b *builder) logCTEs(remote string, hasUnique bool) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, `log AS (INSERT INTO pgmesh.conflict_log (%s)
- SELECT %s, f.kind, f.resolution, (SELECT k.key FROM k), to_jsonb(s.img), %s, f.st, $%d::timestamptz, f.sn, $%d::text, $%d::pg_lsn
+ SELECT %s, f.kind, f.resolution, (SELECT k.key FROM k), to_jsonb(s.img), %s, f.st, %s, f.sn, %s, %s
    FROM f, s WHERE f.kind IS NOT NULL AND f.uwin RETURNING 1),
-`, logColumns, b.lit, remote, paramCommitTime, paramOrigin, paramLSN)
+`, logColumns, b.lit, remote, b.commitTime(), b.origin(), b.lsn())
 	if hasUnique {
 		fmt.Fprintf(&s, `ulog AS (INSERT INTO pgmesh.conflict_log (%s)
- SELECT %s, '%s', CASE WHEN f.uwin THEN '%s' ELSE '%s' END, (SELECT k.key FROM k), to_jsonb(u.img), %s, u.ts, $%d::timestamptz, u.node, $%d::text, $%d::pg_lsn
+ SELECT %s, '%s', CASE WHEN f.uwin THEN '%s' ELSE '%s' END, (SELECT k.key FROM k), to_jsonb(u.img), %s, u.ts, %s, u.node, %s, %s
    FROM f, u RETURNING 1),
-`, logColumns, b.lit, UniqueConflict, ApplyRemote, KeepLocal, remote, paramCommitTime, paramOrigin, paramLSN)
+`, logColumns, b.lit, UniqueConflict, ApplyRemote, KeepLocal, remote, b.commitTime(), b.origin(), b.lsn())
 	}
 	return s.String()
 }
@@ -602,8 +607,8 @@ func (b *builder) finish(s *strings.Builder, hasUnique bool) string {
 			cond = "f.raise OR f.uhit"
 			localOrigin = "CASE WHEN f.uhit THEN (SELECT u.node FROM u LIMIT 1) ELSE f.sn END"
 		}
-		res = fmt.Sprintf("CASE WHEN %s THEN pgmesh.raise_conflict(%s, %s, (SELECT k.key FROM k), %s, $%d::text) ELSE %s END",
-			cond, b.lit, kind, localOrigin, paramOrigin, res)
+		res = fmt.Sprintf("CASE WHEN %s THEN pgmesh.raise_conflict(%s, %s, (SELECT k.key FROM k), %s, %s) ELSE %s END",
+			cond, b.lit, kind, localOrigin, b.origin(), res)
 	}
 	return strings.TrimSuffix(s.String(), ",\n") + fmt.Sprintf("\nSELECT %s AS kind, %s AS resolution FROM f", kind, res)
 }

@@ -1,11 +1,14 @@
 // Package conflict resolves conflicts between remote changes and the local
 // state of a node (DESIGN.md §5, issue 3). Resolution happens inside the
-// database: every remote row change is applied by ONE data-modifying SQL
-// statement built here, which locks the local row by key, reads its last
-// writer with pg_xact_commit_timestamp_origin(xmin), decides, applies,
-// writes tombstones and the conflict log, and returns one row
-// (kind text, resolution text). No round trip waits for a decision, so the
-// applier can pipeline any number of these statements.
+// database: every remote row change is applied by ONE SQL statement built
+// here, which returns one row (kind text, resolution text). No round trip
+// waits for a decision, so the applier can pipeline any number of these
+// statements. The statement first tries the common case in a small plan:
+// write the row if it was last written by the remote node (or by one the
+// remote had seen) and nothing else is in the way; otherwise it runs the
+// full statement (build.go), which locks the local row by key, reads its
+// last writer with pg_xact_commit_timestamp_origin(xmin), decides, applies,
+// writes tombstones and the conflict log (fast.go says why and how).
 //
 // Order of writes is (commit time, node rank): the later commit wins, ties go
 // to the node that comes first in the config (lower rank); an unknown local
