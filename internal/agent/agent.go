@@ -39,6 +39,28 @@ type Agent struct {
 	links []*link
 
 	httpAddr chan string // the bound HTTP address, once
+
+	mu          sync.Mutex
+	conflictCfg *config.Config // last good read of the config file, under mu
+}
+
+// reloadConflicts reads the config file again for its conflict settings
+// (policies, delta_columns…); the nodes and links stay those the agent
+// started with. A file that no longer parses is reported and the last good
+// settings are kept: a typo must not stop the links.
+func (a *Agent) reloadConflicts() *config.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cfg.Path == "" {
+		return a.conflictCfg
+	}
+	cfg, err := config.Load(a.cfg.Path)
+	if err != nil {
+		a.log.Warn("re-reading the config for conflict settings failed, keeping the previous ones", "path", a.cfg.Path, "err", err)
+		return a.conflictCfg
+	}
+	a.conflictCfg = cfg
+	return cfg
 }
 
 // New checks the options against the config and prepares the links.
@@ -57,7 +79,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if opts.SpoolDir == "" {
 		opts.SpoolDir = filepath.Join(os.TempDir(), "pgmesh-spool-"+cfg.Cluster)
 	}
-	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, httpAddr: make(chan string, 1)}
+	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, httpAddr: make(chan string, 1), conflictCfg: cfg}
 	for _, l := range topology.FullMesh(cfg.NodeNames()) {
 		if opts.Node != "" && l.Down != opts.Node {
 			continue
@@ -65,7 +87,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		up, _ := cfg.NodeByName(l.Up)
 		down, _ := cfg.NodeByName(l.Down)
 		a.links = append(a.links, &link{
-			Link: l, up: up, down: down, log: a.log,
+			Link: l, up: up, down: down, log: a.log, conflicts: a.reloadConflicts,
 			spoolDir: filepath.Join(opts.SpoolDir, l.Slot()),
 			state:    StateConnecting,
 		})
@@ -128,6 +150,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		a.recordStates(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.prune(ctx)
 	}()
 	a.log.Info("agent running", "links", len(a.links))
 	wg.Wait()

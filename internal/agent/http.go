@@ -83,10 +83,11 @@ var (
 	descLagBytes = prometheus.NewDesc("pgmesh_link_lag_bytes", "Upstream WAL not yet confirmed by the downstream.", []string{"link"}, nil)
 	descLagSecs  = prometheus.NewDesc("pgmesh_link_lag_seconds", "Age of the last applied commit while the link is behind, else 0.", []string{"link"}, nil)
 	descRetained = prometheus.NewDesc("pgmesh_slot_retained_wal_bytes", "WAL retained on the upstream by the link's slot.", []string{"link", "slot"}, nil)
+	descConflict = prometheus.NewDesc("pgmesh_link_conflicts_total", "Conflicts met and resolved by this agent, by kind.", []string{"link", "kind"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descTxns, descLagBytes, descLagSecs, descRetained} {
+	for _, d := range []*prometheus.Desc{descUp, descTxns, descLagBytes, descLagSecs, descRetained, descConflict} {
 		ch <- d
 	}
 }
@@ -100,6 +101,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, l.Name())
 		ch <- prometheus.MustNewConstMetric(descTxns, prometheus.CounterValue, float64(s.txns), l.Name())
+		for kind, n := range l.conflictCounts() {
+			ch <- prometheus.MustNewConstMetric(descConflict, prometheus.CounterValue, float64(n), l.Name(), kind)
+		}
 	}
 	for _, s := range c.a.linkStatuses(context.Background()) {
 		if s.Problem != "" {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,15 +37,21 @@ const (
 type link struct {
 	topology.Link
 	up, down config.Node
-	log      *slog.Logger
-	spoolDir string
-	backoff  backoff
+	// conflicts returns the conflict settings for a new session: the
+	// config file is read again each time, so that a policy changed by the
+	// operator (e.g. away from `error`) takes effect on the next retry.
+	conflicts func() *config.Config
+	log       *slog.Logger
+	spoolDir  string
+	backoff   backoff
 
 	mu      sync.Mutex
 	state   string
 	lastErr string
 	applier *apply.Applier // current session's applier, nil between sessions
 	before  linkSnapshot   // totals of the sessions that ended
+	// conflictsBefore counts the conflicts of the sessions that ended, by kind.
+	conflictsBefore map[string]uint64
 }
 
 // linkSnapshot is what the agent knows of a link at one moment.
@@ -53,6 +60,22 @@ type linkSnapshot struct {
 	txns           uint64 // applied since the agent started
 	lastEndLSN     stream.LSN
 	lastCommitTime time.Time
+}
+
+// conflictCounts returns the conflicts met since the agent started, by kind.
+func (l *link) conflictCounts() map[string]uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := maps.Clone(l.conflictsBefore)
+	if out == nil {
+		out = map[string]uint64{}
+	}
+	if l.applier != nil {
+		for k, n := range l.applier.Stats().Conflicts {
+			out[k] += n
+		}
+	}
+	return out
 }
 
 func (l *link) setState(state string, err error) {
@@ -134,10 +157,21 @@ func (l *link) session(ctx context.Context) error {
 	}
 	defer monConn.Close(context.WithoutCancel(ctx))
 
+	// Seen messages are emitted from a session without replication
+	// origin, so that every peer's slot ships them.
+	seenConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh seen "+l.Name())
+	if err != nil {
+		return fmt.Errorf("link %s: %w", l.Name(), err)
+	}
+	defer seenConn.Close(context.WithoutCancel(ctx))
+
 	applier, err := apply.New(ctx, applyConn.PgConn(), apply.Options{
 		Upstream: l.Up,
 		Origin:   l.Origin(),
 		Logger:   l.log.With("link", l.Name()),
+		Config:   l.conflicts(),
+		Node:     l.Down,
+		SeenConn: seenConn.PgConn(),
 	})
 	if err != nil {
 		return fmt.Errorf("link %s: start apply session on %s: %w", l.Name(), l.Down, err)
@@ -163,7 +197,14 @@ func (l *link) session(ctx context.Context) error {
 	l.mu.Unlock()
 	defer func() {
 		l.mu.Lock()
-		addStats(&l.before, applier.Stats())
+		st := applier.Stats()
+		addStats(&l.before, st)
+		if l.conflictsBefore == nil {
+			l.conflictsBefore = map[string]uint64{}
+		}
+		for k, n := range st.Conflicts {
+			l.conflictsBefore[k] += n
+		}
 		l.applier = nil
 		l.mu.Unlock()
 	}()

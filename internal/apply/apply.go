@@ -19,12 +19,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/stream"
 )
 
@@ -32,30 +36,32 @@ import (
 // sent even in the middle of a transaction.
 const DefaultMaxFlight = 1000
 
-// Warning kinds counted in Stats.Warnings. They are the conflict types of
-// DESIGN §5 that the core applier detects and resolves by going on.
-const (
-	WarnInsertExists  = "insert_exists"
-	WarnUpdateMissing = "update_missing"
-	WarnDeleteMissing = "delete_missing"
-)
-
-var warnKinds = [...]string{WarnInsertExists, WarnUpdateMissing, WarnDeleteMissing}
-
 // Options configure an Applier.
 type Options struct {
-	Upstream string       // upstream node name, for logs and errors
+	Upstream string       // upstream node name, for logs, errors and conflict resolution
 	Origin   string       // replication origin on the downstream, e.g. "pgmesh_n1"; must exist
 	Logger   *slog.Logger // nil = slog.Default()
+	// Config supplies the conflict settings (policies, delta_columns,
+	// delete_wins) of the tables; nil = defaults.
+	Config *config.Config
+	// Node is the downstream node's name, the sender of the seen messages.
+	Node string
+	// SeenConn, when set, is a connection to the downstream WITHOUT a
+	// replication origin, used only by the Applier to emit the
+	// "pgmesh.seen" messages that make conflict detection exact (see
+	// emitSeen). nil = no seen messages (tests, tools).
+	SeenConn *pgconn.PgConn
 	// MaxFlight is the number of statements per pipeline flight after which
 	// the flight is sent even mid-transaction (0 = DefaultMaxFlight).
 	MaxFlight int
 	// OnMessage, when set, is called for every logical decoding message
-	// after everything queued before it has been executed, so it may use the
-	// apply connection: for a transactional message, inside the remote
+	// (but pgmesh.seen ones, which the Applier handles) after everything
+	// queued before it has been executed, so it may use the apply
+	// connection: for a transactional message, inside the remote
 	// transaction (what it writes commits with it). Outside one, what it
 	// commits on that connection has a local commit time but is still
-	// marked with the origin, as the whole session is.
+	// marked with the origin, as the whole session is. Local tables are
+	// looked up again afterwards: the hook may have changed them (DDL).
 	// Without it messages are ignored.
 	OnMessage func(ctx context.Context, m stream.Message) error
 }
@@ -63,21 +69,28 @@ type Options struct {
 // Stats is a snapshot of what an Applier has applied (confirmed by the
 // server).
 type Stats struct {
-	Txns           uint64            // remote transactions committed
-	Changes        uint64            // row changes and truncates in them
-	Flights        uint64            // pipeline flights sent (round trips)
-	LastCommitTime time.Time         // remote commit time of the last committed transaction
-	LastEndLSN     stream.LSN        // its EndLSN
-	Warnings       map[string]uint64 // by kind: insert_exists, update_missing, delete_missing
+	Txns           uint64     // remote transactions committed
+	Changes        uint64     // row changes and truncates in them
+	Flights        uint64     // pipeline flights sent (round trips)
+	LastCommitTime time.Time  // remote commit time of the last committed transaction
+	LastEndLSN     stream.LSN // its EndLSN
+	// Conflicts counts the conflicts met (and resolved) by kind
+	// (conflict.InsertExists…), as logged in pgmesh.conflict_log.
+	Conflicts map[string]uint64
 }
 
 // Applier applies one link's stream onto the downstream. It implements
 // stream.Handler. Handler methods, Progress and Close must be called from
 // one goroutine; Stats may be called from any.
 //
+// Every row change is one statement built by internal/conflict that finds
+// the local row, resolves a conflict inside the database and answers one
+// row (kind, resolution), so no decision waits for a round trip and
+// transactions keep being pipelined.
+//
 // The Applier keeps references to the Data of the Changes it is given
 // until the flight holding them has been answered (to name the key in
-// warnings): the stream must not reuse those buffers.
+// logs): the stream must not reuse those buffers.
 type Applier struct {
 	conn *pgconn.PgConn
 	o    Options
@@ -96,20 +109,32 @@ type Applier struct {
 	txn     *txn                // current remote transaction, nil between transactions
 	lastEnd stream.LSN          // EndLSN of the last remote transaction queued for commit
 
+	// Seen messages: what the upstream had applied of other nodes, to be
+	// recorded at the start of its next transaction (received), and the
+	// newest remote commit time queued for commit in the current flight
+	// (flightSeen) and announced in the downstream's WAL (seenSent).
+	received   map[string]time.Time // by origin
+	flightSeen time.Time
+	seenSent   time.Time
+
 	closed bool
 
 	txns, changes, flights, lastEndLSN atomic.Uint64
 	lastCommit                         atomic.Int64 // unix nanoseconds, 0 = none
-	warns                              [len(warnKinds)]atomic.Uint64
+	mu                                 sync.Mutex
+	conflicts                          map[string]uint64 // under mu
 }
 
 // txn is one remote transaction.
 type txn struct {
-	begin   stream.Begin
-	end     stream.Commit
-	started bool // BEGIN queued
-	skip    bool // already applied before (at or before the origin's progress)
-	changes uint64
+	begin stream.Begin
+	// The first parameters of every statement: remote commit time and
+	// commit LSN as text.
+	commitTime, commitLSN []byte
+	end                   stream.Commit
+	started               bool // BEGIN queued
+	skip                  bool // already applied before (at or before the origin's progress)
+	changes               uint64
 }
 
 // Fixed statements, prepared once per session.
@@ -118,6 +143,7 @@ const (
 	stmtConstraints = "pgmesh_constraints"
 	stmtXact        = "pgmesh_xact"
 	stmtCommit      = "pgmesh_commit"
+	stmtSeen        = "pgmesh_seen"
 )
 
 // A remote transaction ends with stmtConstraints, stmtXact and stmtCommit.
@@ -135,6 +161,7 @@ var fixedStatements = []struct{ name, sql string }{
 	{stmtConstraints, "SET CONSTRAINTS ALL IMMEDIATE"},
 	{stmtXact, "SELECT pg_current_xact_id(), pg_replication_origin_xact_setup($1, $2)"},
 	{stmtCommit, "COMMIT"},
+	{stmtSeen, conflict.SeenSQL()},
 }
 
 // New prepares the apply session on conn, an ordinary connection to the
@@ -150,11 +177,16 @@ func New(ctx context.Context, conn *pgconn.PgConn, o Options) (*Applier, error) 
 		o.MaxFlight = DefaultMaxFlight
 	}
 	a := &Applier{
-		conn:  conn,
-		o:     o,
-		log:   o.Logger.With("upstream", o.Upstream, "origin", o.Origin),
-		rels:  map[uint32]*relInfo{},
-		stmts: map[string]string{},
+		conn:      conn,
+		o:         o,
+		log:       o.Logger.With("upstream", o.Upstream, "origin", o.Origin),
+		rels:      map[uint32]*relInfo{},
+		stmts:     map[string]string{},
+		conflicts: map[string]uint64{},
+		received:  map[string]time.Time{},
+	}
+	if o.SeenConn != nil && o.Node == "" {
+		return nil, fmt.Errorf("apply session for upstream %s: seen messages need the downstream node name", o.Upstream)
 	}
 	setup := []struct{ what, sql string }{
 		{"set session_replication_role", "SET session_replication_role = replica"},
@@ -200,7 +232,7 @@ func (a *Applier) Begin(ctx context.Context, b stream.Begin) error {
 	if a.txn != nil {
 		return a.fail(fmt.Errorf("upstream %s: BEGIN of remote transaction %s inside transaction %s", a.o.Upstream, b.FinalLSN, a.txn.begin.FinalLSN))
 	}
-	a.txn = &txn{begin: b}
+	a.txn = &txn{begin: b, commitTime: []byte(formatTime(b.CommitTime)), commitLSN: []byte(b.FinalLSN.String())}
 	// A transaction whose commit record lies before the end of the last one
 	// applied was applied already (a resend after a reconnect): skipping it
 	// keeps apply exactly-once whatever position the upstream resumes from.
@@ -229,11 +261,16 @@ func (a *Applier) Change(ctx context.Context, c *stream.Change) error {
 	return a.maybeSend(ctx)
 }
 
-// Message hands a logical decoding message to Options.OnMessage, once
-// everything before it has been executed.
+// Message records a peer's seen message (see receiveSeen), or hands any
+// other logical decoding message to Options.OnMessage once everything
+// before it has been executed.
 func (a *Applier) Message(ctx context.Context, m stream.Message) error {
 	if a.err != nil {
 		return a.err
+	}
+	if m.Prefix == conflict.SeenPrefix {
+		a.receiveSeen(m)
+		return nil
 	}
 	if a.o.OnMessage == nil || (a.txn != nil && a.txn.skip) {
 		return nil
@@ -254,6 +291,7 @@ func (a *Applier) Message(ctx context.Context, m stream.Message) error {
 	if err := a.o.OnMessage(ctx, m); err != nil {
 		return a.fail(fmt.Errorf("upstream %s: message %q at %s: %w", a.o.Upstream, m.Prefix, m.LSN, err))
 	}
+	clear(a.rels)
 	return nil
 }
 
@@ -282,6 +320,9 @@ func (a *Applier) Commit(ctx context.Context, c stream.Commit) error {
 	a.pipe.SendQueryPrepared(stmtCommit, nil, nil, nil)
 	a.pending = append(a.pending, item{kind: itemCommit, txn: t})
 	a.lastEnd = c.EndLSN
+	if t.begin.CommitTime.After(a.flightSeen) {
+		a.flightSeen = t.begin.CommitTime
+	}
 	return a.maybeSend(ctx)
 }
 
@@ -330,14 +371,13 @@ func (a *Applier) Stats() Stats {
 		Changes:    a.changes.Load(),
 		Flights:    a.flights.Load(),
 		LastEndLSN: stream.LSN(a.lastEndLSN.Load()),
-		Warnings:   make(map[string]uint64, len(warnKinds)),
 	}
 	if ns := a.lastCommit.Load(); ns != 0 {
 		s.LastCommitTime = time.Unix(0, ns)
 	}
-	for i, k := range warnKinds {
-		s.Warnings[k] = a.warns[i].Load()
-	}
+	a.mu.Lock()
+	s.Conflicts = maps.Clone(a.conflicts)
+	a.mu.Unlock()
 	return s
 }
 

@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/stream"
 )
 
@@ -60,10 +63,8 @@ func TestApplyRows(t *testing.T) {
 	if st.Txns != uint64(len(steps)) || st.Changes != 12 {
 		t.Errorf("stats: %d txns, %d changes; want %d, 12", st.Txns, st.Changes, len(steps))
 	}
-	for k, n := range st.Warnings {
-		if n != 0 {
-			t.Errorf("unexpected warning %s: %d", k, n)
-		}
+	if len(st.Conflicts) != 0 {
+		t.Errorf("unexpected conflicts: %v", st.Conflicts)
 	}
 }
 
@@ -91,8 +92,8 @@ func TestApplyFullIdentity(t *testing.T) {
 		t.Fatalf("after deletes: %q, want %q", got, want)
 	}
 	r.apply(t, a, del(fr, "9", "nope", "∅"))
-	if w := a.Stats().Warnings[WarnDeleteMissing]; w != 1 {
-		t.Errorf("delete_missing = %d, want 1", w)
+	if c := a.Stats().Conflicts; len(c) != 1 || c[conflict.DeleteMissing] != 1 {
+		t.Errorf("conflicts %v, want delete_missing 1", c)
 	}
 }
 
@@ -291,41 +292,50 @@ func TestApplyFailureStopsLaterTransactions(t *testing.T) {
 	}
 }
 
+// Conflicts are resolved inside the transaction, which goes on; each one
+// is counted, logged, and recorded in pgmesh.conflict_log.
 func TestApplyConflictsGoOn(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text)`)
-	e.exec(t, `INSERT INTO t VALUES (1, 'local')`)
+	e.exec(t, `INSERT INTO t VALUES (1, 'local')`) // committed now: newer than the remote changes
 	var log bytes.Buffer
 	a := e.applier(t, Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	r := newRemote()
 	tr := rel(1, "t", 'd', "*id", "v")
 	r.apply(t, a,
-		ins(tr, "1", "remote"),            // insert_exists: remote applied
-		upd(tr, nil, "7", "x"),            // update_missing
+		ins(tr, "1", "remote"),            // insert_exists: the older remote row loses
+		upd(tr, nil, "7", "x"),            // update_missing: inserted
 		del(tr, "8", "∅"),                 // delete_missing
 		ins(tr, "2", "new"),               // and the transaction goes on
-		upd(tr, tup("9", "∅"), "10", "y"), // key change of a missing row
+		upd(tr, tup("9", "∅"), "10", "y"), // key change of a missing row: inserted
 	)
-	want := []string{"1|remote", "2|new"}
+	want := []string{"1|local", "2|new", "7|x", "10|y"}
 	if got := e.rows(t, "SELECT id, v FROM t ORDER BY id"); !slices.Equal(got, want) {
 		t.Errorf("rows %q, want %q", got, want)
 	}
 	st := a.Stats()
-	wantW := map[string]uint64{WarnInsertExists: 1, WarnUpdateMissing: 2, WarnDeleteMissing: 1}
-	for k, n := range wantW {
-		if st.Warnings[k] != n {
-			t.Errorf("warnings %s = %d, want %d", k, st.Warnings[k], n)
-		}
+	wantC := map[string]uint64{conflict.InsertExists: 1, conflict.UpdateMissing: 2, conflict.DeleteMissing: 1}
+	if !maps.Equal(st.Conflicts, wantC) {
+		t.Errorf("conflicts %v, want %v", st.Conflicts, wantC)
 	}
 	if st.Txns != 1 {
 		t.Errorf("txns = %d, want 1", st.Txns)
 	}
+	wantLog := []string{
+		`insert_exists|keep_local|{"id": 1}|` + e.origin,
+		`update_missing|apply_remote|{"id": 7}|` + e.origin,
+		`delete_missing|skip|{"id": 8}|` + e.origin,
+		`update_missing|apply_remote|{"id": 9}|` + e.origin,
+	}
+	if got := e.rows(t, "SELECT kind, resolution, key::text, remote_origin FROM pgmesh.conflict_log ORDER BY id"); !slices.Equal(got, wantLog) {
+		t.Errorf("conflict_log %q, want %q", got, wantLog)
+	}
 	for _, w := range []string{
-		`kind=insert_exists table=public.t key="id=1"`,
-		`kind=update_missing table=public.t key="id=7"`,
-		`kind=delete_missing table=public.t key="id=8"`,
-		`kind=update_missing table=public.t key="id=9"`,
+		`kind=insert_exists resolution=keep_local table=public.t key="id=1"`,
+		`kind=update_missing resolution=apply_remote table=public.t key="id=7"`,
+		`kind=delete_missing resolution=skip table=public.t key="id=8"`,
+		`kind=update_missing resolution=apply_remote table=public.t key="id=9"`,
 	} {
 		if !strings.Contains(log.String(), w) {
 			t.Errorf("log lacks %s:\n%s", w, log.String())
@@ -402,7 +412,7 @@ func TestApplySession(t *testing.T) {
 	if got := e.rows(t, "SELECT id FROM t ORDER BY id"); !slices.Equal(got, []string{"1", "2"}) {
 		t.Errorf("rows %q", got)
 	}
-	if st := a2.Stats(); st.Txns != 1 || st.Warnings[WarnInsertExists] != 0 {
+	if st := a2.Stats(); st.Txns != 1 || len(st.Conflicts) != 0 {
 		t.Errorf("stats after replay: %+v", st)
 	}
 }
@@ -452,5 +462,132 @@ func TestApplyOnMessage(t *testing.T) {
 	got := e.rows(t, `SELECT id, x.timestamp = '`+formatTime(c.CommitTime)+`' FROM t, pg_xact_commit_timestamp_origin(t.xmin) x ORDER BY id`)
 	if want := []string{"1|true", "2|true", "101|true", "103|false"}; !slices.Equal(got, want) {
 		t.Errorf("rows, with the remote commit time: %q, want %q", got, want)
+	}
+}
+
+// Under policy error a conflict stops the applier with the conflict named
+// and the operator's hint; the failed transaction does not advance the
+// origin (the conflict raises before the origin setup).
+func TestApplyPolicyError(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	cfg := &config.Config{Conflicts: config.Conflicts{Default: config.LastUpdateWins,
+		Tables: map[string]config.TableConfig{"public.t": {Policy: config.PolicyError}}}}
+	a := e.applier(t, Options{Config: cfg})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id", "v")
+	c1 := r.apply(t, a, ins(tr, "1", "remote"))
+	e.exec(t, `INSERT INTO t VALUES (2, 'local')`)
+	r.feed(t, a, ins(tr, "2", "remote"))
+	err := a.Idle(context.Background())
+	for _, w := range []string{"conflict insert_exists on table public.t", "SQLSTATE P0001", "hint: fix the row"} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("error %v, want one containing %q", err, w)
+		}
+	}
+	if err := a.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.rows(t, "SELECT id, v FROM t ORDER BY id"); !slices.Equal(got, []string{"1|remote", "2|local"}) {
+		t.Errorf("rows %q", got)
+	}
+	if p, err := e.applier(t, Options{}).Progress(context.Background()); err != nil || p != c1.EndLSN {
+		t.Errorf("progress %s %v, want %s: the failed transaction advanced the origin", p, err, c1.EndLSN)
+	}
+}
+
+// A flight that commits remote transactions is preceded in the
+// downstream's WAL by a seen message announcing their newest commit time;
+// a flight with nothing newer announces nothing.
+func TestApplyEmitsSeenBeforeCommit(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	e.exec(t, `CREATE PUBLICATION seen_test FOR TABLE t`)
+	slot := e.origin + "_slot"
+	e.exec(t, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
+	seenConn := connect(t, e.dsn)
+	a := e.applier(t, Options{Node: "n2", SeenConn: seenConn.PgConn()})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id")
+	r.feed(t, a, ins(tr, "1"))
+	c2 := r.apply(t, a, ins(tr, "2"))
+	r.ts = r.ts.Add(-time.Hour) // an older commit time: nothing new to announce
+	r.apply(t, a, ins(tr, "3"))
+
+	// The applier commits asynchronously; decoding reads flushed WAL only.
+	e.exec(t, `CREATE TABLE wal_flush ()`)
+	// pgoutput: M message, B begin, O origin, R relation, I insert, C commit.
+	rows, err := e.db.Query(context.Background(), `SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+		'proto_version', '1', 'publication_names', 'seen_test', 'messages', 'true')`, slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	var content string
+	for rows.Next() {
+		var data []byte
+		if err := rows.Scan(&data); err != nil {
+			t.Fatal(err)
+		}
+		kinds = append(kinds, string(data[:1]))
+		if data[0] == 'M' {
+			// flags (1), LSN (8), prefix NUL-terminated, length (4), content
+			nul := 10 + bytes.IndexByte(data[10:], 0)
+			content = string(data[nul+1+4:])
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"M", "B", "O", "R", "I", "C", "B", "O", "I", "C", "B", "O", "I", "C"}; !slices.Equal(kinds, want) {
+		t.Fatalf("decoded %q, want %q", kinds, want)
+	}
+	want, _ := conflict.SeenMessage{Node: "n2", Seen: map[string]time.Time{e.origin: c2.CommitTime}}.Marshal()
+	if content != string(want) {
+		t.Errorf("seen message %q, want %q", content, want)
+	}
+}
+
+// A seen message of the upstream is recorded in pgmesh.peer_seen at the
+// start of its next transaction (only the newest time per origin, none
+// about the sender itself); a malformed one is logged and ignored.
+func TestApplyRecordsSeen(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY)`)
+	var log bytes.Buffer
+	a := e.applier(t, Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id")
+	ctx := context.Background()
+	t1 := time.Date(2025, 3, 1, 10, 0, 0, 123456000, time.UTC)
+	msg := func(content string) stream.Message {
+		return stream.Message{Prefix: conflict.SeenPrefix, Content: []byte(content)}
+	}
+	up := e.origin
+	for _, m := range []stream.Message{
+		msg(`{"node":"` + up + `","seen":{"n2":"2025-03-01T09:00:00Z","` + up + `":"2025-03-01T09:00:00Z"}}`),
+		msg(`{"node":"` + up + `","seen":{"n2":"` + t1.Format(time.RFC3339Nano) + `","n3":"2025-03-01T08:00:00Z"}}`),
+		msg(`{"node":"` + up + `","seen":{"n2":"2025-03-01T09:30:00Z"}}`),
+		msg(`not json`),
+		msg(`{"node":"n9","seen":{"n2":"2025-03-01T11:00:00Z"}}`),
+	} {
+		if err := a.Message(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.rows(t, "SELECT count(*) FROM pgmesh.peer_seen"); !slices.Equal(got, []string{"0"}) {
+		t.Fatalf("peer_seen written before the next transaction: %q", got)
+	}
+	r.apply(t, a, ins(tr, "1"))
+	got := e.rows(t, "SELECT peer, origin, seen_until AT TIME ZONE 'UTC' FROM pgmesh.peer_seen ORDER BY origin")
+	want := []string{up + "|n2|2025-03-01 10:00:00.123456 +0000 UTC", up + "|n3|2025-03-01 08:00:00 +0000 UTC"}
+	if !slices.Equal(got, want) {
+		t.Errorf("peer_seen %q, want %q", got, want)
+	}
+	if n := strings.Count(log.String(), "ignoring malformed seen message"); n != 2 {
+		t.Errorf("%d warnings about malformed seen messages, want 2:\n%s", n, log.String())
 	}
 }

@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"strings"
 	"testing"
@@ -10,13 +11,16 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
+	"github.com/pgmesh/pgmesh/internal/setup"
 	"github.com/pgmesh/pgmesh/internal/stream"
 )
 
 func TestMain(m *testing.M) { sandboxtest.Main(m, 1) }
 
-// testEnv is a fresh database and a fresh replication origin for one test.
+// testEnv is a fresh database of node "n2" with the pgmesh schema, and a
+// fresh replication origin for one test.
 type testEnv struct {
 	dsn    string
 	origin string
@@ -27,8 +31,18 @@ func newEnv(t testing.TB) *testEnv {
 	t.Helper()
 	env := sandboxtest.New(t, 1)
 	// Origins are per server. Not named pgmesh_*: sandboxtest drops unused
-	// ones of that name when any test ends.
-	e := &testEnv{dsn: env.DSNs[0], origin: "applytest_" + env.DB, db: env.Conn(t, 0)}
+	// ones of that name when any test ends. Conflict resolution names the
+	// writer of a row after its origin (origin_node: the origin's name
+	// when it is not pgmesh_<node>), so the upstream of the test's
+	// appliers is called like the origin, a valid node name.
+	e := &testEnv{dsn: env.DSNs[0], origin: fmt.Sprintf("at_%08x", crc32.ChecksumIEEE([]byte(env.DB))), db: env.Conn(t, 0)}
+	if _, err := setup.Migrate(context.Background(), e.db); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, "INSERT INTO pgmesh.local_node (cluster, name) VALUES ('test', 'n2')")
+	if err := conflict.SyncNodes(context.Background(), e.db, []string{e.origin, "n2"}); err != nil {
+		t.Fatal(err)
+	}
 	e.exec(t, "SELECT pg_replication_origin_create($1)", e.origin)
 	t.Cleanup(func() {
 		// After the appliers' cleanups (registered later, run earlier).
@@ -60,7 +74,7 @@ func (e *testEnv) exec(t testing.TB, sql string, args ...any) {
 func (e *testEnv) applier(t testing.TB, o Options) *Applier {
 	t.Helper()
 	conn := connect(t, e.dsn)
-	o.Upstream, o.Origin = "n1", e.origin
+	o.Upstream, o.Origin = e.origin, e.origin
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
 	}

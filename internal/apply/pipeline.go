@@ -24,6 +24,7 @@ const (
 	itemCommit
 	itemChange
 	itemTruncate
+	itemSeen
 	itemSync
 )
 
@@ -54,6 +55,9 @@ func (a *Applier) startTxn(ctx context.Context) {
 	a.pipe.SendQueryPrepared(stmtBegin, nil, nil, nil)
 	a.pending = append(a.pending, item{kind: itemBegin, txn: a.txn})
 	a.txn.started = true
+	// What the upstream had seen when it committed this transaction,
+	// recorded before its changes are judged and committed with them.
+	a.queueReceived()
 }
 
 // maybeSend sends the flight once it is full. Cutting a flight inside a
@@ -75,6 +79,9 @@ func (a *Applier) send(ctx context.Context) error {
 		if err := a.readFlight(); err != nil {
 			return err
 		}
+	}
+	if err := a.emitSeen(ctx); err != nil {
+		return a.fail(err)
 	}
 	a.pipe.SendPipelineSync()
 	a.pending = append(a.pending, item{kind: itemSync})
@@ -159,10 +166,12 @@ func (a *Applier) handleResult(it *item, res any) error {
 	if !ok {
 		return fmt.Errorf("unexpected pipeline result %T", res)
 	}
-	existed := false
+	var kind, resolution string
 	for rr.NextRow() {
-		if v := rr.Values(); len(v) == 1 && string(v[0]) == "t" {
-			existed = true
+		// A change's statement answers (kind, resolution); kind is NULL
+		// when there was no conflict.
+		if v := rr.Values(); it.kind == itemChange && len(v) == 2 && v[0] != nil {
+			kind, resolution = string(v[0]), string(v[1])
 		}
 	}
 	tag, err := rr.Close()
@@ -182,32 +191,15 @@ func (a *Applier) handleResult(it *item, res any) error {
 		a.lastEndLSN.Store(uint64(t.end.EndLSN))
 		a.lastCommit.Store(t.end.CommitTime.UnixNano())
 	case itemChange:
-		switch it.change.Op {
-		case stream.Insert:
-			if existed {
-				a.warn(it, WarnInsertExists, it.change.New)
-			}
-		case stream.Update:
-			if tag.RowsAffected() == 0 {
-				a.warn(it, WarnUpdateMissing, updateKeyTuple(it.change))
-			}
-		case stream.Delete:
-			if tag.RowsAffected() == 0 {
-				a.warn(it, WarnDeleteMissing, it.change.Old)
-			}
+		if kind != "" {
+			a.mu.Lock()
+			a.conflicts[kind]++
+			a.mu.Unlock()
+			a.log.Info("conflict", "kind", kind, "resolution", resolution, "table", it.rel.name,
+				"key", it.rel.keyText(it.change), "commit_lsn", it.txn.begin.FinalLSN.String())
 		}
 	}
 	return nil
-}
-
-func (a *Applier) warn(it *item, kind string, key stream.Tuple) {
-	for i, k := range warnKinds {
-		if k == kind {
-			a.warns[i].Add(1)
-		}
-	}
-	a.log.Warn("apply conflict", "kind", kind, "table", it.rel.name, "key", it.rel.keyText(key),
-		"commit_lsn", it.txn.begin.FinalLSN.String(), "resolution", "apply_remote")
 }
 
 // describe names what a failed request was doing.
@@ -228,11 +220,19 @@ func (a *Applier) describe(it *item, err error) error {
 		what = it.stmt.what + " " + it.rel.name
 	case itemTruncate:
 		what = "truncate " + it.tables
+	case itemSeen:
+		what = "record peer_seen"
 	case itemSync:
 		what = "sync"
 	}
-	if it.txn == nil {
-		return fmt.Errorf("upstream %s: apply: %s: %w", a.o.Upstream, what, err)
+	// The hint of a conflict under policy error says what to do.
+	hint := ""
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Hint != "" {
+		hint = " (hint: " + pe.Hint + ")"
 	}
-	return fmt.Errorf("upstream %s: apply remote transaction %s: %s: %w", a.o.Upstream, it.txn.begin.FinalLSN, what, err)
+	if it.txn == nil {
+		return fmt.Errorf("upstream %s: apply: %s: %w%s", a.o.Upstream, what, err, hint)
+	}
+	return fmt.Errorf("upstream %s: apply remote transaction %s: %s: %w%s", a.o.Upstream, it.txn.begin.FinalLSN, what, err, hint)
 }

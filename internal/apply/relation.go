@@ -2,12 +2,16 @@ package apply
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/stream"
 )
@@ -15,54 +19,28 @@ import (
 // relInfo is an upstream relation mapped onto the local table, with the
 // statements prepared for it.
 type relInfo struct {
-	rel         *stream.Relation // the description this mapping was built for
-	name        string           // schema.table, for messages
-	ident       string           // quoted
-	partitioned bool
-	cols        []string // quoted column name per remote column
-	textEq      []bool   // per remote column: compare as text (type without '=')
-	key         []int    // remote columns of the replica identity
-	arbiter     []int    // remote columns of the local unique index for ON CONFLICT; nil = plain INSERT
-	full        bool     // REPLICA IDENTITY FULL: rows are found by all their old values
-	stmts       map[string]*stmt
+	rel   *stream.Relation // the description this mapping was built for
+	name  string           // schema.table, for messages
+	ident string           // quoted
+	// table is the local table narrowed to the columns the upstream sends,
+	// in the upstream's column order: the INSERT statement's parameter
+	// $(4+i) is remote column i.
+	table conflict.Table
+	// identCols are the remote columns that identify a row, in the order
+	// of the statements' identity parameters: the local key, or every
+	// column of a key-less table.
+	identCols []int
+	// identSent is false when the local key is not (all) part of the
+	// upstream's replica identity: a key-only old row then lacks it.
+	identSent bool
+	delta     []int // remote columns of table.DeltaColumns, in that order
+	stmts     map[string]*stmt
 }
 
 // stmt is a prepared statement for one shape of change on one table.
 type stmt struct {
 	name string
 	what string // "insert into", "update", "delete from": for messages
-}
-
-// localTableSQL describes a local table: its kind, its columns that can be
-// written (not dropped, not generated) and its unique indexes usable as an
-// ON CONFLICT arbiter (valid, immediate, no predicate or expression).
-const localTableSQL = `
-SELECT c.relkind,
-	(SELECT json_agg(json_build_object('name', a.attname,
-		'text_eq', format_type(coalesce(nullif(t.typbasetype, 0), a.atttypid), NULL)
-			IN ('json', 'xml', 'point', 'line', 'lseg', 'box', 'path', 'polygon', 'circle'))
-		ORDER BY a.attnum)
-	 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-	 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
-	(SELECT json_agg(json_build_object('primary', i.indisprimary, 'cols',
-		(SELECT json_agg(a.attname ORDER BY k.ord)
-		 FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
-		 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-		 WHERE k.ord <= i.indnkeyatts))
-		ORDER BY NOT i.indisprimary, i.indexrelid)
-	 FROM pg_index i
-	 WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indimmediate
-	   AND i.indpred IS NULL AND i.indexprs IS NULL)
-FROM pg_class c WHERE c.oid = to_regclass($1)`
-
-type localColumn struct {
-	Name   string `json:"name"`
-	TextEq bool   `json:"text_eq"`
-}
-
-type localIndex struct {
-	Primary bool     `json:"primary"`
-	Cols    []string `json:"cols"`
 }
 
 // relFor returns the mapping for the relation of a change, looking the local
@@ -85,88 +63,59 @@ func (a *Applier) relFor(ctx context.Context, r *stream.Relation) (*relInfo, err
 
 func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, error) {
 	ri := &relInfo{
-		rel:    r,
-		name:   r.QualifiedName(),
-		ident:  pg.Ident(r.Schema, r.Name),
-		full:   r.ReplicaIdentity == 'f',
-		stmts:  map[string]*stmt{},
-		cols:   make([]string, len(r.Columns)),
-		textEq: make([]bool, len(r.Columns)),
+		rel:   r,
+		name:  r.QualifiedName(),
+		ident: pg.Ident(r.Schema, r.Name),
+		stmts: map[string]*stmt{},
 	}
-	res := a.conn.ExecParams(ctx, localTableSQL, [][]byte{[]byte(ri.ident)}, nil, nil, nil).Read()
-	if res.Err != nil {
-		return nil, fmt.Errorf("upstream %s: look up local table %s: %w", a.o.Upstream, ri.name, res.Err)
+	local, err := conflict.LoadTable(ctx, connQuerier{a.conn}, r.Schema, r.Name, a.o.Config)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", a.o.Upstream, err)
 	}
-	if len(res.Rows) == 0 {
-		return nil, fmt.Errorf("upstream %s: table %s does not exist on this node", a.o.Upstream, ri.name)
+	types := make(map[string]string, len(local.Columns))
+	for i, c := range local.Columns {
+		types[c] = local.Types[i]
 	}
-	row := res.Rows[0]
-	ri.partitioned = string(row[0]) == "p"
-	var cols []localColumn
-	var idxs []localIndex
-	if row[1] != nil {
-		if err := json.Unmarshal(row[1], &cols); err != nil {
-			return nil, fmt.Errorf("upstream %s: columns of %s: %w", a.o.Upstream, ri.name, err)
-		}
-	}
-	if row[2] != nil {
-		if err := json.Unmarshal(row[2], &idxs); err != nil {
-			return nil, fmt.Errorf("upstream %s: indexes of %s: %w", a.o.Upstream, ri.name, err)
-		}
-	}
-	byName := make(map[string]localColumn, len(cols))
-	for _, c := range cols {
-		byName[c.Name] = c
-	}
+	t := local
+	t.Columns, t.Types = make([]string, len(r.Columns)), make([]string, len(r.Columns))
+	// The old values of delta columns come with REPLICA IDENTITY FULL of
+	// the upstream's table, whatever the local setting.
+	t.FullIdentity = r.ReplicaIdentity == 'f'
 	remote := make(map[string]int, len(r.Columns))
-	var keyNames []string
 	for i, c := range r.Columns {
-		lc, ok := byName[c.Name]
+		typ, ok := types[c.Name]
 		if !ok {
 			return nil, fmt.Errorf("upstream %s: table %s: column %q sent by the upstream does not exist on this node (or is generated)", a.o.Upstream, ri.name, c.Name)
 		}
-		ri.cols[i] = pg.Ident(c.Name)
-		ri.textEq[i] = lc.TextEq
+		t.Columns[i], t.Types[i] = c.Name, typ
 		remote[c.Name] = i
-		if c.Key {
-			ri.key = append(ri.key, i)
-			keyNames = append(keyNames, c.Name)
+	}
+	for _, k := range t.Key {
+		if _, ok := remote[k]; !ok {
+			return nil, fmt.Errorf("upstream %s: table %s: key column %q is not sent by the upstream", a.o.Upstream, ri.name, k)
 		}
 	}
-	ri.arbiter = chooseArbiter(idxs, keyNames, remote)
+	if err := t.Validate(); err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", a.o.Upstream, err)
+	}
+	ri.table = t
+	ri.identSent = true
+	if len(t.Key) == 0 {
+		for i := range r.Columns {
+			ri.identCols = append(ri.identCols, i)
+		}
+	}
+	for _, k := range t.Key {
+		i := remote[k]
+		ri.identCols = append(ri.identCols, i)
+		if !r.Columns[i].Key && !t.FullIdentity {
+			ri.identSent = false
+		}
+	}
+	for _, d := range t.DeltaColumns {
+		ri.delta = append(ri.delta, remote[d])
+	}
 	return ri, nil
-}
-
-// chooseArbiter picks the local unique index that decides whether a remote
-// INSERT meets an existing row: the one on exactly the replica identity
-// columns, else the primary key if the upstream sends all its columns (the
-// case of REPLICA IDENTITY FULL). It returns the remote column indexes, or
-// nil when there is none and inserts are plain.
-func chooseArbiter(idxs []localIndex, keyNames []string, remote map[string]int) []int {
-	sortedKey := slices.Sorted(slices.Values(keyNames))
-	pick := -1
-	for i, ix := range idxs {
-		if len(keyNames) > 0 && slices.Equal(slices.Sorted(slices.Values(ix.Cols)), sortedKey) {
-			pick = i
-			break
-		}
-	}
-	if pick < 0 && len(idxs) > 0 && idxs[0].Primary {
-		pick = 0
-		for _, c := range idxs[0].Cols {
-			if _, ok := remote[c]; !ok {
-				pick = -1
-			}
-		}
-	}
-	if pick < 0 {
-		return nil
-	}
-	out := make([]int, len(idxs[pick].Cols))
-	for i, c := range idxs[pick].Cols {
-		out[i] = remote[c]
-	}
-	return out
 }
 
 // queueChange queues the statement of one change (preparing it first if
@@ -189,7 +138,7 @@ func (a *Applier) queueChange(ctx context.Context, c *stream.Change) error {
 	st, ok := ri.stmts[string(a.shape)]
 	if !ok {
 		var queued bool
-		st, queued = a.prepare(ri, c.Op)
+		st, queued = a.prepare(ri, c)
 		ri.stmts[string(a.shape)] = st
 		if queued {
 			a.pending = append(a.pending, item{kind: itemPrepare, txn: a.txn, rel: ri, stmt: st})
@@ -200,47 +149,87 @@ func (a *Applier) queueChange(ctx context.Context, c *stream.Change) error {
 	return nil
 }
 
-// Shape codes: one byte per column of a tuple.
+// Shape codes: one byte per column of an UPDATE's new row.
 const (
-	shapeValue = 'v' // a value (possibly NULL) is written or compared with =
-	shapeNull  = 'n' // compared with IS NULL (FULL identity)
+	shapeValue = 'v' // a value (possibly NULL) is written
 	shapeSkip  = 'u' // unchanged TOAST: left alone
 )
 
 // buildShape fills a.shape (the statement cache key) and a.params (the
-// values, in statement parameter order) for a change.
+// values, in statement parameter order, see conflict.InsertSQL) for a
+// change.
 func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 	a.shape = append(a.shape[:0], byte(c.Op))
-	a.params = a.params[:0]
+	t := a.txn
+	a.params = append(a.params[:0], t.commitTime, []byte(a.o.Upstream), t.commitLSN)
 	switch c.Op {
 	case stream.Insert:
-		if err := a.shapeSet(ri, c.New); err != nil {
-			return err
+		if len(c.New) != len(ri.rel.Columns) {
+			return fmt.Errorf("row has %d columns, relation %d", len(c.New), len(ri.rel.Columns))
+		}
+		for i, v := range c.New {
+			if v.Kind == stream.Unchanged {
+				return fmt.Errorf("inserted row lacks column %s (unchanged TOAST value)", ri.rel.Columns[i].Name)
+			}
+			a.params = append(a.params, value(v))
 		}
 	case stream.Update:
-		if err := a.shapeSet(ri, c.New); err != nil {
+		if len(c.New) != len(ri.rel.Columns) {
+			return fmt.Errorf("row has %d columns, relation %d", len(c.New), len(ri.rel.Columns))
+		}
+		if err := a.identity(ri, c, updateKeyTuple(c)); err != nil {
 			return err
 		}
-		if ri.full {
-			match := c.Old
-			if match == nil {
-				match = c.New
+		for _, v := range c.New {
+			if v.Kind == stream.Unchanged {
+				a.shape = append(a.shape, shapeSkip)
+				continue
 			}
-			return a.shapeMatch(ri, match)
+			a.shape = append(a.shape, shapeValue)
+			a.params = append(a.params, value(v))
 		}
-		return a.shapeKey(ri, updateKeyTuple(c))
+		for _, d := range ri.delta {
+			if c.New[d].Kind == stream.Unchanged {
+				continue
+			}
+			if c.Old == nil {
+				return fmt.Errorf("delta column %s: the update came without the old row (REPLICA IDENTITY FULL on the upstream?)", ri.rel.Columns[d].Name)
+			}
+			a.params = append(a.params, value(c.Old[d]))
+		}
 	case stream.Delete:
 		if c.Old == nil {
-			return fmt.Errorf("delete without old row")
+			return errors.New("delete without old row")
 		}
-		if ri.full {
-			return a.shapeMatch(ri, c.Old)
-		}
-		return a.shapeKey(ri, c.Old)
+		return a.identity(ri, c, c.Old)
 	default:
 		return fmt.Errorf("unknown operation %q", c.Op)
 	}
 	return nil
+}
+
+// identity appends the values that identify the changed row.
+func (a *Applier) identity(ri *relInfo, c *stream.Change, t stream.Tuple) error {
+	if len(t) != len(ri.rel.Columns) {
+		return fmt.Errorf("old row has %d columns, relation %d", len(t), len(ri.rel.Columns))
+	}
+	if c.Old != nil && c.OldIsKey && !ri.identSent {
+		return fmt.Errorf("the local key (%s) is not the upstream's replica identity: the old row lacks it", strings.Join(ri.table.Key, ", "))
+	}
+	for _, k := range ri.identCols {
+		if t[k].Kind == stream.Unchanged {
+			return fmt.Errorf("identity column %s was not sent", ri.rel.Columns[k].Name)
+		}
+		a.params = append(a.params, value(t[k]))
+	}
+	return nil
+}
+
+func value(v stream.Value) []byte {
+	if v.Kind == stream.Null {
+		return nil
+	}
+	return v.Data
 }
 
 // updateKeyTuple is the tuple holding the key of the row an UPDATE changes:
@@ -252,131 +241,30 @@ func updateKeyTuple(c *stream.Change) stream.Tuple {
 	return c.New
 }
 
-func (a *Applier) shapeSet(ri *relInfo, t stream.Tuple) error {
-	if len(t) != len(ri.cols) {
-		return fmt.Errorf("row has %d columns, relation %d", len(t), len(ri.cols))
-	}
-	for _, v := range t {
-		switch v.Kind {
-		case stream.Unchanged:
-			a.shape = append(a.shape, shapeSkip)
-		case stream.Null:
-			a.shape = append(a.shape, shapeValue)
-			a.params = append(a.params, nil)
-		default:
-			a.shape = append(a.shape, shapeValue)
-			a.params = append(a.params, v.Data)
-		}
-	}
-	return nil
-}
-
-func (a *Applier) shapeKey(ri *relInfo, t stream.Tuple) error {
-	if len(ri.key) == 0 {
-		return fmt.Errorf("no replica identity columns to find the row by")
-	}
-	if len(t) != len(ri.cols) {
-		return fmt.Errorf("row has %d columns, relation %d", len(t), len(ri.cols))
-	}
-	a.shape = append(a.shape, 'k')
-	for _, k := range ri.key {
-		v := t[k]
-		switch v.Kind {
-		case stream.Unchanged:
-			return fmt.Errorf("key column %s was not sent", ri.cols[k])
-		case stream.Null:
-			a.params = append(a.params, nil)
-		default:
-			a.params = append(a.params, v.Data)
-		}
-	}
-	return nil
-}
-
-func (a *Applier) shapeMatch(ri *relInfo, t stream.Tuple) error {
-	if len(t) != len(ri.cols) {
-		return fmt.Errorf("row has %d columns, relation %d", len(t), len(ri.cols))
-	}
-	a.shape = append(a.shape, 'f')
-	for _, v := range t {
-		switch v.Kind {
-		case stream.Unchanged:
-			a.shape = append(a.shape, shapeSkip)
-		case stream.Null:
-			a.shape = append(a.shape, shapeNull)
-		default:
-			a.shape = append(a.shape, shapeValue)
-			a.params = append(a.params, v.Data)
-		}
-	}
-	return nil
-}
-
-// prepare queues the preparation of the statement for the current shape,
-// unless this session prepared the same SQL before (reported by the second
-// result). Parameters are untyped: the server infers each type from its
-// column.
-func (a *Applier) prepare(ri *relInfo, op stream.Op) (*stmt, bool) {
+// prepare queues the preparation of the conflict-resolving statement for
+// the current shape, unless this session prepared the same SQL before
+// (reported by the second result). Parameters are untyped: the statement
+// casts each one to its column's type.
+func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
 	st := &stmt{name: "pgmesh_s" + strconv.Itoa(len(a.stmts)+1)}
-	var b strings.Builder
-	n := 0
-	param := func() string { n++; return "$" + strconv.Itoa(n) }
-	switch op {
+	var sql string
+	switch c.Op {
 	case stream.Insert:
 		st.what = "insert into"
-		set := a.shape[1 : 1+len(ri.cols)]
-		var cols, vals []string
-		sent := map[int]bool{}
-		for i, s := range set {
-			if s == shapeSkip {
-				continue
-			}
-			cols = append(cols, ri.cols[i])
-			vals = append(vals, param())
-			sent[i] = true
-		}
-		fmt.Fprintf(&b, "INSERT INTO %s (%s) VALUES (%s)", ri.ident, strings.Join(cols, ", "), strings.Join(vals, ", "))
-		if ri.arbiter != nil && arbiterSent(ri.arbiter, sent) {
-			var conflict, upd []string
-			inArbiter := map[int]bool{}
-			for _, k := range ri.arbiter {
-				conflict = append(conflict, ri.cols[k])
-				inArbiter[k] = true
-			}
-			for i := range set {
-				if sent[i] && !inArbiter[i] {
-					upd = append(upd, ri.cols[i]+" = EXCLUDED."+ri.cols[i])
-				}
-			}
-			if len(upd) == 0 {
-				// Nothing but the key: still "update" so that RETURNING
-				// reports the existing row.
-				for _, k := range ri.arbiter {
-					upd = append(upd, ri.cols[k]+" = EXCLUDED."+ri.cols[k])
-				}
-			}
-			fmt.Fprintf(&b, " ON CONFLICT (%s) DO UPDATE SET %s RETURNING (xmax <> 0)", strings.Join(conflict, ", "), strings.Join(upd, ", "))
-		}
+		sql = conflict.InsertSQL(ri.table)
 	case stream.Update:
 		st.what = "update"
-		set := a.shape[1 : 1+len(ri.cols)]
-		var upd []string
-		for i, s := range set {
-			if s != shapeSkip {
-				upd = append(upd, ri.cols[i]+" = "+param())
+		var set []string
+		for i, s := range a.shape[1:] {
+			if s == shapeValue {
+				set = append(set, ri.table.Columns[i])
 			}
 		}
-		if len(upd) == 0 {
-			// Every column unchanged: a no-op update that still reports
-			// whether the row exists.
-			upd = append(upd, ri.cols[0]+" = "+ri.cols[0])
-		}
-		fmt.Fprintf(&b, "UPDATE %s SET %s WHERE %s", ri.ident, strings.Join(upd, ", "), a.where(ri, 1+len(ri.cols), param))
+		sql = conflict.UpdateSQL(ri.table, set)
 	case stream.Delete:
 		st.what = "delete from"
-		fmt.Fprintf(&b, "DELETE FROM %s WHERE %s", ri.ident, a.where(ri, 1, param))
+		sql = conflict.DeleteSQL(ri.table)
 	}
-	sql := b.String()
 	if name, ok := a.stmts[sql]; ok {
 		// Same statement for a newer description of the relation.
 		st.name = name
@@ -385,51 +273,6 @@ func (a *Applier) prepare(ri *relInfo, op stream.Op) (*stmt, bool) {
 	a.stmts[sql] = st.name
 	a.pipe.SendPrepare(st.name, sql, nil)
 	return st, true
-}
-
-// arbiterSent reports whether every arbiter column has a value to conflict on.
-func arbiterSent(arbiter []int, sent map[int]bool) bool {
-	for _, k := range arbiter {
-		if !sent[k] {
-			return false
-		}
-	}
-	return true
-}
-
-// where renders the row-finding condition of an UPDATE or DELETE from the
-// shape bytes starting at off: by key, or for FULL identity one row whose
-// old values all match.
-func (a *Applier) where(ri *relInfo, off int, param func() string) string {
-	if a.shape[off] == 'k' {
-		conds := make([]string, len(ri.key))
-		for j, k := range ri.key {
-			conds[j] = ri.cols[k] + " = " + param()
-		}
-		return strings.Join(conds, " AND ")
-	}
-	var conds []string
-	for i, s := range a.shape[off+1:] {
-		switch s {
-		case shapeNull:
-			conds = append(conds, ri.cols[i]+" IS NULL")
-		case shapeValue:
-			if ri.textEq[i] {
-				conds = append(conds, ri.cols[i]+"::text = "+param()+"::text")
-			} else {
-				conds = append(conds, ri.cols[i]+" = "+param())
-			}
-		}
-	}
-	pred := "true"
-	if len(conds) > 0 {
-		pred = strings.Join(conds, " AND ")
-	}
-	// ctid is unique only within one partition.
-	if ri.partitioned {
-		return fmt.Sprintf("(tableoid, ctid) = (SELECT tableoid, ctid FROM %s WHERE %s LIMIT 1)", ri.ident, pred)
-	}
-	return fmt.Sprintf("ctid = (SELECT ctid FROM %s WHERE %s LIMIT 1)", ri.ident, pred)
 }
 
 // queueTruncate queues TRUNCATE of all relations of the change in one
@@ -460,14 +303,15 @@ func (a *Applier) queueTruncate(ctx context.Context, c *stream.Change) error {
 	return nil
 }
 
-// keyText renders the key of a row for logs: col=value, values shortened.
-func (ri *relInfo) keyText(t stream.Tuple) string {
-	cols := ri.key
-	if ri.full && ri.arbiter != nil {
-		cols = ri.arbiter
+// keyText renders the identity of a changed row for logs: col=value,
+// values shortened.
+func (ri *relInfo) keyText(c *stream.Change) string {
+	t := c.New
+	if c.Op == stream.Delete || c.Old != nil {
+		t = c.Old
 	}
 	var b strings.Builder
-	for j, k := range cols {
+	for j, k := range ri.identCols {
 		if j > 0 {
 			b.WriteString(", ")
 		}
@@ -490,4 +334,61 @@ func (ri *relInfo) keyText(t stream.Tuple) string {
 		}
 	}
 	return b.String()
+}
+
+// connQuerier lets conflict.LoadTable read the catalog through the apply
+// connection (a bare pgconn.PgConn, out of pipeline mode): one-row queries
+// with text parameters whose text results scan into *string or *[]byte,
+// which is all LoadTable asks for.
+type connQuerier struct{ conn *pgconn.PgConn }
+
+func (q connQuerier) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	params := make([][]byte, len(args))
+	for i, arg := range args {
+		s, ok := arg.(string)
+		if !ok {
+			return textRow{err: fmt.Errorf("catalog query: parameter %d is a %T, not text", i+1, arg)}
+		}
+		params[i] = []byte(s)
+	}
+	res := q.conn.ExecParams(ctx, sql, params, nil, nil, nil).Read()
+	if res.Err != nil {
+		return textRow{err: res.Err}
+	}
+	if len(res.Rows) == 0 {
+		return textRow{err: pgx.ErrNoRows}
+	}
+	return textRow{vals: res.Rows[0]}
+}
+
+func (q connQuerier) Query(context.Context, string, ...any) (pgx.Rows, error) {
+	return nil, errors.New("catalog query: multi-row queries are not supported on the apply connection")
+}
+
+type textRow struct {
+	vals [][]byte
+	err  error
+}
+
+func (r textRow) Scan(dest ...any) error {
+	if r.err != nil {
+		return r.err
+	}
+	if len(dest) != len(r.vals) {
+		return fmt.Errorf("catalog query: %d columns, scanned into %d", len(r.vals), len(dest))
+	}
+	for i, d := range dest {
+		switch p := d.(type) {
+		case *[]byte:
+			*p = slices.Clone(r.vals[i])
+		case *string:
+			if r.vals[i] == nil {
+				return fmt.Errorf("catalog query: column %d is NULL", i+1)
+			}
+			*p = string(r.vals[i])
+		default:
+			return fmt.Errorf("catalog query: cannot scan column %d into %T", i+1, d)
+		}
+	}
+	return nil
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/pgmesh/pgmesh/internal/check"
 	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
@@ -153,7 +154,80 @@ WHERE (local_node.cluster, local_node.name) IS DISTINCT FROM (excluded.cluster, 
 	if err != nil {
 		return err
 	}
+	if err := ensureConflictSetup(ctx, conn, node, cfg.NodeNames(), tables, act); err != nil {
+		return err
+	}
 	return ensurePublication(ctx, conn, node, tables, act)
+}
+
+// ensureConflictSetup gives conflict resolution what it needs on a node:
+// pgmesh.node ranked in config order (the tiebreak) and the tombstone
+// trigger on every replicated table with a key, each only when it differs.
+func ensureConflictSetup(ctx context.Context, conn *pgx.Conn, node string, names []string, tables []pg.Table, act func(node, format string, args ...any)) error {
+	var have []string
+	if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(name ORDER BY rank), '{}') FROM pgmesh.node").Scan(&have); err != nil {
+		return fmt.Errorf("read pgmesh.node: %w", err)
+	}
+	if !slices.Equal(have, names) {
+		if err := conflict.SyncNodes(ctx, conn, names); err != nil {
+			return err
+		}
+		act(node, "set node ranks %s", strings.Join(names, ", "))
+	}
+	// Init expects the replicated tables to be identical on every node
+	// (DataNote): each peer holds the same rows as this node's, so it has
+	// in effect seen them, and its first changes to them are no conflict.
+	// Recorded once, at the first init: later the peers' seen messages say
+	// what they have applied.
+	tag, err := conn.Exec(ctx, `
+INSERT INTO pgmesh.peer_seen (peer, origin, seen_until)
+SELECT p, $2, now() FROM unnest($1::text[]) p WHERE p <> $2
+ON CONFLICT (peer, origin) DO NOTHING`, names, node)
+	if err != nil {
+		return fmt.Errorf("record the initial rows as seen by the peers: %w", err)
+	}
+	if tag.RowsAffected() > 0 {
+		act(node, "recorded the existing rows as seen by %d peers", tag.RowsAffected())
+	}
+	// The trigger's arguments are the table's name and key columns; it is
+	// (re)installed where it is missing or has other arguments.
+	rows, err := conn.Query(ctx, `
+SELECT n.nspname || '.' || c.relname, t.tgargs
+  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE t.tgname = $1 AND t.tgparentid = 0`, conflict.TriggerName)
+	if err != nil {
+		return fmt.Errorf("read tombstone triggers: %w", err)
+	}
+	installed := map[string]string{}
+	for rows.Next() {
+		var rel string
+		var args []byte
+		if err := rows.Scan(&rel, &args); err != nil {
+			return fmt.Errorf("read tombstone triggers: %w", err)
+		}
+		installed[rel] = string(args)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read tombstone triggers: %w", err)
+	}
+	var missing []pg.Table
+	for _, t := range tables {
+		if len(t.KeyColumns) == 0 {
+			continue
+		}
+		// tgargs: each argument NUL-terminated.
+		want := t.QualifiedName() + "\x00" + strings.Join(t.KeyColumns, "\x00") + "\x00"
+		if installed[t.QualifiedName()] != want {
+			missing = append(missing, t)
+		}
+	}
+	if err := conflict.InstallTriggers(ctx, conn, missing); err != nil {
+		return err
+	}
+	for _, t := range missing {
+		act(node, "installed tombstone trigger on %s", t.QualifiedName())
+	}
+	return nil
 }
 
 // ensurePublication creates the publication or brings its options and table

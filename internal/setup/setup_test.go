@@ -68,6 +68,7 @@ func TestInitConverges(t *testing.T) {
 	for _, n := range []string{"n1", "n2", "n3"} {
 		want = append(want, n+": applied migration 0001_core", n+": set local node "+n+" of cluster test",
 			n+": created publication pgmesh with 3 tables", n+": set node ranks n1, n2, n3",
+			n+": recorded the existing rows as seen by 2 peers",
 			n+": installed tombstone trigger on public.accounts", n+": installed tombstone trigger on public.events",
 			n+": installed tombstone trigger on public.pairs")
 	}
