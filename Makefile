@@ -13,6 +13,7 @@ all: build
 
 deps:
 	@bash scripts/install-pg.sh
+	@bash scripts/install-chromium.sh
 
 build:
 	$(GO) build -o bin/pgmesh ./cmd/pgmesh

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pgmesh/pgmesh/internal/apply"
 	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/ddl"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/stream"
 	"github.com/pgmesh/pgmesh/internal/topology"
@@ -125,6 +126,7 @@ func (l *link) run(ctx context.Context) {
 		if time.Since(started) > time.Minute {
 			l.backoff.reset()
 		}
+		l.recordDDLFailure(ctx, err)
 		wait := l.backoff.next()
 		l.setState(StateRetrying, err)
 		l.log.Warn("link failed, retrying", "link", l.Name(), "in", wait.String(), "err", err)
@@ -165,6 +167,7 @@ func (l *link) session(ctx context.Context) error {
 	}
 	defer seenConn.Close(context.WithoutCancel(ctx))
 
+	ddlExec := &ddl.Executor{Node: l.Down, Logger: l.log.With("link", l.Name())}
 	applier, err := apply.New(ctx, applyConn.PgConn(), apply.Options{
 		Upstream: l.Up,
 		Origin:   l.Origin(),
@@ -172,6 +175,12 @@ func (l *link) session(ctx context.Context) error {
 		Config:   l.conflicts(),
 		Node:     l.Down,
 		SeenConn: seenConn.PgConn(),
+		OnMessage: func(ctx context.Context, m stream.Message) error {
+			return ddlExec.Handle(ctx, ddl.ConnExecer{Conn: applyConn.PgConn()}, m)
+		},
+		IgnoreColumn: func(ctx context.Context, table, column string) (bool, error) {
+			return l.ddlInFlight(ctx, seenConn, table, column)
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("link %s: start apply session on %s: %w", l.Name(), l.Down, err)
@@ -228,6 +237,43 @@ func (l *link) session(ctx context.Context) error {
 		return fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	return errors.New("link " + l.Name() + ": stream ended")
+}
+
+// ddlInFlight tells whether a column that the upstream sends but this node
+// lacks (or the reverse) belongs to a DDL that one of the two has applied
+// and the other not yet: then the column is left out until the DDL arrives.
+// local is a connection to the downstream that is free on the handler's
+// goroutine (the seen connection).
+func (l *link) ddlInFlight(ctx context.Context, local *pgx.Conn, table, column string) (bool, error) {
+	up, err := pg.Connect(ctx, l.Up, l.up.DSN, "pgmesh ddl check "+l.Name())
+	if err != nil {
+		return false, err
+	}
+	defer up.Close(context.WithoutCancel(ctx))
+	// Added upstream, not here yet.
+	if ok, err := ddl.InFlight(ctx, local, up, table, column); err != nil || ok {
+		return ok, err
+	}
+	// Dropped here, not yet upstream.
+	return ddl.InFlight(ctx, up, local, table, column)
+}
+
+// recordDDLFailure keeps a DDL that stopped the link in the downstream's
+// ddl_log (outside the rolled-back apply transaction), so that `pgmesh ddl
+// list` and `check` show it.
+func (l *link) recordDDLFailure(ctx context.Context, err error) {
+	ae, ok := ddl.AsApplyError(err)
+	if !ok {
+		return
+	}
+	conn, cerr := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh agent")
+	if cerr != nil {
+		return
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if rerr := ddl.RecordFailure(ctx, conn, ae); rerr != nil {
+		l.log.Warn("record failed DDL", "link", l.Name(), "err", rerr)
+	}
 }
 
 // originProgress reads pg_replication_origin_progress. With flush=true it

@@ -64,6 +64,12 @@ type Options struct {
 	// looked up again afterwards: the hook may have changed them (DDL).
 	// Without it messages are ignored.
 	OnMessage func(ctx context.Context, m stream.Message) error
+	// IgnoreColumn, when set, is asked about a remote column that does not
+	// exist locally ("schema.table", column). True means a DDL that adds
+	// or drops it is still on its way between the nodes: the column's
+	// values are left out until it arrives. False (or no hook) keeps it an
+	// apply error that names the column.
+	IgnoreColumn func(ctx context.Context, table, column string) (bool, error)
 }
 
 // Stats is a snapshot of what an Applier has applied (confirmed by the

@@ -34,7 +34,10 @@ type relInfo struct {
 	// upstream's replica identity: a key-only old row then lacks it.
 	identSent bool
 	delta     []int // remote columns of table.DeltaColumns, in that order
-	stmts     map[string]*stmt
+	// skip marks remote columns left out because a DDL about them is in
+	// flight (Options.IgnoreColumn); table.Columns holds the others.
+	skip  []bool
+	stmts map[string]*stmt
 }
 
 // stmt is a prepared statement for one shape of change on one table.
@@ -77,7 +80,8 @@ func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, err
 		types[c] = local.Types[i]
 	}
 	t := local
-	t.Columns, t.Types = make([]string, len(r.Columns)), make([]string, len(r.Columns))
+	t.Columns, t.Types = make([]string, 0, len(r.Columns)), make([]string, 0, len(r.Columns))
+	ri.skip = make([]bool, len(r.Columns))
 	// The old values of delta columns come with REPLICA IDENTITY FULL of
 	// the upstream's table, whatever the local setting.
 	t.FullIdentity = r.ReplicaIdentity == 'f'
@@ -85,9 +89,18 @@ func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, err
 	for i, c := range r.Columns {
 		typ, ok := types[c.Name]
 		if !ok {
-			return nil, fmt.Errorf("upstream %s: table %s: column %q sent by the upstream does not exist on this node (or is generated)", a.o.Upstream, ri.name, c.Name)
+			ignore, err := a.ignoreColumn(ctx, ri.name, c.Name)
+			if err != nil {
+				return nil, err
+			}
+			if !ignore {
+				return nil, fmt.Errorf("upstream %s: table %s: column %q sent by the upstream does not exist on this node (or is generated); if a DDL adding it is under way, it must reach this node first (pgmesh ddl list)", a.o.Upstream, ri.name, c.Name)
+			}
+			a.o.Logger.Info("leaving out a column whose DDL is still in flight", "upstream", a.o.Upstream, "table", ri.name, "column", c.Name)
+			ri.skip[i] = true
+			continue
 		}
-		t.Columns[i], t.Types[i] = c.Name, typ
+		t.Columns, t.Types = append(t.Columns, c.Name), append(t.Types, typ)
 		remote[c.Name] = i
 	}
 	for _, k := range t.Key {
@@ -102,7 +115,9 @@ func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, err
 	ri.identSent = true
 	if len(t.Key) == 0 {
 		for i := range r.Columns {
-			ri.identCols = append(ri.identCols, i)
+			if !ri.skip[i] {
+				ri.identCols = append(ri.identCols, i)
+			}
 		}
 	}
 	for _, k := range t.Key {
@@ -168,6 +183,9 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 			return fmt.Errorf("row has %d columns, relation %d", len(c.New), len(ri.rel.Columns))
 		}
 		for i, v := range c.New {
+			if ri.skip[i] {
+				continue
+			}
 			if v.Kind == stream.Unchanged {
 				return fmt.Errorf("inserted row lacks column %s (unchanged TOAST value)", ri.rel.Columns[i].Name)
 			}
@@ -180,7 +198,10 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 		if err := a.identity(ri, c, updateKeyTuple(c)); err != nil {
 			return err
 		}
-		for _, v := range c.New {
+		for i, v := range c.New {
+			if ri.skip[i] {
+				continue
+			}
 			if v.Kind == stream.Unchanged {
 				a.shape = append(a.shape, shapeSkip)
 				continue
@@ -206,6 +227,18 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 		return fmt.Errorf("unknown operation %q", c.Op)
 	}
 	return nil
+}
+
+// ignoreColumn asks Options.IgnoreColumn about a remote column missing here.
+func (a *Applier) ignoreColumn(ctx context.Context, table, column string) (bool, error) {
+	if a.o.IgnoreColumn == nil {
+		return false, nil
+	}
+	ok, err := a.o.IgnoreColumn(ctx, table, column)
+	if err != nil {
+		return false, fmt.Errorf("upstream %s: table %s: column %q missing here: is a DDL about it in flight? %w", a.o.Upstream, table, column, err)
+	}
+	return ok, nil
 }
 
 // identity appends the values that identify the changed row.

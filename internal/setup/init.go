@@ -24,6 +24,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/check"
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/conflict"
+	"github.com/pgmesh/pgmesh/internal/ddl"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
@@ -149,6 +150,13 @@ WHERE (local_node.cluster, local_node.name) IS DISTINCT FROM (excluded.cluster, 
 	}
 	if tag.RowsAffected() > 0 {
 		act(node, "set local node %s of cluster %s", node, cfg.Cluster)
+	}
+	ddlActions, err := ddl.Install(ctx, conn, cfg)
+	if err != nil {
+		return err
+	}
+	for _, a := range ddlActions {
+		act(node, "%s", a)
 	}
 	tables, err := pg.ReplicatedTables(ctx, conn, cfg.Replicate.Schemas, cfg.Replicate.Exclude)
 	if err != nil {
