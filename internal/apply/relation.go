@@ -36,8 +36,10 @@ type relInfo struct {
 	delta     []int // remote columns of table.DeltaColumns, in that order
 	// skip marks remote columns left out because a DDL about them is in
 	// flight (Options.IgnoreColumn); table.Columns holds the others.
-	skip  []bool
-	stmts map[string]*stmt
+	skip    []bool
+	skips   bool // some column is skipped
+	builtIn *txn // the remote transaction the mapping was made in
+	stmts   map[string]*stmt
 }
 
 // stmt is a prepared statement for one shape of change on one table.
@@ -49,7 +51,10 @@ type stmt struct {
 // relFor returns the mapping for the relation of a change, looking the local
 // table up the first time a relation description is seen.
 func (a *Applier) relFor(ctx context.Context, r *stream.Relation) (*relInfo, error) {
-	if ri, ok := a.rels[r.ID]; ok && ri.rel == r {
+	// A mapping that leaves columns out is only good for the transaction
+	// it was made in: the DDL it waits for may arrive over another link
+	// at any time, and from then on the column must be applied.
+	if ri, ok := a.rels[r.ID]; ok && ri.rel == r && (!ri.skips || ri.builtIn == a.txn) {
 		return ri, nil
 	}
 	// The catalog query needs the connection out of pipeline mode.
@@ -60,6 +65,7 @@ func (a *Applier) relFor(ctx context.Context, r *stream.Relation) (*relInfo, err
 	if err != nil {
 		return nil, err
 	}
+	ri.builtIn = a.txn
 	a.rels[r.ID] = ri
 	return ri, nil
 }
@@ -97,7 +103,7 @@ func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, err
 				return nil, fmt.Errorf("upstream %s: table %s: column %q sent by the upstream does not exist on this node (or is generated); if a DDL adding it is under way, it must reach this node first (pgmesh ddl list)", a.o.Upstream, ri.name, c.Name)
 			}
 			a.o.Logger.Info("leaving out a column whose DDL is still in flight", "upstream", a.o.Upstream, "table", ri.name, "column", c.Name)
-			ri.skip[i] = true
+			ri.skip[i], ri.skips = true, true
 			continue
 		}
 		t.Columns, t.Types = append(t.Columns, c.Name), append(t.Types, typ)
