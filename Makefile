@@ -7,7 +7,7 @@ PG15_BIN   = $(shell cat .cache/pg15.bindir 2>/dev/null)
 PG18_BIN   = $(shell cat .cache/pg18.bindir 2>/dev/null)
 TESTFLAGS ?=
 
-.PHONY: all deps build test test-unit test-pg15 test-pg18 fuzz demo bench eval clean
+.PHONY: all deps build test fuzz demo bench eval clean
 
 all: build
 
@@ -18,12 +18,14 @@ deps:
 build:
 	$(GO) build -o bin/pgmesh ./cmd/pgmesh
 
-# The whole suite: vet, unit tests, integration tests on PostgreSQL 15 and 18,
-# and short fuzz runs of the pgoutput decoder and the config parser.
+# The whole suite: vet, every test against real PostgreSQL 15 and 18, the
+# race detector over the concurrent core (stream, apply, agent, config), and
+# short fuzz runs of the pgoutput decoder and the config parser.
 test: deps build
 	$(GO) vet ./...
-	PGMESH_PG_BIN=$(PG15_BIN) $(GO) test -race -timeout 20m $(TESTFLAGS) ./...
+	PGMESH_PG_BIN=$(PG15_BIN) $(GO) test -timeout 20m $(TESTFLAGS) ./...
 	PGMESH_PG_BIN=$(PG18_BIN) $(GO) test -timeout 20m $(TESTFLAGS) ./...
+	PGMESH_PG_BIN=$(PG15_BIN) $(GO) test -race -timeout 10m $(TESTFLAGS) ./internal/config ./internal/topology ./internal/stream ./internal/apply
 	$(MAKE) --no-print-directory fuzz
 
 fuzz:
@@ -38,5 +40,12 @@ demo: deps build
 bench: deps build
 	PGMESH_PG_BIN=$(PG15_BIN) ./bin/pgmesh bench apply
 
+# Fault scenarios on fresh 3-node sandboxes (baseline, latency, partition,
+# crash, burst): reports in eval-out/<scenario>/report.html, a summary in
+# eval-out/summary.json; exits 1 when an invariant fails.
+EVALFLAGS ?= --duration 60s
+eval: deps build
+	PGMESH_PG_BIN=$(PG15_BIN) ./bin/pgmesh eval --scenario all --out eval-out $(EVALFLAGS)
+
 clean:
-	rm -rf bin
+	rm -rf bin eval-out

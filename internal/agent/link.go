@@ -306,18 +306,20 @@ func majorVersion(v string) (int, error) {
 	return n, nil
 }
 
-// backoff doubles from 500ms up to 30s.
+// maxBackoff caps the wait between reconnections: a healed partition or a
+// restarted server should be noticed within seconds, and a failed attempt
+// costs the nodes only a connection.
+const maxBackoff = 5 * time.Second
+
+// backoff doubles from 500ms up to maxBackoff.
 type backoff struct{ cur time.Duration }
 
 func (b *backoff) next() time.Duration {
 	switch {
 	case b.cur == 0:
 		b.cur = 500 * time.Millisecond
-	case b.cur < 30*time.Second:
-		b.cur *= 2
-		if b.cur > 30*time.Second {
-			b.cur = 30 * time.Second
-		}
+	case b.cur < maxBackoff:
+		b.cur = min(2*b.cur, maxBackoff)
 	}
 	return b.cur
 }
