@@ -136,14 +136,19 @@ func rangeDigest(t testing.TB, c *pgx.Conn, node int) string {
 // writeItems inserts, updates and deletes rows of node n's key range in
 // small transactions.
 func writeItems(dsn string, n, txns int) error {
-	ctx := context.Background()
+	return writeItemsFrom(context.Background(), dsn, n, 0, txns)
+}
+
+// writeItemsFrom is writeItems with the new keys starting at offset within
+// node n's range, so that it can be called again.
+func writeItemsFrom(ctx context.Context, dsn string, n, offset, txns int) error {
 	c, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return err
 	}
-	defer c.Close(ctx)
-	rng := rand.New(rand.NewPCG(uint64(n), 42))
-	base := int64(n) * 1_000_000
+	defer c.Close(context.WithoutCancel(ctx))
+	rng := rand.New(rand.NewPCG(uint64(n), uint64(42+offset)))
+	base := int64(n)*1_000_000 + int64(offset)
 	next := base
 	for i := 0; i < txns; i++ {
 		tx, err := c.Begin(ctx)
