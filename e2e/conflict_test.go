@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -319,13 +320,22 @@ func waitValue(t testing.TB, cs []*pgx.Conn, nodes []int, id int, v string) {
 	})
 }
 
-// TestCausalUpdatesAreNoConflict: n1 inserts, n2 updates the row after
-// receiving it, n3 (whose agent was stopped meanwhile) receives the
-// update, then updates the row itself, and n1 deletes it after receiving
-// that: every change was made knowing the previous one, so no node logs a
-// conflict. n3 has the insert before the update arrives: delivered the
-// other way round, the update would find no row (see the report of
-// issue 3: there is no causal delivery across links).
+// TestCausalUpdatesAreNoConflict: every change below was made knowing the
+// previous one, so no node logs a conflict, whichever order n3 receives
+// the changes of n1 and n2 in (links are independent: there is no causal
+// delivery across them).
+//
+// In order: n1 inserts, n2 updates the row after receiving it, n3 (whose
+// agent was stopped meanwhile) receives the update, then updates the row
+// itself, and n1 deletes it after receiving that.
+//
+// Out of order: n3's link from n1 is blocked (its agent runs with a config
+// in which n1 is unreachable) while n1 inserts rows 11 and 12 and n2,
+// after receiving them, updates 11 and deletes 12. n3 gets n2's changes
+// first (an update and a delete of rows it does not have yet, whose insert
+// n2 had seen), then, unblocked, n1's inserts (older than what n2 made of
+// them). Row 13 is the control: n1 and n3 insert it concurrently, which is
+// logged.
 func TestCausalUpdatesAreNoConflict(t *testing.T) {
 	env := sandboxtest.New(t, 3)
 	initMesh(t, env, 3, itemDDL)
@@ -340,7 +350,7 @@ func TestCausalUpdatesAreNoConflict(t *testing.T) {
 	a3.stop()
 	env.Exec(t, 1, `UPDATE item SET v = 'n2' WHERE id = 1`)
 	waitValue(t, cs, []int{0}, 1, "n2")
-	startAgent(t, env.ConfigPath, "--node", "n3")
+	a3 = startAgent(t, env.ConfigPath, "--node", "n3")
 	waitValue(t, cs, []int{2}, 1, "n2")
 	env.Exec(t, 2, `UPDATE item SET v = 'n3' WHERE id = 1`)
 	waitValue(t, cs, []int{0, 1}, 1, "n3")
@@ -348,9 +358,54 @@ func TestCausalUpdatesAreNoConflict(t *testing.T) {
 	if st := waitConverged(t, env, cs, "item", "id"); st.Rows != 0 {
 		t.Fatalf("%d rows left after the delete", st.Rows)
 	}
+
+	// Out of order.
+	a3.stop()
+	blocked := *env.Config
+	blocked.Nodes = slices.Clone(env.Config.Nodes)
+	blocked.Nodes[0].DSN = regexp.MustCompile(`port=[0-9]+`).ReplaceAllString(blocked.Nodes[0].DSN, fmt.Sprintf("port=%d", closedPort(t)))
+	a3 = startAgent(t, writeConfig(t, &blocked), "--node", "n3")
+	env.Exec(t, 0, `INSERT INTO item (id, email, v) VALUES (11, 'e11', 'n1'), (12, 'e12', 'n1'), (13, 'e13', 'n1')`)
+	env.Exec(t, 2, `INSERT INTO item (id, email, v) VALUES (13, 'x13', 'n3')`)
+	waitValue(t, cs, []int{1}, 11, "n1")
+	env.Exec(t, 1, `UPDATE item SET v = 'n2' WHERE id = 11`)
+	env.Exec(t, 1, `DELETE FROM item WHERE id = 12`)
+	// n3 has n2's version of 11 and its delete of 12, not n1's inserts.
+	eventually(t, 90*time.Second, "n2's changes on n3", func() (bool, string) {
+		var v string
+		var tomb bool
+		if err := cs[2].QueryRow(context.Background(), `SELECT coalesce((SELECT v FROM item WHERE id = 11), '-'),
+			EXISTS (SELECT FROM pgmesh.tombstone WHERE table_name = 'public.item' AND key = '{"id": 12}')`).Scan(&v, &tomb); err != nil {
+			t.Fatal(err)
+		}
+		return v == "n2" && tomb, fmt.Sprintf("item 11 %q, tombstone of 12 %t", v, tomb)
+	})
+	if got := itemRows(t, cs[2], []int{13}); !equalRows(got, map[int]string{13: "n3"}) {
+		t.Fatalf("n3 received n1's changes through the blocked link: item 13 %v", got)
+	}
+	a3.stop()
+	startAgent(t, env.ConfigPath, "--node", "n3")
+	if st := waitConverged(t, env, cs, "item", "id"); st.Rows != 2 {
+		t.Fatalf("%d rows after convergence, want 2 (11 and 13)", st.Rows)
+	}
+	waitValue(t, cs, []int{0, 1, 2}, 11, "n2")
+	// The control: the concurrent inserts of 13 are logged (each node that
+	// received one of them on top of the other: n1 and n3 at least). n1
+	// inserted 11, 12 and 13 in one transaction: once n3 logged 13, it has
+	// judged n1's inserts of 11 and 12 too.
+	eventually(t, 90*time.Second, "insert_exists of 13 logged on n1 and n3", func() (bool, string) {
+		l1, l3 := logRows(t, cs[0], []int{13}), logRows(t, cs[2], []int{13})
+		return len(l1) == 1 && len(l3) == 1 && strings.HasPrefix(l1[0], "insert_exists/") && strings.HasPrefix(l3[0], "insert_exists/"),
+			fmt.Sprintf("n1 %q, n3 %q", l1, l3)
+	})
 	for n, c := range cs {
-		if got := totalLog(t, c); got != 0 {
-			t.Errorf("n%d: %d conflict_log rows for causal changes: %q", n+1, got, logRows(t, c, []int{1}))
+		if got := logRows(t, c, []int{1, 11, 12}); len(got) != 0 {
+			t.Errorf("n%d: conflict_log rows for causal changes: %q", n+1, got)
+		}
+	}
+	for n, c := range cs {
+		if got, want := totalLog(t, c), len(logRows(t, c, []int{13})); got != want {
+			t.Errorf("n%d: %d conflict_log rows, want only the %d of item 13", n+1, got, want)
 		}
 	}
 }

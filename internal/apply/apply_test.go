@@ -548,6 +548,11 @@ func TestApplyEmitsSeenBeforeCommit(t *testing.T) {
 	if content != string(want) {
 		t.Errorf("seen message %q, want %q", content, want)
 	}
+	// The downstream recorded the same claim for itself.
+	got := e.rows(t, "SELECT peer, origin, seen_until = '"+c2.CommitTime.UTC().Format(time.RFC3339Nano)+"' FROM pgmesh.peer_seen")
+	if wantSeen := []string{"n2|" + e.origin + "|true"}; !slices.Equal(got, wantSeen) {
+		t.Errorf("peer_seen %q, want %q", got, wantSeen)
+	}
 }
 
 // A seen message of the upstream is recorded in pgmesh.peer_seen at the

@@ -38,6 +38,11 @@ import (
 // two transactions of U committing within microseconds of each other may
 // be seen out of order, which peer_seen cannot tell apart.
 //
+// The sender also records its own claim in its own pgmesh.peer_seen (peer
+// = itself), which the conflict statements use to tell an update or delete
+// of a row whose insert is still in flight from a conflict (see
+// internal/conflict, classifyCTE).
+//
 // Receiving side: a seen message from the upstream is queued and its
 // entries are upserted at the start of the upstream's next remote
 // transaction, after BEGIN and before its changes, so they commit
@@ -55,8 +60,20 @@ func (a *Applier) emitSeen(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("upstream %s: seen message: %w", a.o.Upstream, err)
 	}
-	res := a.o.SeenConn.ExecParams(ctx, "SELECT pg_logical_emit_message(false, $1, $2::text)",
-		[][]byte{[]byte(conflict.SeenPrefix), msg}, nil, nil, nil).Read()
+	// The same statement records the claim for this node itself, as
+	// peer_seen(this node, upstream): the conflict statements ask it
+	// whether a change of another peer arrives ahead of an upstream change
+	// it depends on (an update of a row whose insert is still on its way
+	// here is no conflict). Recorded, like the message, just before the
+	// flight commits, so it may run ahead of what is committed by one
+	// flight; it only decides whether a missing row is logged, never an
+	// outcome.
+	res := a.o.SeenConn.ExecParams(ctx, `WITH own AS (
+  INSERT INTO pgmesh.peer_seen (peer, origin, seen_until) VALUES ($3::text, $4::text, $5::timestamptz)
+  ON CONFLICT (peer, origin) DO UPDATE SET seen_until = greatest(pgmesh.peer_seen.seen_until, excluded.seen_until))
+SELECT pg_logical_emit_message(false, $1, $2::text)`,
+		[][]byte{[]byte(conflict.SeenPrefix), msg, []byte(a.o.Node), []byte(a.o.Upstream), []byte(ts.UTC().Format(time.RFC3339Nano))},
+		nil, nil, nil).Read()
 	if res.Err != nil {
 		return fmt.Errorf("upstream %s: emit seen message on %s: %w", a.o.Upstream, a.o.Node, res.Err)
 	}

@@ -22,6 +22,12 @@ func TestApplyCases(t *testing.T) {
 	as := func(node string, off time.Duration, sql string) func(f *fixture, now time.Time) {
 		return func(f *fixture, now time.Time) { f.writeAs(node, now.Add(off), sql) }
 	}
+	// tombOf: node deleted row 1 (a tombstone as its delete leaves here).
+	tombOf := func(node string) func(f *fixture, now time.Time) {
+		return func(f *fixture, now time.Time) {
+			f.exec(`INSERT INTO pgmesh.tombstone (table_name, key, deleted_at, node) VALUES ('public.item', '{"id": 1}', $1, $2)`, now, node)
+		}
+	}
 	seen := func(peer, origin string, off time.Duration) func(f *fixture, now time.Time) {
 		return func(f *fixture, now time.Time) {
 			f.exec(SeenSQL(), peer, origin, now.Add(off))
@@ -106,6 +112,49 @@ func TestApplyCases(t *testing.T) {
 			want: verdict{UpdateOriginDiffers, ApplyRemote}, rows: "1:a:R:0", log: []string{"update_origin_differs/apply_remote/n3/n1/L/R"}},
 		{name: "causal but older (clock skew) loses and is logged", setup: fs(local(insL), seen("n1", "n3", time.Minute)), op: update, at: -hour, args: updRow,
 			want: verdict{UpdateOriginDiffers, KeepLocalClockSkew}, rows: "1:a:L:0", log: []string{"update_origin_differs/keep_local_clock_skew/n3/n1/L/R"}},
+		// superseded: the row's (or tombstone's) writer had seen the remote
+		// change, which arrives late: no conflict, nothing applied
+		{name: "insert superseded by an update of a node that had seen it", setup: fs(as("n2", 0, insA), seen("n2", "n1", -hour)),
+			op: insert, at: -hour, args: row, rows: "1:a:A:0"},
+		{name: "insert_exists: the row's writer had seen an older version only", setup: fs(as("n2", 0, insA), seen("n2", "n1", -2*hour)),
+			op: insert, at: -hour, args: row,
+			want: verdict{InsertExists, KeepLocal}, rows: "1:a:A:0", log: []string{"insert_exists/keep_local/n2/n1/A/R"}},
+		{name: "update superseded", setup: fs(as("n2", 0, insA), seen("n2", "n1", -hour)), op: update, at: -hour, args: updRow, rows: "1:a:A:0"},
+		{name: "delete superseded by a later re-insert", setup: fs(as("n2", 0, insA), seen("n2", "n1", -hour)), op: deleteO, at: -hour, args: []any{1},
+			rows: "1:a:A:0"},
+		{name: "insert superseded by a delete of a node that had seen it", setup: fs(tombOf("n2"), seen("n2", "n1", -hour)),
+			op: insert, at: -hour, args: row, rows: "", tomb: `{"id": 1}@n2`},
+		{name: "insert_deleted: the deleting node had not seen the insert", setup: fs(tombOf("n2"), seen("n2", "n1", -2*hour)),
+			op: insert, at: -hour, args: row,
+			want: verdict{InsertDeleted, KeepLocal}, rows: "", log: []string{"insert_deleted/keep_local/n2/n1/-/R"}, tomb: `{"id": 1}@n2`},
+		{name: "update superseded by a delete", setup: fs(tombOf("n2"), seen("n2", "n1", -hour)), op: update, at: -hour, args: updRow, rows: ""},
+		{name: "a local row is never superseded", setup: fs(local(insL), seen("n3", "n1", hour)), op: insert, at: -hour, args: row,
+			want: verdict{InsertExists, KeepLocal}, rows: "1:a:L:0", log: []string{"insert_exists/keep_local/n3/n1/L/R"}},
+		{name: "first_update_wins: superseded older update is skipped", mod: policy(config.FirstUpdateWins),
+			setup: fs(as("n2", 0, insA), seen("n2", "n1", -hour)), op: update, at: -hour, args: updRow, rows: "1:a:A:0"},
+		{name: "apply_remote: superseded insert is skipped", mod: policy(config.ApplyRemote),
+			setup: fs(as("n2", 0, insA), seen("n2", "n1", -hour)), op: insert, at: -hour, args: row, rows: "1:a:A:0"},
+		{name: "apply_remote: superseded insert after a delete is skipped", mod: policy(config.ApplyRemote),
+			setup: fs(tombOf("n2"), seen("n2", "n1", -hour)), op: insert, at: -hour, args: row, rows: ""},
+		{name: "error: superseded insert does not stop the link", mod: policy(config.PolicyError),
+			setup: fs(as("n2", 0, insA), seen("n2", "n1", -hour)), op: insert, at: -hour, args: row, rows: "1:a:A:0"},
+		// in flight: the remote had applied changes (of n2) that this node
+		// (n3) has not: a missing row is most likely on its way
+		{name: "update of a row still in flight inserts it", setup: fs(seen("n1", "n2", -hour), seen("n3", "n2", -2*hour)),
+			op: update, args: updRow, rows: "1:a:R:0"},
+		{name: "update of a row in flight, never applied from n2 here", setup: fs(seen("n1", "n2", -hour)),
+			op: update, args: updRow, rows: "1:a:R:0"},
+		{name: "update_missing: this node has applied what the remote had", setup: fs(seen("n1", "n2", -hour), seen("n3", "n2", -hour)),
+			op: update, args: updRow, want: verdict{UpdateMissing, ApplyRemote}, rows: "1:a:R:0", log: []string{"update_missing/apply_remote/-/n1/-/R"}},
+		{name: "update_missing: the remote had seen only this node's changes", setup: fs(seen("n1", "n3", hour)),
+			op: update, args: updRow, want: verdict{UpdateMissing, ApplyRemote}, rows: "1:a:R:0", log: []string{"update_missing/apply_remote/-/n1/-/R"}},
+		{name: "update_missing in flight with unchanged TOAST is still logged", setup: fs(seen("n1", "n2", -hour)),
+			op: update, set: []string{"id", "email", "name"}, args: []any{1, 1, "a", "R"},
+			want: verdict{UpdateMissing, SkipIncomplete}, rows: "", log: []string{"update_missing/skip_incomplete/-/n1/-/R"}},
+		{name: "delete of a row still in flight writes a tombstone", setup: fs(seen("n1", "n2", -hour), seen("n3", "n2", -2*hour)),
+			op: deleteO, args: []any{1}, rows: "", tomb: `{"id": 1}@n1`},
+		{name: "error: update of a row in flight applies", mod: policy(config.PolicyError), setup: fs(seen("n1", "n2", -hour)),
+			op: update, args: updRow, rows: "1:a:R:0"},
 		// delete_wins
 		{name: "delete_wins: older delete beats a concurrent update", mod: deleteWins, setup: fs(local(insL)), op: deleteO, at: -hour, args: []any{1},
 			want: verdict{DeleteOriginDiffers, ApplyRemote}, rows: "", log: []string{`delete_origin_differs/apply_remote/n3/n1/L/{"id": 1}`}},

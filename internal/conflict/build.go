@@ -56,21 +56,21 @@ func insertFull(t Table, m mode) string {
 	}
 	s.WriteString(b.keyCTE(ident))
 	s.WriteString(b.stateCTE(!b.keyless))
-	s.WriteString(b.classifyCTE(""))
+	s.WriteString(b.classifyCTE("", false))
 	pWin := b.concWins(noDelete)
 	tWin := b.wins(localDeleted)
 	fmt.Fprintf(&s, `v AS MATERIALIZED (
  SELECT c.*, CASE WHEN c.present THEN 'present' WHEN c.tomb AND NOT c.same THEN 'tomb' ELSE 'absent' END AS cse,
-        CASE WHEN c.present THEN %s WHEN c.tomb AND NOT c.same THEN %s ELSE true END AS apply
+        CASE WHEN c.present AND c.sup THEN %s WHEN c.present THEN %s WHEN c.tomb AND NOT c.same THEN %s ELSE true END AS apply
    FROM c),
 a AS MATERIALIZED (
  SELECT v.*, v.apply AS act,
-        CASE v.cse WHEN 'present' THEN '%s'
-                   WHEN 'tomb' THEN CASE WHEN v.conc OR NOT v.apply THEN '%s' END END AS kind,
+        CASE v.cse WHEN 'present' THEN CASE WHEN NOT v.sup THEN '%s' END
+                   WHEN 'tomb' THEN CASE WHEN v.conc OR NOT (v.apply OR v.sup) THEN '%s' END END AS kind,
         v.cse = 'present' OR v.conc AS conceff,
         %s AS raise
    FROM v),
-`, pWin, tWin, InsertExists, InsertDeleted, b.raiseIf("v.cse = 'present' OR (v.cse = 'tomb' AND v.conc)"))
+`, b.supWins(), pWin, tWin, InsertExists, InsertDeleted, b.raiseIf("(v.cse = 'present' AND NOT v.sup) OR (v.cse = 'tomb' AND v.conc)"))
 	uniq := b.uniqueMatches(t.Columns, row)
 	hasU := len(uniq) > 0
 	if hasU {
@@ -146,7 +146,7 @@ func updateFull(t Table, set []string, m mode) string {
 		}
 		differs = "(NOT s.present OR " + strings.Join(cmp, " OR ") + ")"
 	}
-	s.WriteString(b.classifyCTE(differs))
+	s.WriteString(b.classifyCTE(differs, true))
 	presentAct := "v.apply"
 	if isDelta {
 		presentAct = "true"
@@ -158,14 +158,14 @@ func updateFull(t Table, set []string, m mode) string {
 a AS MATERIALIZED (
  SELECT v.*,
         CASE v.cse WHEN 'present' THEN %s ELSE v.apply AND %t END AS act,
-        CASE v.cse WHEN 'present' THEN CASE WHEN v.conc OR NOT v.apply THEN '%s' END
-                   WHEN 'tomb' THEN CASE WHEN v.conc OR NOT v.apply THEN '%s' END
-                   ELSE '%s' END AS kind,
+        CASE v.cse WHEN 'present' THEN CASE WHEN v.conc OR NOT (v.apply OR v.sup) THEN '%s' END
+                   WHEN 'tomb' THEN CASE WHEN v.conc OR NOT (v.apply OR v.sup) THEN '%s' END
+                   ELSE CASE WHEN NOT (v.inflight AND %t) THEN '%s' END END AS kind,
         v.conc OR v.cse = 'absent' AS conceff,
         %s AS raise
    FROM v),
-`, b.wins(noDelete), b.wins(localDeleted), presentAct, complete, UpdateOriginDiffers, UpdateDeleted, UpdateMissing,
-		b.raiseIf("v.cse = 'absent' OR v.conc"))
+`, b.wins(noDelete), b.wins(localDeleted), presentAct, complete, UpdateOriginDiffers, UpdateDeleted, complete, UpdateMissing,
+		b.raiseIf(fmt.Sprintf("(v.cse = 'absent' AND NOT (v.inflight AND %t)) OR v.conc", complete)))
 
 	// Unique checks: the secondary unique indexes whose columns all came
 	// with the change, plus the key itself when the update moves the row.
@@ -228,15 +228,15 @@ func deleteFull(t Table, m mode) string {
 	s.WriteString(b.lockCTE(ident))
 	s.WriteString(b.keyCTE(ident))
 	s.WriteString(b.stateCTE(false))
-	s.WriteString(b.classifyCTE(""))
+	s.WriteString(b.classifyCTE("", true))
 	fmt.Fprintf(&s, `v AS MATERIALIZED (
  SELECT c.*, CASE WHEN c.present THEN 'present' ELSE 'absent' END AS cse,
         c.present AND %s AS apply
    FROM c),
 a AS MATERIALIZED (
  SELECT v.*, v.apply AS act,
-        CASE v.cse WHEN 'present' THEN CASE WHEN v.conc OR NOT v.apply THEN '%s' END
-                   ELSE '%s' END AS kind,
+        CASE v.cse WHEN 'present' THEN CASE WHEN v.conc OR NOT (v.apply OR v.sup) THEN '%s' END
+                   WHEN 'absent' THEN CASE WHEN NOT v.inflight THEN '%s' END END AS kind,
         v.conc AS conceff,
         %s AS raise
    FROM v),
@@ -411,21 +411,51 @@ func (b *builder) newerThan(ts, node string) string {
 // about), newer, and conc (the remote node had not seen the state: its
 // commit time is after what peer_seen says the remote had applied of the
 // state's node). A state of unknown time is never concurrent.
-func (b *builder) classifyCTE(differs string) string {
+//
+// Links are independent, so a change may arrive after changes that followed
+// it elsewhere. Two rules keep such a late change from looking like a
+// conflict (see the package doc):
+//
+//   - sup (superseded): the state's writer W, another node, had seen the
+//     remote change (peer_seen(W, remote) reaches its commit time): the state
+//     follows the change, which is not concurrent (conc is false) and never
+//     logged. A state written by this node is never superseded.
+//   - inflight (only given missing, for updates and deletes): there is no
+//     row and no tombstone, and the remote had applied changes of some node
+//     that this node has not applied yet: the row is most likely on its way.
+func (b *builder) classifyCTE(differs string, missing bool) string {
 	same := fmt.Sprintf("coalesce(s.sn = %s, false)", b.origin())
 	if differs != "" {
 		same += " OR NOT " + differs
 	}
+	inflight := "false"
+	if missing {
+		inflight = fmt.Sprintf(`(NOT c0.present AND NOT c0.tomb
+         AND EXISTS (SELECT FROM pgmesh.peer_seen r
+                      WHERE r.peer = %[1]s AND r.origin IS DISTINCT FROM (SELECT ln.name FROM pgmesh.local_node ln)
+                        AND r.seen_until > coalesce((SELECT m.seen_until FROM pgmesh.peer_seen m
+                                                      WHERE m.peer = (SELECT ln.name FROM pgmesh.local_node ln)
+                                                        AND m.origin = r.origin), '-infinity')))`, b.origin())
+	}
 	return fmt.Sprintf(`c0 AS MATERIALIZED (
  SELECT s.present, s.tomb, s.st, s.sn, %[2]s AS same, %[3]s AS newer
    FROM s),
-c AS MATERIALIZED (
+c1 AS MATERIALIZED (
  SELECT c0.*,
         (c0.st IS NOT NULL AND NOT c0.same
          AND c0.st > coalesce((SELECT p.seen_until FROM pgmesh.peer_seen p
-                                WHERE p.peer = %[1]s AND p.origin = c0.sn), '-infinity')) AS conc
+                                WHERE p.peer = %[1]s AND p.origin = c0.sn), '-infinity')) AS conc0,
+        %[5]s AS inflight
    FROM c0),
-`, b.origin(), same, b.newerThan("s.st", "s.sn"))
+c AS MATERIALIZED (
+ SELECT c1.present, c1.tomb, c1.st, c1.sn, c1.same, c1.newer, c1.inflight,
+        c1.conc0 AND NOT c1.sup AS conc, c1.sup
+   FROM (SELECT c1.*,
+                (c1.conc0 AND c1.sn IS DISTINCT FROM (SELECT ln.name FROM pgmesh.local_node ln)
+                 AND coalesce((SELECT p.seen_until FROM pgmesh.peer_seen p
+                                WHERE p.peer = c1.sn AND p.origin = %[1]s), '-infinity') >= %[4]s) AS sup
+           FROM c1) c1),
+`, b.origin(), same, b.newerThan("s.st", "s.sn"), b.commitTime(), inflight)
 }
 
 // Which side of a conflict is a delete, for delete_wins.
@@ -462,15 +492,28 @@ func (b *builder) concWins(d deleteSide) string {
 
 // wins is "the remote change applies" against the local state: always for
 // the next change of the same node and over a state of unknown time; by the
-// policy when concurrent; otherwise (causal) always, except that
-// last_update_wins stays purely (commit time, rank) ordered so that every
-// node converges on the same winner even under clock skew.
+// policy when concurrent; never when superseded (see supWins); otherwise
+// (causal) always, except that last_update_wins stays purely (commit time,
+// rank) ordered so that every node converges on the same winner even under
+// clock skew.
 func (b *builder) wins(d deleteSide) string {
 	causal := "true"
 	if b.pol == config.LastUpdateWins {
 		causal = "c.newer"
 	}
-	return fmt.Sprintf("(CASE WHEN c.same OR c.st IS NULL THEN true WHEN c.conc THEN %s ELSE %s END)", b.concWins(d), causal)
+	return fmt.Sprintf("(CASE WHEN c.same OR c.st IS NULL THEN true WHEN c.conc THEN %s WHEN c.sup THEN %s ELSE %s END)",
+		b.concWins(d), b.supWins(), causal)
+}
+
+// supWins is "a superseded remote change applies": the local state already
+// follows it, so it is skipped without consulting the policy — except under
+// last_update_wins, which stays (commit time, rank) ordered so that nodes
+// that received the changes in other orders keep the same winner.
+func (b *builder) supWins() string {
+	if b.pol == config.LastUpdateWins {
+		return "c.newer"
+	}
+	return "false"
 }
 
 // raiseIf is the condition under which policy error stops the link.

@@ -89,7 +89,7 @@ func InsertSQL(t Table) string {
 		where = " WHERE " + strings.Join(conds, " AND ")
 	}
 	w := fmt.Sprintf("w AS (INSERT INTO %s (%s) SELECT %s%s%s RETURNING 1)", b.tbl, identList(t.Columns), strings.Join(row, ", "), where, onConflict)
-	return b.withFallback(w, insertFull(t, slow))
+	return b.withFallback(w, insertFull(t, slow), ident)
 }
 
 // UpdateSQL is the statement that applies a remote UPDATE to t. set are the
@@ -136,7 +136,7 @@ func UpdateSQL(t Table, set []string) string {
 		}
 	}
 	w := fmt.Sprintf("w AS (UPDATE %s pgmesh_t SET %s WHERE %s RETURNING 1)", b.tbl, strings.Join(assign, ", "), strings.Join(conds, " AND "))
-	return b.withFallback(w, updateFull(t, set, slow))
+	return b.withFallback(w, updateFull(t, set, slow), ident)
 }
 
 // DeleteSQL is the statement that applies a remote DELETE to t.
@@ -155,7 +155,7 @@ tomb AS (INSERT INTO pgmesh.tombstone AS z (table_name, key, deleted_at, xid, no
  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = excluded.deleted_at, xid = NULL, node = excluded.node
  WHERE coalesce(pgmesh.tombstone_time(z.deleted_at, z.xid), '-infinity') < excluded.deleted_at)`,
 		b.tbl, b.match("pgmesh_t", ident), b.causal("pgmesh_t"), b.lit, b.keyJSON(ident), b.commitTime(), b.origin())
-	return b.withFallback(w, deleteFull(t, slow))
+	return b.withFallback(w, deleteFull(t, slow), ident)
 }
 
 // causal is "the remote change meets the row alias without a conflict and
@@ -247,17 +247,34 @@ func (b *builder) uniqueKept(cols, exprs []string, alias string) []string {
 // nothing; OFFSET 0 keeps the verdict from being computed once per column.
 // The full statement is prepared once per session under a name derived
 // from its text.
-func (b *builder) withFallback(ctes, full string) string {
+//
+// Before the full statement runs, the fallback takes a transaction-level
+// advisory lock on a 64-bit hash of (table, key) (ident; none for a table
+// without a key): nothing else serializes two links that apply changes to
+// the same absent key at once — there is no row to lock — so, say, an
+// older update could insert the row after a newer delete had left only its
+// tombstone. The lock is taken here, in the statement that calls
+// resolve_change, and not in the full statement itself: that statement's
+// snapshot is taken before any of its parts runs, so it would not see what
+// the lock holder committed; resolve_change (VOLATILE) runs it on a fresh
+// snapshot taken after the lock is held. Only the fallback locks: the fast
+// path of a large transaction would exhaust the lock table.
+func (b *builder) withFallback(ctes, full string, ident []string) string {
 	params := make([]string, b.next-1)
 	for i := range params {
 		params[i] = fmt.Sprintf("$%d::text", i+1)
 	}
+	lock := ""
+	if !b.keyless {
+		lock = fmt.Sprintf("\n                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(%s || (%s)::text, 0))) THEN NULL",
+			b.lit, b.keyJSON(ident))
+	}
 	sum := sha256.Sum256([]byte(full))
 	return fmt.Sprintf(`WITH %s
 SELECT (v.v).kind, (v.v).resolution
-  FROM (SELECT CASE WHEN EXISTS (SELECT FROM w) THEN NULL
+  FROM (SELECT CASE WHEN EXISTS (SELECT FROM w) THEN NULL%s
                     ELSE pgmesh.resolve_change('pgmesh_full_%x', %s, ARRAY[%s]) END AS v OFFSET 0) v`,
-		ctes, sum[:12], dollarQuote(full), strings.Join(params, ", "))
+		ctes, lock, sum[:12], dollarQuote(full), strings.Join(params, ", "))
 }
 
 // dollarQuote quotes s as a dollar-quoted literal whose tag s does not

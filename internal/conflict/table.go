@@ -25,6 +25,18 @@
 // peer_seen is a lower bound of what P had seen, so an error can only make a
 // causal change look concurrent (a harmless extra log row), never hide a
 // conflict.
+//
+// Links are independent, so causally related changes may arrive out of
+// order: P's update of a row that P received from L can arrive before L's
+// insert. Two more rules keep that from being logged (classifyCTE): a
+// change that the local version's writer (another node W) had seen —
+// peer_seen(W, P) at or after its commit time — is superseded and not
+// logged (under last_update_wins the outcome is still decided by commit time
+// and rank; under the other policies it is skipped without asking the
+// policy); and an update or delete of a missing
+// row is no conflict when P had applied changes of some node that this node
+// has not applied yet (its own peer_seen rows, which the applier records
+// with each seen message it emits): the row's insert is on its way.
 package conflict
 
 import (
