@@ -55,7 +55,7 @@ func insertFull(t Table, m mode) string {
 		s.WriteString(b.lockCTE(ident))
 	}
 	s.WriteString(b.keyCTE(ident))
-	s.WriteString(b.stateCTE(!b.keyless))
+	s.WriteString(b.stateCTE(!b.keyless, ident))
 	s.WriteString(b.classifyCTE("", false))
 	pWin := b.concWins(noDelete)
 	tWin := b.wins(localDeleted)
@@ -129,7 +129,7 @@ func updateFull(t Table, set []string, m mode) string {
 	s.WriteString("WITH ")
 	s.WriteString(b.lockCTE(ident))
 	s.WriteString(b.keyCTE(ident))
-	s.WriteString(b.stateCTE(!b.keyless))
+	s.WriteString(b.stateCTE(!b.keyless, ident))
 	// For delta tables only the other columns can conflict: delta columns
 	// always merge, so a change that leaves the others as they are locally
 	// is no conflict. Compared as text, which every type has.
@@ -227,7 +227,7 @@ func deleteFull(t Table, m mode) string {
 	s.WriteString("WITH ")
 	s.WriteString(b.lockCTE(ident))
 	s.WriteString(b.keyCTE(ident))
-	s.WriteString(b.stateCTE(false))
+	s.WriteString(b.stateCTE(false, ident))
 	s.WriteString(b.classifyCTE("", true))
 	fmt.Fprintf(&s, `v AS MATERIALIZED (
  SELECT c.*, CASE WHEN c.present THEN 'present' ELSE 'absent' END AS cse,
@@ -377,12 +377,25 @@ func (b *builder) rowJSON(cols, exprs []string) string {
 // stateCTE is the local state in one row (s), also when nothing matched:
 // the row (present) or else, with tombstones, the newest delete of the key.
 // st/sn are the commit time and node of that state.
-func (b *builder) stateCTE(tombstones bool) string {
+//
+// s is empty when the statement's snapshot holds a row with the identity
+// that l could not lock: a concurrent transaction (a local session, or the
+// fast path of another link) deleted it, or moved it to another key, and
+// committed while l waited. The decision would then be taken without the
+// tombstone that transaction wrote, which the snapshot cannot see, and an
+// older update could resurrect a newer delete. With s empty nothing is
+// written or logged and the statement returns no row; pgmesh.resolve_change
+// then runs it again on a fresh snapshot, which sees the outcome.
+func (b *builder) stateCTE(tombstones bool, ident []string) string {
 	tb := "(SELECT NULL::boolean AS found, NULL::timestamptz AS ts, NULL::text AS node) tb ON true"
 	if tombstones {
 		tb = fmt.Sprintf(`LATERAL (SELECT true AS found, pgmesh.tombstone_time(z.deleted_at, z.xid) AS ts, z.node
                       FROM pgmesh.tombstone z
                      WHERE l.found IS NULL AND z.table_name = %s AND z.key = (SELECT k.key FROM k)) tb ON true`, b.lit)
+	}
+	gone := ""
+	if !b.keyless {
+		gone = fmt.Sprintf("\n  WHERE l.found OR NOT EXISTS (SELECT FROM %s pgmesh_g WHERE %s)", b.tbl, b.match("pgmesh_g", ident))
 	}
 	return fmt.Sprintf(`s AS MATERIALIZED (
  SELECT coalesce(l.found, false) AS present, coalesce(tb.found, false) AS tomb, l.img, l.tid, l.toid,
@@ -390,8 +403,8 @@ func (b *builder) stateCTE(tombstones bool) string {
         CASE WHEN l.found THEN l.node ELSE tb.node END AS sn
    FROM (VALUES (1)) one (x)
    LEFT JOIN l ON true
-   LEFT JOIN %s),
-`, tb)
+   LEFT JOIN %s%s),
+`, tb, gone)
 }
 
 // newerThan is "the remote change orders after (ts, node)": later commit

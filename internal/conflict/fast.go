@@ -78,9 +78,13 @@ func InsertSQL(t Table) string {
 		// key that another node wrote (else the full statement decides
 		// between the delete and this insert). A row inserted concurrently
 		// by a local transaction makes the INSERT wait and then do nothing:
-		// the full statement then finds the row.
-		conds = append(conds, fmt.Sprintf("NOT EXISTS (SELECT FROM pgmesh.tombstone z WHERE z.table_name = %s AND z.key = %s AND z.node IS DISTINCT FROM %s)",
-			b.lit, b.keyJSON(ident), b.origin()))
+		// the full statement then finds the row. The row is probed here and
+		// not left to ON CONFLICT alone: a row being deleted concurrently
+		// makes ON CONFLICT wait and then insert, while the tombstone the
+		// delete wrote is invisible to this statement's snapshot.
+		conds = append(conds, fmt.Sprintf("NOT EXISTS (SELECT FROM %s pgmesh_t WHERE %s)", b.tbl, b.match("pgmesh_t", ident)),
+			fmt.Sprintf("NOT EXISTS (SELECT FROM pgmesh.tombstone z WHERE z.table_name = %s AND z.key = %s AND z.node IS DISTINCT FROM %s)",
+				b.lit, b.keyJSON(ident), b.origin()))
 		onConflict = " ON CONFLICT (" + identList(t.Key) + ") DO NOTHING"
 	}
 	conds = append(conds, b.uniqueFree(t.Columns, row, ident)...)

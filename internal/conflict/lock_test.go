@@ -75,3 +75,76 @@ func TestFallbackLocksAbsentKey(t *testing.T) {
 		t.Errorf("tombstones: got %q, want %q", got, want)
 	}
 }
+
+// A local session deletes the row while a remote change of it, older than
+// the delete and concurrent with the row's last write, is being applied:
+// the apply statement waits for the row lock, then finds the row gone. Its
+// snapshot predates the delete and cannot see the tombstone, so it must not
+// decide on it (it would resurrect the row as if it had never existed); it
+// runs again on a new snapshot and the newer delete wins.
+func TestConcurrentLocalDelete(t *testing.T) {
+	tests := []struct {
+		name string
+		sql  func(Table) string
+		vals []*string
+		want verdict
+	}{
+		{"update", func(t Table) string { return UpdateSQL(t, t.Columns) }, vals(1, 1, "a", "R", 0), verdict{UpdateDeleted, KeepLocal}},
+		{"insert", InsertSQL, vals(1, "a", "R", 0), verdict{InsertDeleted, KeepLocal}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, itemDDL)
+			tbl := f.table("item", nil)
+			f.exec("INSERT INTO item VALUES (1, 'a', 'L', 0)")
+			ctx := context.Background()
+			local := f.env.Conn(t, 0)
+			tx, err := local.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+			if _, err := tx.Exec(ctx, "DELETE FROM item WHERE id = 1"); err != nil {
+				t.Fatal(err)
+			}
+			type result struct {
+				v   verdict
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				v, err := f.apply("n2", time.Now().Add(-time.Hour), tc.sql(tbl), tc.vals...)
+				done <- result{v, err}
+			}()
+			// Commit the delete once the apply statement waits for it (or
+			// has finished without waiting: then the checks below fail).
+			for waiting := false; !waiting; {
+				if err := f.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted)`).Scan(&waiting); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case r := <-done:
+					done <- r
+					waiting = true
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r := <-done
+			if r.err != nil {
+				t.Fatalf("apply as n2: %v", r.err)
+			}
+			if r.v != tc.want {
+				t.Errorf("verdict: got %v, want %v", r.v, tc.want)
+			}
+			if got := f.rows(); got != "" {
+				t.Errorf("rows: got %q, want none (the newer local delete wins)", got)
+			}
+			if got, want := f.tombstones(), `{"id": 1}@n3`; got != want {
+				t.Errorf("tombstones: got %q, want %q", got, want)
+			}
+		})
+	}
+}
