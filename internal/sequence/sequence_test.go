@@ -238,7 +238,8 @@ func TestSnowflakeClockBehind(t *testing.T) {
 
 // TestSnowflakeCounterFull: when the current millisecond's 4096 ids are
 // used, the next id comes from a later millisecond (it waits), never from a
-// counter spilling into the node bits.
+// counter spilling into the node bits. (In SQL, << and | share one
+// precedence and bind left to right: the parentheses are needed.)
 func TestSnowflakeCounterFull(t *testing.T) {
 	ctx := context.Background()
 	e := sandboxtest.New(t, 1)
@@ -247,7 +248,7 @@ func TestSnowflakeCounterFull(t *testing.T) {
 	var next, used int64
 	if err := e.Conn(t, 0).QueryRow(ctx, `
 WITH now AS (SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint - 1704067200000 AS ms),
-     used AS (SELECT ms, setval('ev_id_seq', ms << 22 | 1 << 12 | 4095) FROM now)
+     used AS (SELECT ms, setval('ev_id_seq', (ms << 22) | (1 << 12) | 4095) FROM now)
 SELECT pgmesh.snowflake_nextval('ev_id_seq'), ms FROM used`).Scan(&next, &used); err != nil {
 		t.Fatal(err)
 	}
