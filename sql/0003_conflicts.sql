@@ -211,7 +211,6 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v pgmesh.verdict;
-    n bigint;
 BEGIN
     IF pg_catalog.current_setting('pgmesh.' || name, true) IS DISTINCT FROM 'prepared' THEN
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements p WHERE p.name = resolve_change.name) THEN
@@ -219,19 +218,8 @@ BEGIN
         END IF;
         PERFORM pg_catalog.set_config('pgmesh.' || name, 'prepared', false);
     END IF;
-    -- A statement that returns no row found its row deleted by a
-    -- transaction that committed while it waited for the row lock (see
-    -- stateCTE in build.go) and wrote nothing: run it again, on a new
-    -- snapshot that sees that transaction.
-    FOR attempt IN 1..100 LOOP
-        EXECUTE pg_catalog.format('EXECUTE %I (%L)', name, params) INTO v.kind, v.resolution;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n > 0 THEN
-            RETURN v;
-        END IF;
-    END LOOP;
-    RAISE EXCEPTION 'pgmesh: the row of a remote change kept being deleted concurrently (100 attempts)'
-        USING ERRCODE = '40001';
+    EXECUTE pg_catalog.format('EXECUTE %I (%L)', name, params) INTO v.kind, v.resolution;
+    RETURN v;
 END
 $$;
 

@@ -159,13 +159,13 @@ func (l *link) session(ctx context.Context) error {
 	}
 	defer monConn.Close(context.WithoutCancel(ctx))
 
-	// Seen messages are emitted from a session without replication
-	// origin, so that every peer's slot ships them.
-	seenConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh seen "+l.Name())
+	// Questions about in-flight DDL are asked on a connection of their own:
+	// the apply connection is busy with a pipeline when they come up.
+	ddlConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh ddl "+l.Name())
 	if err != nil {
 		return fmt.Errorf("link %s: %w", l.Name(), err)
 	}
-	defer seenConn.Close(context.WithoutCancel(ctx))
+	defer ddlConn.Close(context.WithoutCancel(ctx))
 
 	ddlExec := &ddl.Executor{Node: l.Down, Logger: l.log.With("link", l.Name())}
 	applier, err := apply.New(ctx, applyConn.PgConn(), apply.Options{
@@ -174,12 +174,12 @@ func (l *link) session(ctx context.Context) error {
 		Logger:   l.log.With("link", l.Name()),
 		Config:   l.conflicts(),
 		Node:     l.Down,
-		SeenConn: seenConn.PgConn(),
+		Claim:    true,
 		OnMessage: func(ctx context.Context, m stream.Message) error {
 			return ddlExec.Handle(ctx, ddl.ConnExecer{Conn: applyConn.PgConn()}, m)
 		},
 		IgnoreColumn: func(ctx context.Context, table, column string) (bool, error) {
-			return l.ddlInFlight(ctx, seenConn, table, column)
+			return l.ddlInFlight(ctx, ddlConn, table, column)
 		},
 	})
 	if err != nil {

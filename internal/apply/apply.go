@@ -46,11 +46,11 @@ type Options struct {
 	Config *config.Config
 	// Node is the downstream node's name, the sender of the seen messages.
 	Node string
-	// SeenConn, when set, is a connection to the downstream WITHOUT a
-	// replication origin, used only by the Applier to emit the
-	// "pgmesh.seen" messages that make conflict detection exact (see
-	// emitSeen). nil = no seen messages (tests, tools).
-	SeenConn *pgconn.PgConn
+	// Claim makes each applied transaction announce, with a "pgmesh.seen"
+	// message in the downstream's WAL, that Node has seen the upstream up
+	// to its commit time: what makes conflict detection exact (see
+	// seen.go). false = no seen messages (tests, tools).
+	Claim bool
 	// MaxFlight is the number of statements per pipeline flight after which
 	// the flight is sent even mid-transaction (0 = DefaultMaxFlight).
 	MaxFlight int
@@ -117,11 +117,9 @@ type Applier struct {
 
 	// Seen messages: what the upstream had applied of other nodes, to be
 	// recorded at the start of its next transaction (received), and the
-	// newest remote commit time queued for commit in the current flight
-	// (flightSeen) and announced in the downstream's WAL (seenSent).
-	received   map[string]time.Time // by origin
-	flightSeen time.Time
-	seenSent   time.Time
+	// newest remote commit time claimed in the downstream's WAL (claimed).
+	received map[string]time.Time // by origin
+	claimed  time.Time
 
 	closed bool
 
@@ -150,9 +148,11 @@ const (
 	stmtXact        = "pgmesh_xact"
 	stmtCommit      = "pgmesh_commit"
 	stmtSeen        = "pgmesh_seen"
+	stmtClaim       = "pgmesh_claim"
 )
 
-// A remote transaction ends with stmtConstraints, stmtXact and stmtCommit.
+// A remote transaction ends with stmtConstraints, stmtClaim (see seen.go),
+// stmtXact and stmtCommit.
 // PostgreSQL 15+ advances the session's origin to the LSN given to
 // pg_replication_origin_xact_setup even when the transaction then aborts, so
 // that call must come after everything that can fail: deferred constraint
@@ -168,6 +168,7 @@ var fixedStatements = []struct{ name, sql string }{
 	{stmtXact, "SELECT pg_current_xact_id(), pg_replication_origin_xact_setup($1, $2)"},
 	{stmtCommit, "COMMIT"},
 	{stmtSeen, conflict.SeenSQL()},
+	{stmtClaim, "SELECT pgmesh.claim_seen($1, $2, $3, $4, $5, $6)"},
 }
 
 // New prepares the apply session on conn, an ordinary connection to the
@@ -191,7 +192,7 @@ func New(ctx context.Context, conn *pgconn.PgConn, o Options) (*Applier, error) 
 		conflicts: map[string]uint64{},
 		received:  map[string]time.Time{},
 	}
-	if o.SeenConn != nil && o.Node == "" {
+	if o.Claim && o.Node == "" {
 		return nil, fmt.Errorf("apply session for upstream %s: seen messages need the downstream node name", o.Upstream)
 	}
 	setup := []struct{ what, sql string }{
@@ -320,15 +321,15 @@ func (a *Applier) Commit(ctx context.Context, c stream.Commit) error {
 	a.ensurePipe(ctx)
 	a.pipe.SendQueryPrepared(stmtConstraints, nil, nil, nil)
 	a.pending = append(a.pending, item{kind: itemConstraints, txn: t})
+	if err := a.claim(t); err != nil {
+		return a.fail(err)
+	}
 	a.params = append(a.params[:0], []byte(c.EndLSN.String()), []byte(formatTime(c.CommitTime)))
 	a.pipe.SendQueryPrepared(stmtXact, a.params, nil, nil)
 	a.pending = append(a.pending, item{kind: itemXact, txn: t})
 	a.pipe.SendQueryPrepared(stmtCommit, nil, nil, nil)
 	a.pending = append(a.pending, item{kind: itemCommit, txn: t})
 	a.lastEnd = c.EndLSN
-	if t.begin.CommitTime.After(a.flightSeen) {
-		a.flightSeen = t.begin.CommitTime
-	}
 	return a.maybeSend(ctx)
 }
 

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/stream"
@@ -497,61 +499,170 @@ func TestApplyPolicyError(t *testing.T) {
 	}
 }
 
-// A flight that commits remote transactions is preceded in the
-// downstream's WAL by a seen message announcing their newest commit time;
-// a flight with nothing newer announces nothing.
-func TestApplyEmitsSeenBeforeCommit(t *testing.T) {
+// decoded is one row of pgoutput output read from a test slot.
+type decoded struct {
+	lsn  string
+	kind byte
+	data []byte
+}
+
+// peekSlot decodes the slot's pending changes (pgoutput, messages on)
+// without consuming them. The applier commits asynchronously and decoding
+// reads flushed WAL only, so a synchronous commit goes first.
+func (e *testEnv) peekSlot(t *testing.T, slot, publication string) []decoded {
+	t.Helper()
+	e.exec(t, `CREATE TABLE IF NOT EXISTS wal_flush ()`)
+	e.exec(t, `DROP TABLE wal_flush`)
+	rows, err := e.db.Query(context.Background(), `SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+		'proto_version', '1', 'publication_names', $2, 'messages', 'true')`, slot, publication)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []decoded
+	for rows.Next() {
+		var d decoded
+		if err := rows.Scan(&d.lsn, &d.data); err != nil {
+			t.Fatal(err)
+		}
+		d.kind = d.data[0]
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// lsnOf parses an LSN as PostgreSQL prints it.
+func lsnOf(t *testing.T, s string) uint64 {
+	t.Helper()
+	l, err := pglogrepl.ParseLSN(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint64(l)
+}
+
+// messageContent is the content of a pgoutput message ('M') row: flags
+// (1), LSN (8), prefix NUL-terminated, length (4), content.
+func messageContent(data []byte) string {
+	nul := 10 + bytes.IndexByte(data[10:], 0)
+	return string(data[nul+1+4:])
+}
+
+// Each remote transaction claims, with a seen message written between its
+// changes and its commit record, that the downstream has applied the
+// upstream up to its commit time; a transaction with nothing newer to
+// claim claims nothing. The downstream records the claim for itself too.
+func TestApplyClaimsSeenBeforeCommit(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY)`)
 	e.exec(t, `CREATE PUBLICATION seen_test FOR TABLE t`)
 	slot := e.origin + "_slot"
 	e.exec(t, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
-	seenConn := connect(t, e.dsn)
-	a := e.applier(t, Options{Node: "n2", SeenConn: seenConn.PgConn()})
+	a := e.applier(t, Options{Node: "n2", Claim: true})
 	r := newRemote()
 	tr := rel(1, "t", 'd', "*id")
-	r.feed(t, a, ins(tr, "1"))
+	c1 := r.feed(t, a, ins(tr, "1"))
 	c2 := r.apply(t, a, ins(tr, "2"))
-	r.ts = r.ts.Add(-time.Hour) // an older commit time: nothing new to announce
+	r.ts = r.ts.Add(-time.Hour) // an older commit time: nothing new to claim
 	r.apply(t, a, ins(tr, "3"))
 
-	// The applier commits asynchronously; decoding reads flushed WAL only.
-	e.exec(t, `CREATE TABLE wal_flush ()`)
-	// pgoutput: M message, B begin, O origin, R relation, I insert, C commit.
-	rows, err := e.db.Query(context.Background(), `SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
-		'proto_version', '1', 'publication_names', 'seen_test', 'messages', 'true')`, slot)
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := e.peekSlot(t, slot, "seen_test")
 	var kinds []string
-	var content string
-	for rows.Next() {
-		var data []byte
-		if err := rows.Scan(&data); err != nil {
-			t.Fatal(err)
-		}
-		kinds = append(kinds, string(data[:1]))
-		if data[0] == 'M' {
-			// flags (1), LSN (8), prefix NUL-terminated, length (4), content
-			nul := 10 + bytes.IndexByte(data[10:], 0)
-			content = string(data[nul+1+4:])
-		}
+	for _, d := range out {
+		kinds = append(kinds, string(d.kind))
 	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if want := []string{"M", "B", "O", "R", "I", "C", "B", "O", "I", "C", "B", "O", "I", "C"}; !slices.Equal(kinds, want) {
+	// pgoutput: M message, B begin, O origin, R relation, I insert, C
+	// commit. A non-transactional message is decoded at its WAL position,
+	// a transaction at its commit: the claim comes first.
+	if want := []string{"M", "B", "O", "R", "I", "C", "M", "B", "O", "I", "C", "B", "O", "I", "C"}; !slices.Equal(kinds, want) {
 		t.Fatalf("decoded %q, want %q", kinds, want)
 	}
-	want, _ := conflict.SeenMessage{Node: "n2", Seen: map[string]time.Time{e.origin: c2.CommitTime}}.Marshal()
-	if content != string(want) {
-		t.Errorf("seen message %q, want %q", content, want)
+	for i, c := range []stream.Commit{c1, c2} {
+		m, txn := out[[]int{0, 6}[i]], out[[]int{1, 7}[i]:[]int{6, 11}[i]]
+		want, _ := conflict.SeenMessage{Node: "n2", Seen: map[string]time.Time{e.origin: c.CommitTime}}.Marshal()
+		if got := messageContent(m.data); got != string(want) {
+			t.Errorf("claim %d: %q, want %q", i+1, got, want)
+		}
+		insert, commit := txn[len(txn)-2], txn[len(txn)-1]
+		if !(lsnOf(t, insert.lsn) < lsnOf(t, m.lsn) && lsnOf(t, m.lsn) < lsnOf(t, commit.lsn)) {
+			t.Errorf("claim %d at %s, want between its transaction's insert (%s) and commit (%s)", i+1, m.lsn, insert.lsn, commit.lsn)
+		}
 	}
-	// The downstream recorded the same claim for itself.
 	got := e.rows(t, "SELECT peer, origin, seen_until = '"+c2.CommitTime.UTC().Format(time.RFC3339Nano)+"' FROM pgmesh.peer_seen")
 	if wantSeen := []string{"n2|" + e.origin + "|true"}; !slices.Equal(got, wantSeen) {
 		t.Errorf("peer_seen %q, want %q", got, wantSeen)
+	}
+}
+
+// A local transaction that holds a row a remote transaction changes
+// commits before that transaction's claim: a claim never covers a local
+// write that had not seen the remote change. (Claims made before a whole
+// flight was sent did: the peers then took such a local write for a causal
+// successor of the remote change and logged nothing.)
+func TestApplyClaimFollowsRowLocks(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	e.exec(t, `INSERT INTO t VALUES (1, 'old')`)
+	e.exec(t, `CREATE PUBLICATION seen_lock FOR TABLE t`)
+	slot := e.origin + "_lock"
+	e.exec(t, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
+	a := e.applier(t, Options{Node: "n2", Claim: true})
+
+	local := connect(t, e.dsn)
+	tx, err := local.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT FROM t WHERE id = 1 FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id", "v")
+	r.feed(t, a, upd(tr, nil, "1", "remote"))
+	done := make(chan error, 1)
+	go func() { done <- a.Idle(ctx) }()
+	// The apply statement waits for the local lock.
+	for waiting := 0; waiting == 0; {
+		select {
+		case err := <-done:
+			t.Fatalf("the remote update did not wait for the local row lock (Idle: %v)", err)
+		default:
+		}
+		if err := e.db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE t SET v = 'local' WHERE id = 1`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	var localCommit, claim string
+	for _, d := range e.peekSlot(t, slot, "seen_lock") {
+		switch {
+		case d.kind == 'M' && claim == "":
+			claim = d.lsn
+		case d.kind == 'C' && localCommit == "":
+			localCommit = d.lsn
+		}
+	}
+	if claim == "" || localCommit == "" {
+		t.Fatalf("decoded no claim (%q) or no local commit (%q)", claim, localCommit)
+	}
+	// A commit's LSN as decoded is the end of its record.
+	if lsnOf(t, localCommit) > lsnOf(t, claim) {
+		t.Errorf("local commit at %s, claim at %s: the claim covers a local write that had not seen the remote change", localCommit, claim)
 	}
 }
 

@@ -25,6 +25,7 @@ const (
 	itemChange
 	itemTruncate
 	itemSeen
+	itemClaim
 	itemSync
 )
 
@@ -79,9 +80,6 @@ func (a *Applier) send(ctx context.Context) error {
 		if err := a.readFlight(); err != nil {
 			return err
 		}
-	}
-	if err := a.emitSeen(ctx); err != nil {
-		return a.fail(err)
 	}
 	a.pipe.SendPipelineSync()
 	a.pending = append(a.pending, item{kind: itemSync})
@@ -222,6 +220,8 @@ func (a *Applier) describe(it *item, err error) error {
 		what = "truncate " + it.tables
 	case itemSeen:
 		what = "record peer_seen"
+	case itemClaim:
+		what = "seen message"
 	case itemSync:
 		what = "sync"
 	}

@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -16,68 +15,67 @@ import (
 // a conflict only if P had not applied O's write when it committed the
 // change, i.e. if T is after pgmesh.peer_seen(P, O).
 //
-// Sending side: before a flight that commits remote transactions of U is
-// sent to the downstream D, D's WAL gets the non-transactional message
-// {"node": D, "seen": {U: max remote commit time of the flight}}, emitted
-// on a connection without replication origin (so every peer's slot ships
-// it) and waited for. Why before: a local transaction on D that saw a row
-// applied by the flight started after that row's commit, so its commit
-// record follows the flight's commit, which follows the message in D's
-// WAL; each peer therefore receives the message before that local change,
-// and records it before judging it. Emitted after the commit, the message
-// could land behind such a local change, which would then look concurrent
-// with U's write (a false conflict). Announcing early cannot hide a real
-// conflict from last_update_wins: a local write that committed between
-// the message and the flight's commits without seeing them is judged as
-// causal by the peers, whose outcome under last_update_wins is the same
-// (commit time order) — only its conflict_log row is missing on them, and
-// D itself logs it when it applies U's change on top of it. The same
-// holds when the flight then fails: the claim runs ahead until the retry.
-// What remains inexact: commit timestamps are taken before the commit
-// record is inserted, so they are not strictly monotone in commit order;
-// two transactions of U committing within microseconds of each other may
-// be seen out of order, which peer_seen cannot tell apart.
+// Sending side: every remote transaction of U applied on the downstream D
+// announces, inside its own apply transaction, after its changes and before
+// its COMMIT, the non-transactional message {"node": D, "seen": {U: its
+// commit time}} (pgmesh.claim_seen, which emits it outside the link's
+// replication origin so that every peer's slot ships it). Non-transactional
+// messages are written to the WAL at once, so the claim lands between the
+// changes and the commit record, and that is the one place where it is
+// exact for the rows the transaction touched:
 //
-// The sender also records its own claim in its own pgmesh.peer_seen (peer
+//   - a local transaction on D that commits after the claim and writes one
+//     of those rows waited for the apply transaction's row lock (taken by
+//     the changes, before the claim) and then saw U's version: it is
+//     causally after U's change, as the claim tells the peers;
+//   - a local transaction that commits before the claim did not see U's
+//     change, and it reaches the peers before the claim: they judge it
+//     concurrent with U's change, as it is.
+//
+// The claim used to be emitted on a separate connection before a whole
+// flight of transactions was sent. A local transaction committing while
+// that flight was still on its way was then taken by the peers as having
+// seen U's changes although it had not: they applied it over U's version
+// without a log row, leaving D alone to log the conflict when U's change
+// reached it — and when that change reached D late (a slow or retried
+// flight), D's row had meanwhile been overwritten by a third node's write
+// that had seen U's change, which superseded it silently: the losing row
+// was logged nowhere (the partition experiment caught it). Claiming per
+// transaction costs one more statement in the pipeline, not a round trip.
+//
+// What remains inexact: an apply transaction that fails after its claim
+// (the link restarts and applies it again) leaves a claim that ran ahead;
+// and commit timestamps are taken before the commit record is inserted,
+// so they are not strictly monotone in commit order: two transactions of U
+// committing within microseconds of each other may be seen out of order,
+// which peer_seen cannot tell apart.
+//
+// The claim is recorded in the downstream's own pgmesh.peer_seen too (peer
 // = itself), which the conflict statements use to tell an update or delete
 // of a row whose insert is still in flight from a conflict (see
-// internal/conflict, classifyCTE).
+// internal/conflict, classifyCTE); it commits with the transaction.
 //
 // Receiving side: a seen message from the upstream is queued and its
 // entries are upserted at the start of the upstream's next remote
 // transaction, after BEGIN and before its changes, so they commit
 // atomically with the origin progress (a crash replays both).
 
-// emitSeen writes the seen message for the flight about to be sent, unless
-// it announces nothing new.
-func (a *Applier) emitSeen(ctx context.Context) error {
-	ts := a.flightSeen
-	a.flightSeen = time.Time{}
-	if a.o.SeenConn == nil || !ts.After(a.seenSent) {
+// claim queues the seen claim of remote transaction t, unless it announces
+// nothing new.
+func (a *Applier) claim(t *txn) error {
+	ts := t.end.CommitTime
+	if !a.o.Claim || !ts.After(a.claimed) {
 		return nil
 	}
 	msg, err := conflict.SeenMessage{Node: a.o.Node, Seen: map[string]time.Time{a.o.Upstream: ts}}.Marshal()
 	if err != nil {
 		return fmt.Errorf("upstream %s: seen message: %w", a.o.Upstream, err)
 	}
-	// The same statement records the claim for this node itself, as
-	// peer_seen(this node, upstream): the conflict statements ask it
-	// whether a change of another peer arrives ahead of an upstream change
-	// it depends on (an update of a row whose insert is still on its way
-	// here is no conflict). Recorded, like the message, just before the
-	// flight commits, so it may run ahead of what is committed by one
-	// flight; it only decides whether a missing row is logged, never an
-	// outcome.
-	res := a.o.SeenConn.ExecParams(ctx, `WITH own AS (
-  INSERT INTO pgmesh.peer_seen (peer, origin, seen_until) VALUES ($3::text, $4::text, $5::timestamptz)
-  ON CONFLICT (peer, origin) DO UPDATE SET seen_until = greatest(pgmesh.peer_seen.seen_until, excluded.seen_until))
-SELECT pg_logical_emit_message(false, $1, $2::text)`,
-		[][]byte{[]byte(conflict.SeenPrefix), msg, []byte(a.o.Node), []byte(a.o.Upstream), []byte(ts.UTC().Format(time.RFC3339Nano))},
-		nil, nil, nil).Read()
-	if res.Err != nil {
-		return fmt.Errorf("upstream %s: emit seen message on %s: %w", a.o.Upstream, a.o.Node, res.Err)
-	}
-	a.seenSent = ts
+	a.params = append(a.params[:0], []byte(a.o.Origin), []byte(conflict.SeenPrefix), msg,
+		[]byte(a.o.Node), []byte(a.o.Upstream), []byte(formatTime(ts)))
+	a.pipe.SendQueryPrepared(stmtClaim, a.params, nil, nil)
+	a.pending = append(a.pending, item{kind: itemClaim, txn: t})
+	a.claimed = ts
 	return nil
 }
 
