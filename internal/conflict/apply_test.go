@@ -153,6 +153,9 @@ func TestApplyCases(t *testing.T) {
 			want: verdict{UpdateMissing, SkipIncomplete}, rows: "", log: []string{"update_missing/skip_incomplete/-/n1/-/R"}},
 		{name: "delete of a row still in flight writes a tombstone", setup: fs(seen("n1", "n2", -hour), seen("n3", "n2", -2*hour)),
 			op: deleteO, args: []any{1}, rows: "", tomb: `{"id": 1}@n1`},
+		{name: "delete_missing of a row deleted here too, whatever is in flight", setup: fs(local(insL), local(delL), seen("n1", "n2", -hour), seen("n3", "n2", -2*hour)),
+			op: deleteO, at: -hour, args: []any{1},
+			want: verdict{DeleteMissing, Skip}, rows: "", log: []string{`delete_missing/skip/n3/n1/-/{"id": 1}`}, tomb: `{"id": 1}@n3`},
 		{name: "error: update of a row in flight applies", mod: policy(config.PolicyError), setup: fs(seen("n1", "n2", -hour)),
 			op: update, args: updRow, rows: "1:a:R:0"},
 		// delete_wins

@@ -227,7 +227,10 @@ func deleteFull(t Table, m mode) string {
 	s.WriteString("WITH ")
 	s.WriteString(b.lockCTE(ident))
 	s.WriteString(b.keyCTE(ident))
-	s.WriteString(b.stateCTE(false, ident))
+	// Tombstones are read for the in-flight rule only: a delete of a row
+	// that this node deleted too is a delete_missing conflict, not a row
+	// whose insert is still on its way.
+	s.WriteString(b.stateCTE(!b.keyless, ident))
 	s.WriteString(b.classifyCTE("", true))
 	fmt.Fprintf(&s, `v AS MATERIALIZED (
  SELECT c.*, CASE WHEN c.present THEN 'present' ELSE 'absent' END AS cse,

@@ -33,10 +33,12 @@
 // peer_seen(W, P) at or after its commit time — is superseded and not
 // logged (under last_update_wins the outcome is still decided by commit time
 // and rank; under the other policies it is skipped without asking the
-// policy); and an update or delete of a missing
-// row is no conflict when P had applied changes of some node that this node
-// has not applied yet (its own peer_seen rows, which the applier records
-// with each seen message it emits): the row's insert is on its way.
+// policy); and an update or delete of a row that is missing without a
+// tombstone is no conflict when P had applied changes of some node that
+// this node has not applied yet (its own peer_seen rows, which the applier
+// records with each seen message it emits): the row's insert is on its way.
+// A tombstone says the row was here and was deleted: a delete_missing or
+// update_deleted conflict, logged.
 package conflict
 
 import (
