@@ -45,7 +45,10 @@ import (
 //
 // What remains inexact: an apply transaction that fails after its claim
 // (the link restarts and applies it again) leaves a claim that ran ahead;
-// and commit timestamps are taken before the commit record is inserted,
+// a key that a remote update or delete found missing holds no row lock, so
+// a local insert of it may commit after the claim without having seen the
+// change (the peers then take the insert as later, which it is in commit
+// order); and commit timestamps are taken before the commit record is inserted,
 // so they are not strictly monotone in commit order: two transactions of U
 // committing within microseconds of each other may be seen out of order,
 // which peer_seen cannot tell apart.
