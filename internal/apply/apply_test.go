@@ -580,13 +580,17 @@ func TestApplyClaimsSeenBeforeCommit(t *testing.T) {
 	if want := []string{"M", "B", "O", "R", "I", "C", "M", "B", "O", "I", "C", "B", "O", "I", "C"}; !slices.Equal(kinds, want) {
 		t.Fatalf("decoded %q, want %q", kinds, want)
 	}
-	for i, c := range []stream.Commit{c1, c2} {
-		m, txn := out[[]int{0, 6}[i]], out[[]int{1, 7}[i]:[]int{6, 11}[i]]
-		want, _ := conflict.SeenMessage{Node: "n2", Seen: map[string]time.Time{e.origin: c.CommitTime}}.Marshal()
+	// Where each claim (M) and its transaction's insert (I) and commit (C)
+	// are in out.
+	for i, c := range []struct {
+		txn            stream.Commit
+		m, ins, commit int
+	}{{c1, 0, 4, 5}, {c2, 6, 9, 10}} {
+		m, insert, commit := out[c.m], out[c.ins], out[c.commit]
+		want, _ := conflict.SeenMessage{Node: "n2", Seen: map[string]time.Time{e.origin: c.txn.CommitTime}}.Marshal()
 		if got := messageContent(m.data); got != string(want) {
 			t.Errorf("claim %d: %q, want %q", i+1, got, want)
 		}
-		insert, commit := txn[len(txn)-2], txn[len(txn)-1]
 		if !(lsnOf(t, insert.lsn) < lsnOf(t, m.lsn) && lsnOf(t, m.lsn) < lsnOf(t, commit.lsn)) {
 			t.Errorf("claim %d at %s, want between its transaction's insert (%s) and commit (%s)", i+1, m.lsn, insert.lsn, commit.lsn)
 		}
