@@ -87,7 +87,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		up, _ := cfg.NodeByName(l.Up)
 		down, _ := cfg.NodeByName(l.Down)
 		a.links = append(a.links, &link{
-			Link: l, up: up, down: down, log: a.log, conflicts: a.reloadConflicts,
+			Link: l, up: up, down: down, log: a.log, conflicts: a.reloadConflicts, workers: cfg.Agent.Workers(),
 			spoolDir: filepath.Join(opts.SpoolDir, l.Slot()),
 			state:    StateConnecting,
 		})

@@ -15,12 +15,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgmesh/pgmesh/internal/apply"
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/ddl"
+	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/stream"
 	"github.com/pgmesh/pgmesh/internal/topology"
@@ -42,6 +43,7 @@ type link struct {
 	// config file is read again each time, so that a policy changed by the
 	// operator (e.g. away from `error`) takes effect on the next retry.
 	conflicts func() *config.Config
+	workers   int // apply sessions (agent.apply_workers)
 	log       *slog.Logger
 	spoolDir  string
 	backoff   backoff
@@ -139,46 +141,80 @@ func (l *link) run(ctx context.Context) {
 	}
 }
 
-// session is one connection of the link: downstream apply session, resume
-// point from the origin, upstream replication stream.
+// session is one connection of the link: downstream apply sessions (one
+// per worker, each with its origin), resume point from the link's origins,
+// upstream replication stream.
 func (l *link) session(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	applyConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh apply "+l.Name())
-	if err != nil {
-		return fmt.Errorf("link %s: %w", l.Name(), err)
+	connect := func(what string) (*pgx.Conn, error) {
+		c, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh "+what+" "+l.Name())
+		if err != nil {
+			return nil, fmt.Errorf("link %s: %w", l.Name(), err)
+		}
+		return c, nil
 	}
-	defer applyConn.Close(context.WithoutCancel(ctx))
-
-	// A second connection answers "what is durable" for the feedback to
-	// the upstream while the apply connection is busy with a pipeline.
-	monConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh monitor "+l.Name())
-	if err != nil {
-		return fmt.Errorf("link %s: %w", l.Name(), err)
+	var conns []*pgx.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	sessions := make([]apply.Session, l.workers)
+	for k := range sessions {
+		c, err := connect(fmt.Sprintf("apply %d", k))
+		if err != nil {
+			return err
+		}
+		conns = append(conns, c)
+		sessions[k] = apply.Session{Conn: c.PgConn(), Origin: origin.Name(l.Up, k)}
 	}
-	defer monConn.Close(context.WithoutCancel(ctx))
-
-	// Questions about in-flight DDL are asked on a connection of their own:
-	// the apply connection is busy with a pipeline when they come up.
-	ddlConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh ddl "+l.Name())
-	if err != nil {
-		return fmt.Errorf("link %s: %w", l.Name(), err)
+	var catalog *pgconn.PgConn
+	if l.workers > 1 {
+		c, err := connect("catalog")
+		if err != nil {
+			return err
+		}
+		conns = append(conns, c)
+		catalog = c.PgConn()
 	}
-	defer ddlConn.Close(context.WithoutCancel(ctx))
+	// A connection of its own answers "what is durable" for the feedback
+	// to the upstream while the apply connections are busy with pipelines.
+	monConn, err := connect("monitor")
+	if err != nil {
+		return err
+	}
+	conns = append(conns, monConn)
+	// Questions about in-flight DDL are asked on a connection of their own,
+	// by one worker at a time: the apply connections are busy with
+	// pipelines when they come up.
+	ddlConn, err := connect("ddl")
+	if err != nil {
+		return err
+	}
+	conns = append(conns, ddlConn)
+	var ddlMu sync.Mutex
 
+	resume, err := origin.Progress(ctx, monConn, l.Up, false)
+	if err != nil {
+		return fmt.Errorf("link %s: on %s: %w", l.Name(), l.Down, err)
+	}
 	ddlExec := &ddl.Executor{Node: l.Down, Logger: l.log.With("link", l.Name())}
-	applier, err := apply.New(ctx, applyConn.PgConn(), apply.Options{
-		Upstream: l.Up,
-		Origin:   l.Origin(),
-		Logger:   l.log.With("link", l.Name()),
-		Config:   l.conflicts(),
-		Node:     l.Down,
-		Claim:    true,
-		OnMessage: func(ctx context.Context, m stream.Message) error {
-			return ddlExec.Handle(ctx, ddl.ConnExecer{Conn: applyConn.PgConn()}, m)
+	applier, err := apply.New(ctx, sessions, apply.Options{
+		Upstream:    l.Up,
+		Logger:      l.log.With("link", l.Name()),
+		Config:      l.conflicts(),
+		Node:        l.Down,
+		Claim:       true,
+		ResumeAfter: resume,
+		Catalog:     catalog,
+		OnMessage: func(ctx context.Context, conn *pgconn.PgConn, m stream.Message) error {
+			return ddlExec.Handle(ctx, ddl.ConnExecer{Conn: conn}, m)
 		},
 		IgnoreColumn: func(ctx context.Context, table, column string) (bool, error) {
+			ddlMu.Lock()
+			defer ddlMu.Unlock()
 			return l.ddlInFlight(ctx, ddlConn, table, column)
 		},
 	})
@@ -218,11 +254,19 @@ func (l *link) session(ctx context.Context) error {
 		l.mu.Unlock()
 	}()
 	l.setState(StateStreaming, nil)
-	l.log.Info("link streaming", "link", l.Name(), "slot", l.Slot(), "origin", l.Origin(), "resume_after", start.String(), "upstream_major", major)
+	l.log.Info("link streaming", "link", l.Name(), "slot", l.Slot(), "origins", origin.Names(l.Up, l.workers),
+		"resume_after", start.String(), "upstream_major", major)
 
-	origin := l.Origin()
+	// A worker may fail while the stream has nothing to deliver.
+	go func() {
+		select {
+		case <-applier.Failed():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	flushed := func(ctx context.Context) (stream.LSN, error) {
-		return originProgress(ctx, monConn, origin, true)
+		return origin.Progress(ctx, monConn, l.Up, true)
 	}
 	err = stream.Run(ctx, replConn, stream.Options{
 		Node:        l.Up,
@@ -233,6 +277,9 @@ func (l *link) session(ctx context.Context) error {
 		SpoolDir:    l.spoolDir,
 		Logger:      l.log.With("link", l.Name()),
 	}, applier, flushed)
+	if aerr := applier.Err(); aerr != nil {
+		return fmt.Errorf("link %s: %w", l.Name(), aerr)
+	}
 	if err != nil {
 		return fmt.Errorf("link %s: %w", l.Name(), err)
 	}
@@ -274,25 +321,6 @@ func (l *link) recordDDLFailure(ctx context.Context, err error) {
 	if rerr := ddl.RecordFailure(ctx, conn, ae); rerr != nil {
 		l.log.Warn("record failed DDL", "link", l.Name(), "err", rerr)
 	}
-}
-
-// originProgress reads pg_replication_origin_progress. With flush=true it
-// is the remote LSN whose local commit is durable: the only position that
-// may be confirmed to the upstream.
-func originProgress(ctx context.Context, conn *pgx.Conn, origin string, flush bool) (stream.LSN, error) {
-	var s *string
-	err := conn.QueryRow(ctx, "SELECT pg_replication_origin_progress($1, $2)::text", origin, flush).Scan(&s)
-	if err != nil {
-		return 0, fmt.Errorf("read progress of origin %s: %w", origin, err)
-	}
-	if s == nil {
-		return 0, nil
-	}
-	lsn, err := pglogrepl.ParseLSN(*s)
-	if err != nil {
-		return 0, fmt.Errorf("origin %s progress %q: %w", origin, *s, err)
-	}
-	return lsn, nil
 }
 
 // majorVersion parses server_version ("15.18 (Debian…)", "18.4") to 15, 18.

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
@@ -125,13 +126,16 @@ FROM pg_replication_slots WHERE slot_name = $1`, s.Slot).Scan(&s.SlotActive, &s.
 }
 
 func readLinkState(ctx context.Context, conn *pgx.Conn, s *LinkStatus) error {
-	var state, lastErr, lsn *string
+	var state, lastErr *string
 	var ts *time.Time
 	err := conn.QueryRow(ctx, `
-SELECT ls.state, ls.last_error, ls.last_commit_time,
-       pg_replication_origin_progress($2, false)::text
+SELECT ls.state, ls.last_error, ls.last_commit_time
 FROM (SELECT 1) one LEFT JOIN pgmesh.link_state ls ON ls.upstream = $1`,
-		s.Upstream, topology.OriginName(s.Upstream)).Scan(&state, &lastErr, &ts, &lsn)
+		s.Upstream).Scan(&state, &lastErr, &ts)
+	if err != nil {
+		return fmt.Errorf("read link state on %s: %w", s.Downstream, err)
+	}
+	progress, err := origin.Progress(ctx, conn, s.Upstream, false)
 	if err != nil {
 		return fmt.Errorf("read link state on %s: %w", s.Downstream, err)
 	}
@@ -142,8 +146,8 @@ FROM (SELECT 1) one LEFT JOIN pgmesh.link_state ls ON ls.upstream = $1`,
 		s.LastError = *lastErr
 	}
 	s.LastCommitTime = ts
-	if lsn != nil {
-		s.AppliedLSN = *lsn
+	if progress != 0 {
+		s.AppliedLSN = progress.String()
 	}
 	return nil
 }

@@ -1,17 +1,28 @@
 // Package apply applies the transactions of one link onto the downstream:
-// each remote transaction becomes one local transaction, run under the
-// link's replication origin so that PostgreSQL records the remote commit
-// time and origin with the rows and advances the origin atomically with
-// the data.
+// each remote transaction becomes one local transaction, run under a
+// replication origin so that PostgreSQL records the remote commit time and
+// origin with the rows and advances the origin atomically with the data.
 //
-// Statements go through one pgconn pipeline with prepared statements and
-// raw text parameters. Several remote transactions share a flight (one
-// round trip) with a single Sync at its end. No transaction can commit past
-// a failed one: after an error the server skips the rest of the flight, and
-// a failure inside a transaction leaves its block aborted, so that every
-// statement of later flights fails too until the Applier gives up (a
-// flight is never cut between a transaction's last statement and its
-// COMMIT, which would end the aborted block).
+// A link applies on one or more sessions (workers), each a connection with
+// its own replication origin (one origin can be set up by one session at a
+// time). The stream's goroutine is the dispatcher: it numbers the remote
+// transactions in commit order, works out which earlier transactions each
+// change depends on (deps.go) and hands the transaction to a worker. The
+// workers run transactions concurrently and commit them strictly in the
+// upstream's commit order (order.go), so the transactions committed under
+// all of the link's origins always form a prefix of the upstream's stream:
+// the link's progress is the greatest of its origins' (internal/origin),
+// and resuming after it applies every transaction exactly once.
+//
+// Each worker sends its statements through one pgconn pipeline with
+// prepared statements and raw text parameters; several remote transactions
+// share a flight (one round trip) with a single Sync at its end. A failure
+// inside a transaction leaves its block aborted, so that nothing of it or
+// after it on that worker commits (a flight is never cut between a
+// transaction's last statement and its COMMIT, which would end the aborted
+// block). A deadlock, serialization failure or lock timeout makes the
+// worker roll back and run the transaction again at once (worker.go);
+// anything else stops the Applier.
 package apply
 
 import (
@@ -24,7 +35,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgmesh/pgmesh/internal/config"
@@ -39,7 +49,6 @@ const DefaultMaxFlight = 1000
 // Options configure an Applier.
 type Options struct {
 	Upstream string       // upstream node name, for logs, errors and conflict resolution
-	Origin   string       // replication origin on the downstream, e.g. "pgmesh_n1"; must exist
 	Logger   *slog.Logger // nil = slog.Default()
 	// Config supplies the conflict settings (policies, delta_columns,
 	// delete_wins) of the tables; nil = defaults.
@@ -54,22 +63,38 @@ type Options struct {
 	// MaxFlight is the number of statements per pipeline flight after which
 	// the flight is sent even mid-transaction (0 = DefaultMaxFlight).
 	MaxFlight int
+	// ResumeAfter is the link's progress over all its origins
+	// (origin.Progress), which may be ahead of the sessions' own origins
+	// when the number of workers changed: transactions ending at or before
+	// it are skipped.
+	ResumeAfter stream.LSN
+	// Catalog is a connection to the downstream, free for the Applier's
+	// own use: with more than one session, the dispatcher reads the unique
+	// indexes and foreign keys of the tables on it.
+	Catalog *pgconn.PgConn
 	// OnMessage, when set, is called for every logical decoding message
-	// (but pgmesh.seen ones, which the Applier handles) after everything
-	// queued before it has been executed, so it may use the apply
-	// connection: for a transactional message, inside the remote
-	// transaction (what it writes commits with it). Outside one, what it
-	// commits on that connection has a local commit time but is still
-	// marked with the origin, as the whole session is. Local tables are
-	// looked up again afterwards: the hook may have changed them (DDL).
+	// (but pgmesh.seen ones, which the Applier handles) with the session
+	// (conn) to run it on, once every transaction before it has committed
+	// and nothing after it runs: for a transactional message, inside the
+	// remote transaction (what it writes commits with it). Outside one,
+	// what it commits on that connection has a local commit time but is
+	// still marked with the origin, as the whole session is. Local tables
+	// are looked up again afterwards: the hook may have changed them (DDL).
 	// Without it messages are ignored.
-	OnMessage func(ctx context.Context, m stream.Message) error
+	OnMessage func(ctx context.Context, conn *pgconn.PgConn, m stream.Message) error
 	// IgnoreColumn, when set, is asked about a remote column that does not
 	// exist locally ("schema.table", column). True means a DDL that adds
 	// or drops it is still on its way between the nodes: the column's
 	// values are left out until it arrives. False (or no hook) keeps it an
-	// apply error that names the column.
+	// apply error that names the column. Workers call it concurrently.
 	IgnoreColumn func(ctx context.Context, table, column string) (bool, error)
+}
+
+// Session is one apply connection to the downstream, dedicated to the
+// Applier, and the replication origin it applies under (must exist).
+type Session struct {
+	Conn   *pgconn.PgConn
+	Origin string
 }
 
 // Stats is a snapshot of what an Applier has applied (confirmed by the
@@ -80,14 +105,17 @@ type Stats struct {
 	Flights        uint64     // pipeline flights sent (round trips)
 	LastCommitTime time.Time  // remote commit time of the last committed transaction
 	LastEndLSN     stream.LSN // its EndLSN
+	// Retries counts remote transactions rolled back by a deadlock,
+	// serialization failure or lock timeout and run again on the spot.
+	Retries uint64
 	// Conflicts counts the conflicts met (and resolved) by kind
 	// (conflict.InsertExists…), as logged in pgmesh.conflict_log.
 	Conflicts map[string]uint64
 }
 
 // Applier applies one link's stream onto the downstream. It implements
-// stream.Handler. Handler methods, Progress and Close must be called from
-// one goroutine; Stats may be called from any.
+// stream.Handler: Handler methods, Wait, Progress and Close must be called
+// from one goroutine; Stats and Failed from any.
 //
 // Every row change is one statement built by internal/conflict that finds
 // the local row, resolves a conflict inside the database and answers one
@@ -95,281 +123,257 @@ type Stats struct {
 // transactions keep being pipelined.
 //
 // The Applier keeps references to the Data of the Changes it is given
-// until the flight holding them has been answered (to name the key in
-// logs): the stream must not reuse those buffers.
+// until their transaction has committed (to run it again after a deadlock,
+// and to name the key in logs): the stream must not reuse those buffers.
 type Applier struct {
-	conn *pgconn.PgConn
-	o    Options
-	log  *slog.Logger
+	o       Options
+	log     *slog.Logger
+	workers []*worker
+	// link is the first key of the ordering locks (order.go): the id of
+	// the first session's origin, unique on the downstream server.
+	link int32
 
-	pipe    *pgconn.Pipeline // open while statements are queued or in the air
-	pending []item           // queued since the last Sync
-	inAir   [][]item         // sent flights whose results are unread, oldest first
-	spare   [][]item         // emptied flights, reused
-	err     error            // first failure; the Applier is dead afterwards
+	ctx    context.Context // the workers'; cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
-	rels    map[uint32]*relInfo // by upstream relation id
-	stmts   map[string]string   // SQL → prepared statement name
-	params  [][]byte            // scratch: parameters of the statement being queued
-	shape   []byte              // scratch: statement shape key
-	txn     *txn                // current remote transaction, nil between transactions
-	lastEnd stream.LSN          // EndLSN of the last remote transaction queued for commit
+	// Dispatcher state, the stream's goroutine only.
+	cur      *txn       // remote transaction being received
+	last     *txn       // last transaction handed to a worker in full
+	seq      uint64     // number of the last transaction numbered
+	lastEnd  stream.LSN // EndLSN of the last remote transaction dispatched or applied before
+	rr       int        // round robin among equally loaded workers
+	deps     *tracker   // nil with one worker
+	depRels  map[*stream.Relation]*depRel
+	received map[string]time.Time // seen entries not yet recorded, by origin
+	claimed  time.Time            // newest commit time claimed
+	started  stream.LSN           // progress when the Applier started
 
-	// Seen messages: what the upstream had applied of other nodes, to be
-	// recorded at the start of its next transaction (received), and the
-	// newest remote commit time claimed in the downstream's WAL (claimed).
-	received map[string]time.Time // by origin
-	claimed  time.Time
+	mu        sync.Mutex
+	cond      *sync.Cond // signalled on every change of the state below
+	committed uint64     // greatest committed transaction number (commits are in order)
+	flushGen  uint64     // bumped by Idle: workers send what they hold
+	closing   bool       // Close: workers finish their queues and stop
+	err       error      // first fatal error; the Applier is dead afterwards
+	failed    chan struct{}
+	conflicts map[string]uint64
+	closed    bool
 
-	closed bool
-
-	txns, changes, flights, lastEndLSN atomic.Uint64
-	lastCommit                         atomic.Int64 // unix nanoseconds, 0 = none
-	mu                                 sync.Mutex
-	conflicts                          map[string]uint64 // under mu
+	txns, changes, flights, lastEndLSN, retries atomic.Uint64
+	lastCommit                                  atomic.Int64 // unix nanoseconds, 0 = none
+	committedN                                  atomic.Uint64
 }
 
-// txn is one remote transaction.
-type txn struct {
-	begin stream.Begin
-	// The first parameters of every statement: remote commit time and
-	// commit LSN as text.
-	commitTime, commitLSN []byte
-	end                   stream.Commit
-	started               bool // BEGIN queued
-	skip                  bool // already applied before (at or before the origin's progress)
-	changes               uint64
-}
-
-// Fixed statements, prepared once per session.
-const (
-	stmtBegin       = "pgmesh_begin"
-	stmtConstraints = "pgmesh_constraints"
-	stmtXact        = "pgmesh_xact"
-	stmtCommit      = "pgmesh_commit"
-	stmtSeen        = "pgmesh_seen"
-	stmtClaim       = "pgmesh_claim"
-)
-
-// A remote transaction ends with stmtConstraints, stmtClaim (see seen.go),
-// stmtXact and stmtCommit.
-// PostgreSQL 15+ advances the session's origin to the LSN given to
-// pg_replication_origin_xact_setup even when the transaction then aborts, so
-// that call must come after everything that can fail: deferred constraint
-// triggers are fired before it (SET CONSTRAINTS ALL IMMEDIATE), and COMMIT
-// follows in the same flight, so only a crash can come in between. The xid
-// makes even a transaction whose changes all missed their rows write a
-// commit record, which advances the origin.
-var fixedStatements = []struct{ name, sql string }{
-	// Read committed whatever the server default: a serialization failure
-	// at COMMIT would come after the origin setup.
-	{stmtBegin, "BEGIN ISOLATION LEVEL READ COMMITTED"},
-	{stmtConstraints, "SET CONSTRAINTS ALL IMMEDIATE"},
-	{stmtXact, "SELECT pg_current_xact_id(), pg_replication_origin_xact_setup($1, $2)"},
-	{stmtCommit, "COMMIT"},
-	{stmtSeen, conflict.SeenSQL()},
-	{stmtClaim, "SELECT pgmesh.claim_seen($1, $2, $3, $4, $5, $6)"},
-}
-
-// New prepares the apply session on conn, an ordinary connection to the
-// downstream dedicated to this Applier: replica role (no FK checks or
-// ordinary triggers, as in the native apply worker), asynchronous commit
-// (durability is tracked through the origin's flushed progress), and the
-// replication origin set up for the session.
-func New(ctx context.Context, conn *pgconn.PgConn, o Options) (*Applier, error) {
+// New prepares the apply sessions: replica role (no FK checks or ordinary
+// triggers, as in the native apply worker), asynchronous commit
+// (durability is tracked through the origins' flushed progress), each
+// session's replication origin set up, and starts one worker per session.
+func New(ctx context.Context, sessions []Session, o Options) (*Applier, error) {
+	if len(sessions) == 0 {
+		return nil, fmt.Errorf("apply session for upstream %s: no connection", o.Upstream)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	if o.MaxFlight <= 0 {
 		o.MaxFlight = DefaultMaxFlight
 	}
-	a := &Applier{
-		conn:      conn,
-		o:         o,
-		log:       o.Logger.With("upstream", o.Upstream, "origin", o.Origin),
-		rels:      map[uint32]*relInfo{},
-		stmts:     map[string]string{},
-		conflicts: map[string]uint64{},
-		received:  map[string]time.Time{},
-	}
 	if o.Claim && o.Node == "" {
 		return nil, fmt.Errorf("apply session for upstream %s: seen messages need the downstream node name", o.Upstream)
 	}
-	setup := []struct{ what, sql string }{
-		{"set session_replication_role", "SET session_replication_role = replica"},
-		{"set synchronous_commit", "SET synchronous_commit = off"},
+	if len(sessions) > 1 && o.Catalog == nil {
+		return nil, fmt.Errorf("apply session for upstream %s: parallel apply needs a catalog connection", o.Upstream)
 	}
-	for _, s := range setup {
-		if _, err := conn.Exec(ctx, s.sql).ReadAll(); err != nil {
-			return nil, fmt.Errorf("apply session for upstream %s: %s: %w", o.Upstream, s.what, err)
-		}
+	a := &Applier{
+		o:         o,
+		log:       o.Logger.With("upstream", o.Upstream),
+		conflicts: map[string]uint64{},
+		received:  map[string]time.Time{},
+		depRels:   map[*stream.Relation]*depRel{},
+		failed:    make(chan struct{}),
 	}
-	if _, err := conn.ExecParams(ctx, "SELECT pg_replication_origin_session_setup($1)", [][]byte{[]byte(o.Origin)}, nil, nil, nil).Close(); err != nil {
-		hint := ""
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) {
-			switch pe.Code {
-			case "42704":
-				hint = " (the origin does not exist: run pgmesh init)"
-			case "55006":
-				hint = " (another apply session uses it: is a second agent running this link?)"
+	a.cond = sync.NewCond(&a.mu)
+	if len(sessions) > 1 {
+		a.deps = newTracker()
+	}
+	start := o.ResumeAfter
+	for i, s := range sessions {
+		w, progress, err := newWorker(ctx, a, i, s)
+		if err != nil {
+			for _, w := range a.workers {
+				w.reset(context.WithoutCancel(ctx))
 			}
+			return nil, err
 		}
-		return nil, fmt.Errorf("apply session for upstream %s: set up replication origin %q: %w%s", o.Upstream, o.Origin, err, hint)
+		a.workers = append(a.workers, w)
+		start = max(start, progress)
 	}
-	for _, p := range fixedStatements {
-		if _, err := conn.Prepare(ctx, p.name, p.sql, nil); err != nil {
-			return nil, fmt.Errorf("apply session for upstream %s: prepare %s: %w", o.Upstream, p.sql, err)
+	if len(sessions) > 1 {
+		id, err := originID(ctx, sessions[0].Conn, sessions[0].Origin)
+		if err != nil {
+			for _, w := range a.workers {
+				w.reset(context.WithoutCancel(ctx))
+			}
+			return nil, fmt.Errorf("apply session for upstream %s: %w", o.Upstream, err)
 		}
+		a.link = id
 	}
-	start, err := a.progress(ctx)
-	if err != nil {
-		return nil, err
+	a.lastEnd, a.started = start, start
+	a.ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	for _, w := range a.workers {
+		a.wg.Add(1)
+		go w.run()
 	}
-	a.lastEnd = start
 	return a, nil
 }
 
-// Begin starts a remote transaction. Nothing is sent until its first change,
-// so that transactions without changes cost nothing.
+// Begin starts a remote transaction. Nothing is sent until its first change
+// or its commit.
 func (a *Applier) Begin(ctx context.Context, b stream.Begin) error {
-	if a.err != nil {
-		return a.err
+	if err := a.Err(); err != nil {
+		return err
 	}
-	if a.txn != nil {
-		return a.fail(fmt.Errorf("upstream %s: BEGIN of remote transaction %s inside transaction %s", a.o.Upstream, b.FinalLSN, a.txn.begin.FinalLSN))
+	if a.cur != nil {
+		return a.fail(fmt.Errorf("upstream %s: BEGIN of remote transaction %s inside transaction %s", a.o.Upstream, b.FinalLSN, a.cur.begin.FinalLSN))
 	}
-	a.txn = &txn{begin: b, commitTime: []byte(formatTime(b.CommitTime)), commitLSN: []byte(b.FinalLSN.String())}
+	t := &txn{begin: b, commitTime: []byte(formatTime(b.CommitTime)), commitLSN: []byte(b.FinalLSN.String()), retain: true}
+	a.cur = t
 	// A transaction whose commit record lies before the end of the last one
 	// applied was applied already (a resend after a reconnect): skipping it
 	// keeps apply exactly-once whatever position the upstream resumes from.
 	if b.FinalLSN < a.lastEnd {
-		a.txn.skip = true
+		t.skip = true
 		a.log.Debug("skip remote transaction applied before", "commit_lsn", b.FinalLSN.String(), "progress", a.lastEnd.String())
+		return nil
 	}
+	a.number(t)
 	return nil
 }
 
 // Change queues one row change (or truncate) of the current transaction.
 func (a *Applier) Change(ctx context.Context, c *stream.Change) error {
-	if a.err != nil {
-		return a.err
+	if err := a.Err(); err != nil {
+		return err
 	}
-	if a.txn == nil {
+	t := a.cur
+	if t == nil {
 		return a.fail(fmt.Errorf("upstream %s: change outside a transaction", a.o.Upstream))
 	}
-	if a.txn.skip {
+	if t.skip {
 		return nil
 	}
-	if err := a.queueChange(ctx, c); err != nil {
-		return a.fail(err)
+	o := op{kind: opChange, t: t, c: c}
+	if a.deps != nil && !t.exclusive {
+		dep, err := a.changeDeps(ctx, t, c)
+		if err != nil {
+			return a.fail(err)
+		}
+		o.dep = dep
 	}
-	a.txn.changes++
-	return a.maybeSend(ctx)
+	return a.add(t, o)
 }
 
 // Message records a peer's seen message (see receiveSeen), or hands any
 // other logical decoding message to Options.OnMessage once everything
-// before it has been executed.
+// before it has committed.
 func (a *Applier) Message(ctx context.Context, m stream.Message) error {
-	if a.err != nil {
-		return a.err
+	if err := a.Err(); err != nil {
+		return err
 	}
 	if m.Prefix == conflict.SeenPrefix {
 		a.receiveSeen(m)
 		return nil
 	}
-	if a.o.OnMessage == nil || (a.txn != nil && a.txn.skip) {
+	if a.o.OnMessage == nil || (a.cur != nil && a.cur.skip) {
 		return nil
 	}
-	if m.Transactional && a.txn != nil {
-		a.startTxn(ctx)
+	if m.Transactional && a.cur != nil {
+		return a.exclusiveMessage(a.cur, m)
 	}
-	if err := a.drain(ctx); err != nil {
-		return err
-	}
-	if a.txn == nil {
-		// The last transaction's remote commit LSN and time are still set
-		// up: what the hook commits must not be stamped with them.
-		if _, err := a.conn.Exec(ctx, "SELECT pg_replication_origin_xact_reset()").ReadAll(); err != nil {
-			return a.fail(fmt.Errorf("upstream %s: reset origin transaction state: %w", a.o.Upstream, err))
-		}
-	}
-	if err := a.o.OnMessage(ctx, m); err != nil {
-		return a.fail(fmt.Errorf("upstream %s: message %q at %s: %w", a.o.Upstream, m.Prefix, m.LSN, err))
-	}
-	clear(a.rels)
-	return nil
+	return a.outsideMessage(m)
 }
 
-// Commit queues the end of the remote transaction: deferred checks and the
-// origin setup with its EndLSN and commit time, then COMMIT. It does not wait for
-// the server; Idle or a full flight sends it.
+// Commit queues the end of the remote transaction. It does not wait for the
+// server.
 func (a *Applier) Commit(ctx context.Context, c stream.Commit) error {
-	if a.err != nil {
-		return a.err
+	if err := a.Err(); err != nil {
+		return err
 	}
-	t := a.txn
+	t := a.cur
 	if t == nil {
 		return a.fail(fmt.Errorf("upstream %s: COMMIT %s outside a transaction", a.o.Upstream, c.CommitLSN))
 	}
-	a.txn = nil
-	if t.skip || !t.started {
+	a.cur = nil
+	if t.skip {
 		return nil
 	}
 	t.end = c
-	a.ensurePipe(ctx)
-	a.pipe.SendQueryPrepared(stmtConstraints, nil, nil, nil)
-	a.pending = append(a.pending, item{kind: itemConstraints, txn: t})
-	if err := a.claim(t); err != nil {
-		return a.fail(err)
+	if a.o.Claim && c.CommitTime.After(a.claimed) {
+		t.claim = true
+		a.claimed = c.CommitTime
 	}
-	a.params = append(a.params[:0], []byte(c.EndLSN.String()), []byte(formatTime(c.CommitTime)))
-	a.pipe.SendQueryPrepared(stmtXact, a.params, nil, nil)
-	a.pending = append(a.pending, item{kind: itemXact, txn: t})
-	a.pipe.SendQueryPrepared(stmtCommit, nil, nil, nil)
-	a.pending = append(a.pending, item{kind: itemCommit, txn: t})
+	if err := a.add(t, op{kind: opCommit, t: t}); err != nil {
+		return err
+	}
+	a.last = t
 	a.lastEnd = c.EndLSN
-	return a.maybeSend(ctx)
+	if t.exclusive {
+		// Its messages may have changed tables (DDL): nothing after it
+		// runs, or looks a table up, before it has committed.
+		if err := a.waitCommitted(t.seq); err != nil {
+			return err
+		}
+		a.forgetTables()
+	}
+	return nil
 }
 
-// Idle sends what is queued and waits for every answer: the stream has
-// nothing else for us, so this is the moment to make the work visible and
-// to surface errors.
+// Idle tells the workers to send what they hold: the stream has nothing
+// else for now. It returns the error that stopped the Applier, if any.
 func (a *Applier) Idle(ctx context.Context) error {
-	if a.err != nil {
-		return a.err
-	}
-	return a.drain(ctx)
+	a.mu.Lock()
+	a.flushGen++
+	a.cond.Broadcast()
+	err := a.err
+	a.mu.Unlock()
+	return err
 }
 
-// Progress is the origin's progress: the EndLSN of the last remote
-// transaction committed on the downstream (0 if none), the point to resume
-// streaming after. Everything queued is executed first.
-func (a *Applier) Progress(ctx context.Context) (stream.LSN, error) {
-	if a.err != nil {
-		return 0, a.err
+// Wait returns once every remote transaction handed over in full has
+// committed, or with the error that stopped the Applier.
+func (a *Applier) Wait(ctx context.Context) error {
+	if err := a.Idle(ctx); err != nil {
+		return err
 	}
-	if err := a.drain(ctx); err != nil {
+	if a.last == nil {
+		return nil
+	}
+	return a.waitCommitted(a.last.seq)
+}
+
+// Progress is the EndLSN of the last remote transaction committed (or
+// skipped as applied before), the point to resume streaming after. Every
+// transaction handed over in full is committed first.
+func (a *Applier) Progress(ctx context.Context) (stream.LSN, error) {
+	if err := a.Wait(ctx); err != nil {
 		return 0, err
 	}
-	return a.progress(ctx)
+	if a.last == nil {
+		return a.started, nil
+	}
+	return max(a.started, a.last.end.EndLSN), nil
 }
 
-func (a *Applier) progress(ctx context.Context) (stream.LSN, error) {
-	res := a.conn.ExecParams(ctx, "SELECT pg_replication_origin_progress($1, false)", [][]byte{[]byte(a.o.Origin)}, nil, nil, nil).Read()
-	if res.Err != nil {
-		return 0, fmt.Errorf("upstream %s: read progress of origin %s: %w", a.o.Upstream, a.o.Origin, res.Err)
-	}
-	if len(res.Rows) != 1 || res.Rows[0][0] == nil {
-		return 0, nil
-	}
-	lsn, err := pglogrepl.ParseLSN(string(res.Rows[0][0]))
-	if err != nil {
-		return 0, fmt.Errorf("upstream %s: progress of origin %s: %w", a.o.Upstream, a.o.Origin, err)
-	}
-	return lsn, nil
+// Err is the error that stopped the Applier, nil while it runs.
+func (a *Applier) Err() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.err
 }
+
+// Failed is closed when the Applier stops on an error (Err says which):
+// a worker may fail while the stream has nothing to deliver.
+func (a *Applier) Failed() <-chan struct{} { return a.failed }
 
 // Stats returns what has been applied so far. Safe from any goroutine.
 func (a *Applier) Stats() Stats {
@@ -378,6 +382,7 @@ func (a *Applier) Stats() Stats {
 		Changes:    a.changes.Load(),
 		Flights:    a.flights.Load(),
 		LastEndLSN: stream.LSN(a.lastEndLSN.Load()),
+		Retries:    a.retries.Load(),
 	}
 	if ns := a.lastCommit.Load(); ns != 0 {
 		s.LastCommitTime = time.Unix(0, ns)
@@ -388,41 +393,34 @@ func (a *Applier) Stats() Stats {
 	return s
 }
 
-// Close executes what is queued (complete remote transactions commit; an
-// unfinished one is rolled back) and returns the session to normal: origin
-// released, settings and prepared statements discarded. The connection
-// stays open: it belongs to the caller.
+// Close commits what was handed over in full (an unfinished remote
+// transaction is rolled back) and returns the sessions to normal: origins
+// released, ordering locks, settings and prepared statements discarded.
+// The connections stay open: they belong to the caller.
 func (a *Applier) Close(ctx context.Context) error {
 	if a.closed {
 		return nil
 	}
 	a.closed = true
+	a.mu.Lock()
+	a.closing = true
 	dead := a.err != nil
+	a.cond.Broadcast()
+	a.mu.Unlock()
+	if dead {
+		a.stopWorkers()
+	}
+	a.wg.Wait()
+	a.cancel()
 	var errs []error
-	if a.pipe != nil {
-		if dead {
-			// Leaving pipeline mode needs a Sync after the last request;
-			// the server skips or fails what follows the error, and the
-			// unfinished transaction is rolled back below.
-			if len(a.pending) > 0 {
-				if err := a.pipe.Sync(); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			var pe *pgconn.PgError
-			if err := a.closePipe(); err != nil && !errors.As(err, &pe) {
-				errs = append(errs, err)
-			}
-		} else {
-			a.txn = nil
-			if err := a.drain(ctx); err != nil {
-				errs = append(errs, err)
-			}
+	if !dead {
+		if err := a.Err(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	a.fail(errors.New("apply session closed"))
-	if !a.conn.IsClosed() {
-		errs = append(errs, a.resetSession(ctx)...)
+	for _, w := range a.workers {
+		errs = append(errs, w.reset(ctx)...)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("upstream %s: close apply session: %w", a.o.Upstream, err)
@@ -430,28 +428,95 @@ func (a *Applier) Close(ctx context.Context) error {
 	return nil
 }
 
-func (a *Applier) resetSession(ctx context.Context) []error {
-	var errs []error
-	if a.conn.TxStatus() != 'I' {
-		if _, err := a.conn.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
-			errs = append(errs, fmt.Errorf("roll back unfinished transaction: %w", err))
-		}
-	}
-	if _, err := a.conn.Exec(ctx, "SELECT pg_replication_origin_session_reset()").ReadAll(); err != nil {
-		errs = append(errs, fmt.Errorf("release origin %s: %w", a.o.Origin, err))
-	}
-	if _, err := a.conn.Exec(ctx, "DISCARD ALL").ReadAll(); err != nil {
-		errs = append(errs, fmt.Errorf("discard session state: %w", err))
-	}
-	return errs
-}
-
-// fail records the first error; the Applier refuses all work afterwards.
+// fail records the first fatal error and stops the workers; the Applier
+// refuses all work afterwards.
 func (a *Applier) fail(err error) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.err == nil {
 		a.err = err
+		close(a.failed)
+		a.cond.Broadcast()
+		go a.stopWorkers()
 	}
 	return a.err
+}
+
+// stopWorkers interrupts whatever a worker's session is executing (a wait
+// for a transaction that will not commit now) until every worker has
+// stopped: a cancel request that arrives between two statements is lost,
+// so it is repeated.
+func (a *Applier) stopWorkers() {
+	done := make(chan struct{})
+	go func() { a.wg.Wait(); close(done) }()
+	for {
+		for _, w := range a.workers {
+			if w.busy.Load() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_ = w.conn.CancelRequest(ctx)
+				cancel()
+			}
+		}
+		select {
+		case <-done:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// markCommitted records the commit of t (its COMMIT answered).
+func (a *Applier) markCommitted(t *txn) {
+	a.txns.Add(1)
+	a.changes.Add(t.changes)
+	if uint64(t.end.EndLSN) > a.lastEndLSN.Load() {
+		a.lastEndLSN.Store(uint64(t.end.EndLSN))
+		a.lastCommit.Store(t.end.CommitTime.UnixNano())
+	}
+	a.mu.Lock()
+	if t.seq > a.committed {
+		a.committed = t.seq
+		a.committedN.Store(t.seq)
+	}
+	a.cond.Broadcast()
+	a.mu.Unlock()
+}
+
+// isCommitted tells whether transaction number seq has committed.
+func (a *Applier) isCommitted(seq uint64) bool { return a.committedN.Load() >= seq }
+
+// waitCommitted waits until transaction number seq has committed.
+func (a *Applier) waitCommitted(seq uint64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.flushGen++
+	a.cond.Broadcast()
+	for a.committed < seq && a.err == nil {
+		a.cond.Wait()
+	}
+	return a.err
+}
+
+func (a *Applier) countConflict(kind string) {
+	a.mu.Lock()
+	a.conflicts[kind]++
+	a.mu.Unlock()
+}
+
+// originID is the id of a replication origin.
+func originID(ctx context.Context, conn *pgconn.PgConn, origin string) (int32, error) {
+	res := conn.ExecParams(ctx, "SELECT pg_catalog.pg_replication_origin_oid($1)::int", [][]byte{[]byte(origin)}, nil, nil, nil).Read()
+	if res.Err != nil {
+		return 0, fmt.Errorf("read the id of origin %s: %w", origin, res.Err)
+	}
+	if len(res.Rows) != 1 || res.Rows[0][0] == nil {
+		return 0, fmt.Errorf("origin %s does not exist (run pgmesh init)", origin)
+	}
+	var id int32
+	if _, err := fmt.Sscan(string(res.Rows[0][0]), &id); err != nil {
+		return 0, fmt.Errorf("id of origin %s: %w", origin, err)
+	}
+	return id, nil
 }
 
 // formatTime renders a commit time for a timestamptz parameter.

@@ -78,12 +78,12 @@ func benchApply(b *testing.B, waitEach bool) {
 			b.Fatal(err)
 		}
 		if waitEach {
-			if err := a.Idle(ctx); err != nil {
+			if err := a.Wait(ctx); err != nil {
 				b.Fatal(err)
 			}
 		}
 	}
-	if err := a.Idle(ctx); err != nil {
+	if err := a.Wait(ctx); err != nil {
 		b.Fatal(err)
 	}
 	b.StopTimer()

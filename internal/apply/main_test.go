@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgmesh/pgmesh/internal/conflict"
+	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 	"github.com/pgmesh/pgmesh/internal/setup"
 	"github.com/pgmesh/pgmesh/internal/stream"
@@ -19,23 +20,39 @@ import (
 
 func TestMain(m *testing.M) { sandboxtest.Main(m, 1) }
 
-// testEnv is a fresh database of node "n2" with the pgmesh schema, and a
-// fresh replication origin for one test.
+// testEnv is a fresh database of node "n2" with the pgmesh schema, and
+// fresh replication origins for one test's applier sessions.
 type testEnv struct {
-	dsn    string
+	dsn string
+	// origin is the upstream node's name. With one session it is also the
+	// name of the session's origin: not called pgmesh_*, which sandboxtest
+	// drops when unused at the end of any test (an applier closed and
+	// started again would lose it). Conflict resolution names the writer
+	// of a row after its origin (origin_node: the origin's name when it is
+	// not pgmesh_<node>), so the upstream is called like the origin.
 	origin string
-	db     *pgx.Conn // for setup and assertions
+	// origins are the sessions' origins: with several, pgmesh_<up> and
+	// pgmesh_<up>_<k>, the names origin_node maps to the upstream.
+	origins []string
+	db      *pgx.Conn // for setup and assertions
 }
 
-func newEnv(t testing.TB) *testEnv {
+func newEnv(t testing.TB) *testEnv { return newEnvN(t, 1) }
+
+// newEnvN is a test database for an applier with n sessions.
+func newEnvN(t testing.TB, n int) *testEnv {
 	t.Helper()
 	env := sandboxtest.New(t, 1)
-	// Origins are per server. Not named pgmesh_*: sandboxtest drops unused
-	// ones of that name when any test ends. Conflict resolution names the
-	// writer of a row after its origin (origin_node: the origin's name
-	// when it is not pgmesh_<node>), so the upstream of the test's
-	// appliers is called like the origin, a valid node name.
-	e := &testEnv{dsn: env.DSNs[0], origin: fmt.Sprintf("at_%08x", crc32.ChecksumIEEE([]byte(env.DB))), db: env.Conn(t, 0)}
+	sum := fmt.Sprintf("%08x", crc32.ChecksumIEEE([]byte(env.DB)))
+	e := &testEnv{dsn: env.DSNs[0], origin: "at_" + sum, db: env.Conn(t, 0)}
+	if n == 1 {
+		e.origins = []string{e.origin}
+	} else {
+		e.origin = "pt_" + sum
+		for k := range n {
+			e.origins = append(e.origins, origin.Name(e.origin, k))
+		}
+	}
 	if _, err := setup.Migrate(context.Background(), e.db); err != nil {
 		t.Fatal(err)
 	}
@@ -43,11 +60,15 @@ func newEnv(t testing.TB) *testEnv {
 	if err := conflict.SyncNodes(context.Background(), e.db, []string{e.origin, "n2"}); err != nil {
 		t.Fatal(err)
 	}
-	e.exec(t, "SELECT pg_replication_origin_create($1)", e.origin)
+	for _, o := range e.origins {
+		e.exec(t, "SELECT pg_replication_origin_create($1)", o)
+	}
 	t.Cleanup(func() {
 		// After the appliers' cleanups (registered later, run earlier).
-		if _, err := e.db.Exec(context.Background(), "SELECT pg_replication_origin_drop($1)", e.origin); err != nil {
-			t.Errorf("drop origin: %v", err)
+		for _, o := range e.origins {
+			if _, err := e.db.Exec(context.Background(), "SELECT pg_replication_origin_drop($1)", o); err != nil {
+				t.Errorf("drop origin: %v", err)
+			}
 		}
 	})
 	return e
@@ -70,15 +91,22 @@ func (e *testEnv) exec(t testing.TB, sql string, args ...any) {
 	}
 }
 
-// applier starts an Applier on its own connection, closed at cleanup.
+// applier starts an Applier with a session on each of the env's origins,
+// closed at cleanup.
 func (e *testEnv) applier(t testing.TB, o Options) *Applier {
 	t.Helper()
-	conn := connect(t, e.dsn)
-	o.Upstream, o.Origin = e.origin, e.origin
+	var sessions []Session
+	for _, origin := range e.origins {
+		sessions = append(sessions, Session{Conn: connect(t, e.dsn).PgConn(), Origin: origin})
+	}
+	if len(sessions) > 1 {
+		o.Catalog = connect(t, e.dsn).PgConn()
+	}
+	o.Upstream = e.origin
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
 	}
-	a, err := New(context.Background(), conn.PgConn(), o)
+	a, err := New(context.Background(), sessions, o)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -195,8 +223,8 @@ func (r *remote) feed(t testing.TB, a *Applier, changes ...*stream.Change) strea
 func (r *remote) apply(t testing.TB, a *Applier, changes ...*stream.Change) stream.Commit {
 	t.Helper()
 	c := r.feed(t, a, changes...)
-	if err := a.Idle(context.Background()); err != nil {
-		t.Fatalf("Idle: %v", err)
+	if err := a.Wait(context.Background()); err != nil {
+		t.Fatalf("Wait: %v", err)
 	}
 	return c
 }

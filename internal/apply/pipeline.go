@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"context"
 	"errors"
 	"fmt"
 
@@ -19,140 +18,185 @@ type itemKind byte
 const (
 	itemPrepare itemKind = iota
 	itemBegin
+	itemStart
+	itemWait
 	itemConstraints
 	itemXact
 	itemCommit
+	itemRelease
 	itemChange
+	itemMany
 	itemTruncate
 	itemSeen
 	itemClaim
 	itemSync
 )
 
-// item is what the applier remembers of one request in the pipeline, to
+// item is what the worker remembers of one request in the pipeline, to
 // make sense of its result.
 type item struct {
-	kind   itemKind
-	txn    *txn
-	rel    *relInfo       // itemPrepare, itemChange
-	stmt   *stmt          // itemPrepare, itemChange
-	change *stream.Change // itemChange
-	tables string         // itemTruncate: the truncated tables, for messages
+	kind    itemKind
+	txn     *txn
+	rel     *relInfo         // itemPrepare, itemChange, itemMany
+	stmt    *stmt            // itemPrepare, itemChange, itemMany
+	change  *stream.Change   // itemChange
+	changes []*stream.Change // itemMany
+	tables  string           // itemTruncate: the truncated tables, for messages
 }
 
-func (a *Applier) ensurePipe(ctx context.Context) {
-	if a.pipe == nil {
-		a.pipe = a.conn.StartPipeline(ctx)
+func (w *worker) ensurePipe() {
+	if w.pipe == nil {
+		w.pipe = w.conn.StartPipeline(w.a.ctx)
 	}
-}
-
-// startTxn queues BEGIN for the current remote transaction if not done yet.
-// It also makes sure the pipeline is open (a relation lookup closes it).
-func (a *Applier) startTxn(ctx context.Context) {
-	a.ensurePipe(ctx)
-	if a.txn.started {
-		return
-	}
-	a.pipe.SendQueryPrepared(stmtBegin, nil, nil, nil)
-	a.pending = append(a.pending, item{kind: itemBegin, txn: a.txn})
-	a.txn.started = true
-	// What the upstream had seen when it committed this transaction,
-	// recorded before its changes are judged and committed with them.
-	a.queueReceived()
 }
 
 // maybeSend sends the flight once it is full. Cutting a flight inside a
 // transaction is safe: the Sync does not end an explicit transaction block.
-func (a *Applier) maybeSend(ctx context.Context) error {
-	if len(a.pending) < a.o.MaxFlight {
+func (w *worker) maybeSend() error {
+	if len(w.pending) < w.a.o.MaxFlight {
 		return nil
 	}
-	return a.send(ctx)
+	return w.send()
 }
 
 // send ends the current flight with a Sync and sends it, first reading the
 // results of older flights so that at most maxInAir are unanswered.
-func (a *Applier) send(ctx context.Context) error {
-	if len(a.pending) == 0 {
+func (w *worker) send() error {
+	if len(w.pending) == 0 {
 		return nil
 	}
-	for len(a.inAir) >= maxInAir {
-		if err := a.readFlight(); err != nil {
+	for len(w.inAir) >= maxInAir {
+		if err := w.readFlight(); err != nil {
 			return err
 		}
 	}
-	a.pipe.SendPipelineSync()
-	a.pending = append(a.pending, item{kind: itemSync})
-	if err := a.pipe.Flush(); err != nil {
-		return a.fail(fmt.Errorf("upstream %s: send %d statements: %w", a.o.Upstream, len(a.pending), err))
+	a := w.a
+	a.mu.Lock()
+	w.flushed = a.flushGen
+	a.mu.Unlock()
+	w.pipe.SendPipelineSync()
+	w.pending = append(w.pending, item{kind: itemSync})
+	if err := w.pipe.Flush(); err != nil {
+		return fatal{fmt.Errorf("upstream %s: send %d statements: %w", a.o.Upstream, len(w.pending), err)}
 	}
 	a.flights.Add(1)
-	a.inAir = append(a.inAir, a.pending)
-	if n := len(a.spare); n > 0 {
-		a.pending, a.spare = a.spare[n-1], a.spare[:n-1]
+	w.inAir = append(w.inAir, w.pending)
+	w.commits = 0
+	if n := len(w.spare); n > 0 {
+		w.pending, w.spare = w.spare[n-1], w.spare[:n-1]
 	} else {
-		a.pending = make([]item, 0, a.o.MaxFlight+8)
+		w.pending = make([]item, 0, a.o.MaxFlight+16)
 	}
 	return nil
 }
 
 // drain sends what is queued, reads every result and leaves pipeline mode,
 // so that the connection can be used for ordinary queries.
-func (a *Applier) drain(ctx context.Context) error {
-	if a.pipe == nil {
+func (w *worker) drain() error {
+	if w.pipe == nil {
 		return nil
 	}
-	if err := a.send(ctx); err != nil {
+	if err := w.send(); err != nil {
 		return err
 	}
-	for len(a.inAir) > 0 {
-		if err := a.readFlight(); err != nil {
+	for len(w.inAir) > 0 {
+		if err := w.readFlight(); err != nil {
 			return err
 		}
 	}
-	if err := a.closePipe(); err != nil {
-		return a.fail(fmt.Errorf("upstream %s: leave pipeline mode: %w", a.o.Upstream, err))
+	err := w.pipe.Close()
+	w.pipe = nil
+	if err != nil {
+		return fatal{fmt.Errorf("upstream %s: leave pipeline mode: %w", w.a.o.Upstream, err)}
 	}
 	return nil
-}
-
-func (a *Applier) closePipe() error {
-	if a.pipe == nil {
-		return nil
-	}
-	err := a.pipe.Close()
-	a.pipe = nil
-	return err
 }
 
 // readFlight reads the results of the oldest flight in the air. The first
 // error is wrapped with the remote transaction, table and operation it
-// belongs to, and kills the Applier: the server has skipped the rest of the
-// flight, and later flights fail in the aborted transaction block.
-func (a *Applier) readFlight() error {
-	flight := a.inAir[0]
-	a.inAir = a.inAir[1:]
+// belongs to; the rest of the flight, which the server skipped, is read up
+// to its Sync before the error is returned.
+func (w *worker) readFlight() error {
+	flight := w.inAir[0]
+	w.inAir = w.inAir[1:]
+	w.busy.Store(true)
+	defer w.busy.Store(false)
 	for i := range flight {
 		it := &flight[i]
-		res, err := a.pipe.GetResults()
+		res, err := w.pipe.GetResults()
 		if err == nil {
-			err = a.handleResult(it, res)
+			err = w.handleResult(it, res)
 		}
 		if err != nil {
-			return a.fail(a.describe(it, err))
+			err = w.describe(it, err)
+			var pe *pgconn.PgError
+			if it.kind != itemSync && errors.As(err, &pe) {
+				if serr := w.toSync(); serr != nil {
+					return fatal{errors.Join(err, serr)}
+				}
+			} else if !errors.As(err, &pe) {
+				err = fatal{err}
+			}
+			w.recycle(flight)
+			return err
 		}
 	}
-	clear(flight)
-	a.spare = append(a.spare, flight[:0])
+	w.recycle(flight)
 	return nil
 }
 
-func (a *Applier) handleResult(it *item, res any) error {
+// toSync reads the results up to the Sync of a flight whose statement
+// failed: the server skipped the statements between.
+func (w *worker) toSync() error {
+	for {
+		res, err := w.pipe.GetResults()
+		var pe *pgconn.PgError
+		switch {
+		case errors.As(err, &pe):
+			continue
+		case err != nil:
+			return err
+		}
+		switch r := res.(type) {
+		case *pgconn.PipelineSync:
+			return nil
+		case *pgconn.ResultReader:
+			if _, err := r.Close(); err != nil && !errors.As(err, &pe) {
+				return err
+			}
+		case nil:
+			return errors.New("pipeline: no Sync after a failed statement")
+		}
+	}
+}
+
+// skipFlight reads the oldest flight in the air after a failure, whose
+// statements all fail (in the aborted transaction block) or are skipped.
+func (w *worker) skipFlight() error {
+	flight := w.inAir[0]
+	w.inAir = w.inAir[1:]
+	w.busy.Store(true)
+	defer w.busy.Store(false)
+	defer w.recycle(flight)
+	err := w.toSync()
+	if err != nil {
+		return fatal{fmt.Errorf("upstream %s: read results after a failure: %w", w.a.o.Upstream, err)}
+	}
+	return nil
+}
+
+func (w *worker) recycle(flight []item) {
+	clear(flight)
+	w.spare = append(w.spare, flight[:0])
+}
+
+func (w *worker) handleResult(it *item, res any) error {
 	switch it.kind {
 	case itemPrepare:
 		if _, ok := res.(*pgconn.StatementDescription); !ok {
 			return fmt.Errorf("unexpected pipeline result %T", res)
 		}
+		it.stmt.ok = true
 		return nil
 	case itemSync:
 		if _, ok := res.(*pgconn.PipelineSync); !ok {
@@ -164,12 +208,10 @@ func (a *Applier) handleResult(it *item, res any) error {
 	if !ok {
 		return fmt.Errorf("unexpected pipeline result %T", res)
 	}
-	var kind, resolution string
+	var conflicts []verdict
 	for rr.NextRow() {
-		// A change's statement answers (kind, resolution); kind is NULL
-		// when there was no conflict.
-		if v := rr.Values(); it.kind == itemChange && len(v) == 2 && v[0] != nil {
-			kind, resolution = string(v[0]), string(v[1])
+		if v, ok := verdictOf(it, rr.Values()); ok {
+			conflicts = append(conflicts, v)
 		}
 	}
 	tag, err := rr.Close()
@@ -181,40 +223,61 @@ func (a *Applier) handleResult(it *item, res any) error {
 		// COMMIT of a transaction that failed earlier answers ROLLBACK;
 		// that error was reported already, this is a safety net.
 		if tag.String() != "COMMIT" {
-			return errors.New("transaction was rolled back")
+			return fatal{errors.New("transaction was rolled back")}
 		}
-		t := it.txn
-		a.txns.Add(1)
-		a.changes.Add(t.changes)
-		a.lastEndLSN.Store(uint64(t.end.EndLSN))
-		a.lastCommit.Store(t.end.CommitTime.UnixNano())
-	case itemChange:
-		if kind != "" {
-			a.mu.Lock()
-			a.conflicts[kind]++
-			a.mu.Unlock()
-			a.log.Info("conflict", "kind", kind, "resolution", resolution, "table", it.rel.name,
-				"key", it.rel.keyText(it.change), "commit_lsn", it.txn.begin.FinalLSN.String())
-		}
+		w.committed(it.txn)
+	}
+	for _, v := range conflicts {
+		w.a.countConflict(v.kind)
+		w.a.log.Info("conflict", "kind", v.kind, "resolution", v.resolution, "table", it.rel.name,
+			"key", it.rel.keyText(v.change), "commit_lsn", it.txn.String())
 	}
 	return nil
 }
 
+// verdict is a conflict met by a change.
+type verdict struct {
+	kind, resolution string
+	change           *stream.Change
+}
+
+// verdictOf reads one result row of a change statement: (kind, resolution)
+// for a single change, (position, kind, resolution) for several; kind is
+// NULL when there was no conflict.
+func verdictOf(it *item, v [][]byte) (verdict, bool) {
+	switch {
+	case it.kind == itemChange && len(v) == 2 && v[0] != nil:
+		return verdict{string(v[0]), string(v[1]), it.change}, true
+	case it.kind == itemMany && len(v) == 3 && v[1] != nil:
+		var i int
+		if _, err := fmt.Sscan(string(v[0]), &i); err == nil && i >= 1 && i <= len(it.changes) {
+			return verdict{string(v[1]), string(v[2]), it.changes[i-1]}, true
+		}
+	}
+	return verdict{}, false
+}
+
 // describe names what a failed request was doing.
-func (a *Applier) describe(it *item, err error) error {
+func (w *worker) describe(it *item, err error) error {
 	var what string
 	switch it.kind {
 	case itemPrepare:
 		what = "prepare " + it.stmt.what + " " + it.rel.name
 	case itemBegin:
 		what = "BEGIN"
+	case itemStart:
+		what = "wait for the previous transaction to begin"
+	case itemWait:
+		what = "wait for an earlier transaction to commit"
 	case itemConstraints:
 		what = "deferred constraints"
 	case itemXact:
 		what = "origin setup"
 	case itemCommit:
 		what = "COMMIT"
-	case itemChange:
+	case itemRelease:
+		what = "release the ordering lock"
+	case itemChange, itemMany:
 		what = it.stmt.what + " " + it.rel.name
 	case itemTruncate:
 		what = "truncate " + it.tables
@@ -231,8 +294,18 @@ func (a *Applier) describe(it *item, err error) error {
 	if errors.As(err, &pe) && pe.Hint != "" {
 		hint = " (hint: " + pe.Hint + ")"
 	}
+	up := w.a.o.Upstream
 	if it.txn == nil {
-		return fmt.Errorf("upstream %s: apply: %s: %w%s", a.o.Upstream, what, err, hint)
+		return wrapKeep(err, fmt.Sprintf("upstream %s: apply: %s", up, what), hint)
 	}
-	return fmt.Errorf("upstream %s: apply remote transaction %s: %s: %w%s", a.o.Upstream, it.txn.begin.FinalLSN, what, err, hint)
+	return wrapKeep(err, fmt.Sprintf("upstream %s: apply remote transaction %s: %s", up, it.txn, what), hint)
+}
+
+// wrapKeep wraps err with a prefix (and a suffix), keeping a fatal mark.
+func wrapKeep(err error, prefix, suffix string) error {
+	var f fatal
+	if errors.As(err, &f) {
+		return fatal{fmt.Errorf("%s: %w%s", prefix, f.error, suffix)}
+	}
+	return fmt.Errorf("%s: %w%s", prefix, err, suffix)
 }

@@ -46,38 +46,42 @@ type relInfo struct {
 type stmt struct {
 	name string
 	what string // "insert into", "update", "delete from": for messages
+	ok   bool   // its preparation succeeded (a failed flight may skip it)
 }
 
 // relFor returns the mapping for the relation of a change, looking the local
 // table up the first time a relation description is seen.
-func (a *Applier) relFor(ctx context.Context, r *stream.Relation) (*relInfo, error) {
+func (w *worker) relFor(r *stream.Relation) (*relInfo, error) {
 	// A mapping that leaves columns out is only good for the transaction
 	// it was made in: the DDL it waits for may arrive over another link
 	// at any time, and from then on the column must be applied.
-	if ri, ok := a.rels[r.ID]; ok && ri.rel == r && (!ri.skips || ri.builtIn == a.txn) {
+	if ri, ok := w.rels[r.ID]; ok && ri.rel == r && (!ri.skips || ri.builtIn == w.cur) {
 		return ri, nil
 	}
 	// The catalog query needs the connection out of pipeline mode.
-	if err := a.drain(ctx); err != nil {
+	if err := w.drain(); err != nil {
 		return nil, err
 	}
-	ri, err := a.lookup(ctx, r)
+	w.busy.Store(true)
+	ri, err := w.lookup(w.a.ctx, r)
+	w.busy.Store(false)
 	if err != nil {
 		return nil, err
 	}
-	ri.builtIn = a.txn
-	a.rels[r.ID] = ri
+	ri.builtIn = w.cur
+	w.rels[r.ID] = ri
 	return ri, nil
 }
 
-func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, error) {
+func (w *worker) lookup(ctx context.Context, r *stream.Relation) (*relInfo, error) {
+	a := w.a
 	ri := &relInfo{
 		rel:   r,
 		name:  r.QualifiedName(),
 		ident: pg.Ident(r.Schema, r.Name),
 		stmts: map[string]*stmt{},
 	}
-	local, err := conflict.LoadTable(ctx, connQuerier{a.conn}, r.Schema, r.Name, a.o.Config)
+	local, err := conflict.LoadTable(ctx, connQuerier{w.conn}, r.Schema, r.Name, a.o.Config)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", a.o.Upstream, err)
 	}
@@ -95,7 +99,7 @@ func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, err
 	for i, c := range r.Columns {
 		typ, ok := types[c.Name]
 		if !ok {
-			ignore, err := a.ignoreColumn(ctx, ri.name, c.Name)
+			ignore, err := w.ignoreColumn(ctx, ri.name, c.Name)
 			if err != nil {
 				return nil, err
 			}
@@ -139,35 +143,43 @@ func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, err
 	return ri, nil
 }
 
-// queueChange queues the statement of one change (preparing it first if
-// this shape is new) in the current flight.
-func (a *Applier) queueChange(ctx context.Context, c *stream.Change) error {
+// queueChange queues the statement of one change of t (preparing it first
+// if this shape is new) in the current flight.
+func (w *worker) queueChange(t *txn, c *stream.Change) error {
+	up := w.a.o.Upstream
 	if c.Op == stream.Truncate {
-		return a.queueTruncate(ctx, c)
+		return w.queueTruncate(t, c)
 	}
 	if c.Rel == nil {
-		return fmt.Errorf("upstream %s: remote transaction %s: %c change without relation", a.o.Upstream, a.txn.begin.FinalLSN, c.Op)
+		return fatal{fmt.Errorf("upstream %s: remote transaction %s: %c change without relation", up, t, c.Op)}
 	}
-	ri, err := a.relFor(ctx, c.Rel)
+	ri, err := w.relFor(c.Rel)
 	if err != nil {
 		return err
 	}
-	if err := a.buildShape(ri, c); err != nil {
-		return fmt.Errorf("upstream %s: remote transaction %s: table %s: %w", a.o.Upstream, a.txn.begin.FinalLSN, ri.name, err)
+	if err := w.buildShape(t, ri, c); err != nil {
+		return fatal{fmt.Errorf("upstream %s: remote transaction %s: table %s: %w", up, t, ri.name, err)}
 	}
-	a.startTxn(ctx)
-	st, ok := ri.stmts[string(a.shape)]
+	w.ensurePipe()
+	st := w.stmtFor(t, ri, c)
+	w.pipe.SendQueryPrepared(st.name, w.params, nil, nil)
+	w.pending = append(w.pending, item{kind: itemChange, txn: t, rel: ri, stmt: st, change: c})
+	return nil
+}
+
+// stmtFor returns the prepared statement for the shape in w.shape,
+// queueing its preparation if it is new.
+func (w *worker) stmtFor(t *txn, ri *relInfo, c *stream.Change) *stmt {
+	st, ok := ri.stmts[string(w.shape)]
 	if !ok {
 		var queued bool
-		st, queued = a.prepare(ri, c)
-		ri.stmts[string(a.shape)] = st
+		st, queued = w.prepare(ri, c)
+		ri.stmts[string(w.shape)] = st
 		if queued {
-			a.pending = append(a.pending, item{kind: itemPrepare, txn: a.txn, rel: ri, stmt: st})
+			w.pending = append(w.pending, item{kind: itemPrepare, txn: t, rel: ri, stmt: st})
 		}
 	}
-	a.pipe.SendQueryPrepared(st.name, a.params, nil, nil)
-	a.pending = append(a.pending, item{kind: itemChange, txn: a.txn, rel: ri, stmt: st, change: c})
-	return nil
+	return st
 }
 
 // Shape codes: one byte per column of an UPDATE's new row.
@@ -176,13 +188,12 @@ const (
 	shapeSkip  = 'u' // unchanged TOAST: left alone
 )
 
-// buildShape fills a.shape (the statement cache key) and a.params (the
+// buildShape fills w.shape (the statement cache key) and w.params (the
 // values, in statement parameter order, see conflict.InsertSQL) for a
-// change.
-func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
-	a.shape = append(a.shape[:0], byte(c.Op))
-	t := a.txn
-	a.params = append(a.params[:0], t.commitTime, []byte(a.o.Upstream), t.commitLSN)
+// change of t.
+func (w *worker) buildShape(t *txn, ri *relInfo, c *stream.Change) error {
+	w.shape = append(w.shape[:0], byte(c.Op))
+	w.params = append(w.params[:0], t.commitTime, []byte(w.a.o.Upstream), t.commitLSN)
 	switch c.Op {
 	case stream.Insert:
 		if len(c.New) != len(ri.rel.Columns) {
@@ -195,13 +206,13 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 			if v.Kind == stream.Unchanged {
 				return fmt.Errorf("inserted row lacks column %s (unchanged TOAST value)", ri.rel.Columns[i].Name)
 			}
-			a.params = append(a.params, value(v))
+			w.params = append(w.params, value(v))
 		}
 	case stream.Update:
 		if len(c.New) != len(ri.rel.Columns) {
 			return fmt.Errorf("row has %d columns, relation %d", len(c.New), len(ri.rel.Columns))
 		}
-		if err := a.identity(ri, c, updateKeyTuple(c)); err != nil {
+		if err := w.identity(ri, c, updateKeyTuple(c)); err != nil {
 			return err
 		}
 		for i, v := range c.New {
@@ -209,11 +220,11 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 				continue
 			}
 			if v.Kind == stream.Unchanged {
-				a.shape = append(a.shape, shapeSkip)
+				w.shape = append(w.shape, shapeSkip)
 				continue
 			}
-			a.shape = append(a.shape, shapeValue)
-			a.params = append(a.params, value(v))
+			w.shape = append(w.shape, shapeValue)
+			w.params = append(w.params, value(v))
 		}
 		for _, d := range ri.delta {
 			if c.New[d].Kind == stream.Unchanged {
@@ -222,13 +233,13 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 			if c.Old == nil {
 				return fmt.Errorf("delta column %s: the update came without the old row (REPLICA IDENTITY FULL on the upstream?)", ri.rel.Columns[d].Name)
 			}
-			a.params = append(a.params, value(c.Old[d]))
+			w.params = append(w.params, value(c.Old[d]))
 		}
 	case stream.Delete:
 		if c.Old == nil {
 			return errors.New("delete without old row")
 		}
-		return a.identity(ri, c, c.Old)
+		return w.identity(ri, c, c.Old)
 	default:
 		return fmt.Errorf("unknown operation %q", c.Op)
 	}
@@ -236,7 +247,8 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 }
 
 // ignoreColumn asks Options.IgnoreColumn about a remote column missing here.
-func (a *Applier) ignoreColumn(ctx context.Context, table, column string) (bool, error) {
+func (w *worker) ignoreColumn(ctx context.Context, table, column string) (bool, error) {
+	a := w.a
 	if a.o.IgnoreColumn == nil {
 		return false, nil
 	}
@@ -248,7 +260,7 @@ func (a *Applier) ignoreColumn(ctx context.Context, table, column string) (bool,
 }
 
 // identity appends the values that identify the changed row.
-func (a *Applier) identity(ri *relInfo, c *stream.Change, t stream.Tuple) error {
+func (w *worker) identity(ri *relInfo, c *stream.Change, t stream.Tuple) error {
 	if len(t) != len(ri.rel.Columns) {
 		return fmt.Errorf("old row has %d columns, relation %d", len(t), len(ri.rel.Columns))
 	}
@@ -259,7 +271,7 @@ func (a *Applier) identity(ri *relInfo, c *stream.Change, t stream.Tuple) error 
 		if t[k].Kind == stream.Unchanged {
 			return fmt.Errorf("identity column %s was not sent", ri.rel.Columns[k].Name)
 		}
-		a.params = append(a.params, value(t[k]))
+		w.params = append(w.params, value(t[k]))
 	}
 	return nil
 }
@@ -284,8 +296,9 @@ func updateKeyTuple(c *stream.Change) stream.Tuple {
 // the current shape, unless this session prepared the same SQL before
 // (reported by the second result). Parameters are untyped: the statement
 // casts each one to its column's type.
-func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
-	st := &stmt{name: "pgmesh_s" + strconv.Itoa(len(a.stmts)+1)}
+func (w *worker) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
+	w.nstmt++
+	st := &stmt{name: "pgmesh_s" + strconv.Itoa(w.nstmt)}
 	var sql string
 	switch c.Op {
 	case stream.Insert:
@@ -294,7 +307,7 @@ func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
 	case stream.Update:
 		st.what = "update"
 		var set []string
-		for i, s := range a.shape[1:] {
+		for i, s := range w.shape[1:] {
 			if s == shapeValue {
 				set = append(set, ri.table.Columns[i])
 			}
@@ -304,22 +317,21 @@ func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
 		st.what = "delete from"
 		sql = conflict.DeleteSQL(ri.table)
 	}
-	if name, ok := a.stmts[sql]; ok {
+	if prev, ok := w.stmts[sql]; ok {
 		// Same statement for a newer description of the relation.
-		st.name = name
-		return st, false
+		return prev, false
 	}
-	a.stmts[sql] = st.name
-	a.pipe.SendPrepare(st.name, sql, nil)
+	w.stmts[sql] = st
+	w.pipe.SendPrepare(st.name, sql, nil)
 	return st, true
 }
 
 // queueTruncate queues TRUNCATE of all relations of the change in one
 // statement, as the upstream ran it.
-func (a *Applier) queueTruncate(ctx context.Context, c *stream.Change) error {
+func (w *worker) queueTruncate(t *txn, c *stream.Change) error {
 	var idents, names []string
 	for _, r := range c.TruncateRels {
-		ri, err := a.relFor(ctx, r)
+		ri, err := w.relFor(r)
 		if err != nil {
 			return err
 		}
@@ -336,9 +348,9 @@ func (a *Applier) queueTruncate(ctx context.Context, c *stream.Change) error {
 	if c.Cascade {
 		sql += " CASCADE"
 	}
-	a.startTxn(ctx)
-	a.pipe.SendQueryParams(sql, nil, nil, nil, nil)
-	a.pending = append(a.pending, item{kind: itemTruncate, txn: a.txn, tables: strings.Join(names, ", ")})
+	w.ensurePipe()
+	w.pipe.SendQueryParams(sql, nil, nil, nil, nil)
+	w.pending = append(w.pending, item{kind: itemTruncate, txn: t, tables: strings.Join(names, ", ")})
 	return nil
 }
 

@@ -1,9 +1,6 @@
 package apply
 
 import (
-	"fmt"
-	"maps"
-	"slices"
 	"time"
 
 	"github.com/pgmesh/pgmesh/internal/conflict"
@@ -62,28 +59,38 @@ import (
 // entries are upserted at the start of the upstream's next remote
 // transaction, after BEGIN and before its changes, so they commit
 // atomically with the origin progress (a crash replays both).
+//
+// With several workers the claims and the recorded entries mean what they
+// mean in a serial apply. A transaction claims after its predecessor has
+// committed (in apply_commit, right before its own commit), so that every
+// transaction the claim covers has committed and holds its rows' locks no
+// longer than a serial apply would. The transaction that records received
+// entries makes every later transaction wait for its commit before their
+// changes (dispatch.go), so that each change is judged with exactly the
+// entries received before its transaction; the claim's own row in
+// peer_seen is only read by other links' statements.
 
-// claim queues the seen claim of remote transaction t, unless it announces
-// nothing new.
-func (a *Applier) claim(t *txn) error {
-	ts := t.end.CommitTime
-	if !a.o.Claim || !ts.After(a.claimed) {
-		return nil
-	}
-	msg, err := conflict.SeenMessage{Node: a.o.Node, Seen: map[string]time.Time{a.o.Upstream: ts}}.Marshal()
-	if err != nil {
-		return fmt.Errorf("upstream %s: seen message: %w", a.o.Upstream, err)
-	}
-	a.params = append(a.params[:0], []byte(a.o.Origin), []byte(conflict.SeenPrefix), msg,
-		[]byte(a.o.Node), []byte(a.o.Upstream), []byte(formatTime(ts)))
-	a.pipe.SendQueryPrepared(stmtClaim, a.params, nil, nil)
-	a.pending = append(a.pending, item{kind: itemClaim, txn: t})
-	a.claimed = ts
-	return nil
+// claimParams are the parameters of pgmesh.claim_seen but the time for
+// the claim of t: origin, prefix, message, self, upstream.
+func (w *worker) claimParams(t *txn) [][]byte {
+	a := w.a
+	// SeenMessage marshals a map of times: it cannot fail.
+	msg, _ := conflict.SeenMessage{Node: a.o.Node, Seen: map[string]time.Time{a.o.Upstream: t.end.CommitTime}}.Marshal()
+	return [][]byte{[]byte(w.origin), []byte(conflict.SeenPrefix), msg, []byte(a.o.Node), []byte(a.o.Upstream)}
 }
 
-// receiveSeen queues the entries of a seen message from the upstream.
-// Anything malformed is logged and ignored: it only costs exactness.
+// queueClaim queues the seen claim of t (serial apply; a parallel one
+// claims in apply_commit, after the wait for t's predecessor).
+func (w *worker) queueClaim(t *txn) {
+	w.params = append(w.params[:0], w.claimParams(t)...)
+	w.params = append(w.params, []byte(formatTime(t.end.CommitTime)))
+	w.pipe.SendQueryPrepared(stmtClaim, w.params, nil, nil)
+	w.pending = append(w.pending, item{kind: itemClaim, txn: t})
+}
+
+// receiveSeen keeps the entries of a seen message from the upstream for
+// the next remote transaction. Anything malformed is logged and ignored:
+// it only costs exactness.
 func (a *Applier) receiveSeen(m stream.Message) {
 	bad := func(why string, err error) {
 		a.log.Warn("ignoring malformed seen message", "lsn", m.LSN.String(), "why", why, "err", err, "content", string(m.Content))
@@ -112,13 +119,12 @@ func (a *Applier) receiveSeen(m stream.Message) {
 	}
 }
 
-// queueReceived queues the upserts of the seen entries received since the
-// last remote transaction, in the transaction just begun.
-func (a *Applier) queueReceived() {
-	for _, origin := range slices.Sorted(maps.Keys(a.received)) {
-		params := [][]byte{[]byte(a.o.Upstream), []byte(origin), []byte(a.received[origin].UTC().Format(time.RFC3339Nano))}
-		a.pipe.SendQueryPrepared(stmtSeen, params, nil, nil)
-		a.pending = append(a.pending, item{kind: itemSeen, txn: a.txn})
+// queueReceived queues the upserts of the seen entries received before t,
+// in t just begun.
+func (w *worker) queueReceived(t *txn) {
+	for _, e := range t.seen {
+		params := [][]byte{[]byte(w.a.o.Upstream), []byte(e.origin), []byte(e.until.UTC().Format(time.RFC3339Nano))}
+		w.pipe.SendQueryPrepared(stmtSeen, params, nil, nil)
+		w.pending = append(w.pending, item{kind: itemSeen, txn: t})
 	}
-	clear(a.received)
 }

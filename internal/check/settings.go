@@ -7,6 +7,8 @@ import (
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgmesh/pgmesh/internal/origin"
 )
 
 // minVersion is the oldest server pgmesh is built and tested for (DESIGN.md);
@@ -80,15 +82,16 @@ type usage struct {
 	otherOrigins      int // replication origins that are not this node's pgmesh origins
 }
 
-func checkCapacity(ctx context.Context, _ *run, n *Node) ([]Finding, error) {
-	u := usage{outbound: len(n.Outbound), inbound: len(n.Inbound)}
+func checkCapacity(ctx context.Context, r *run, n *Node) ([]Finding, error) {
+	workers := r.cfg.Agent.Workers()
+	u := usage{outbound: len(n.Outbound), inbound: len(n.Inbound) * workers}
 	slots := make([]string, 0, len(n.Outbound))
 	for _, l := range n.Outbound {
 		slots = append(slots, l.Slot())
 	}
-	origins := make([]string, 0, len(n.Inbound))
+	origins := make([]string, 0, u.inbound)
 	for _, l := range n.Inbound {
-		origins = append(origins, l.Origin())
+		origins = append(origins, origin.Names(l.Up, workers)...)
 	}
 	err := n.Conn.QueryRow(ctx, `SELECT
 	    (SELECT count(*) FROM pg_replication_slots WHERE slot_name <> ALL($1)),
@@ -102,7 +105,8 @@ func checkCapacity(ctx context.Context, _ *run, n *Node) ([]Finding, error) {
 
 // capacityFindings checks that slots, WAL senders and replication origins
 // suffice for the node's links. Each outbound link holds a slot and a WAL
-// sender on this node; each inbound link an origin. Before PostgreSQL 18,
+// sender on this node; each inbound link an origin per apply worker
+// (agent.apply_workers). Before PostgreSQL 18,
 // max_replication_slots also bounds the origins in use.
 func capacityFindings(node string, version int, s map[string]Setting, u usage) []Finding {
 	originSetting := "max_replication_slots"

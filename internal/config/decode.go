@@ -22,6 +22,12 @@ const (
 	DefaultMaxNodes           = 16
 	DefaultDDLCapture         = "auto"
 	DefaultListen             = "127.0.0.1:9187"
+	// DefaultApplyWorkers is agent.apply_workers when the file leaves it
+	// out (measured on a 2-core machine, see README "Benchmarks").
+	DefaultApplyWorkers = 2
+	// MaxApplyWorkers bounds agent.apply_workers: each worker is one
+	// connection and one replication origin per inbound link.
+	MaxApplyWorkers = 16
 	// MaxNodeID is the largest node id: snowflake ids have 10 node bits.
 	MaxNodeID = 1023
 )
@@ -56,7 +62,7 @@ func (p *parser) config(data []byte) *Config {
 		},
 		Sequences: Sequences{Strategy: DefaultSequenceStrategy, MaxNodes: DefaultMaxNodes},
 		DDL:       DDL{Capture: DefaultDDLCapture},
-		Agent:     Agent{Listen: DefaultListen},
+		Agent:     Agent{Listen: DefaultListen, ApplyWorkers: DefaultApplyWorkers},
 	}
 	body, ok := p.syntaxTree(data)
 	if !ok {
@@ -101,15 +107,23 @@ func (p *parser) config(data []byte) *Config {
 			}
 		case "agent":
 			for _, f := range p.entries(e.val, "agent", e.line) {
-				if f.key != "listen" {
-					p.unknown(f, "agent", "listen")
-					continue
-				}
-				if s, ok := p.str(f, "agent.listen"); ok {
-					if err := checkListen(s); err != nil {
-						p.errorf(f.line, "agent.listen: %q: %v", s, err)
+				switch f.key {
+				case "listen":
+					if s, ok := p.str(f, "agent.listen"); ok {
+						if err := checkListen(s); err != nil {
+							p.errorf(f.line, "agent.listen: %q: %v", s, err)
+						}
+						cfg.Agent.Listen = s
 					}
-					cfg.Agent.Listen = s
+				case "apply_workers":
+					if n, ok := p.integer(f, "agent.apply_workers"); ok {
+						if n < 1 || n > MaxApplyWorkers {
+							p.errorf(f.line, "agent.apply_workers: %d is out of range 1..%d", n, MaxApplyWorkers)
+						}
+						cfg.Agent.ApplyWorkers = n
+					}
+				default:
+					p.unknown(f, "agent", "listen", "apply_workers")
 				}
 			}
 		default:
@@ -465,6 +479,15 @@ func (p *parser) crossChecks(cfg *Config, nodesLine, maxNodesLine int) {
 			continue
 		}
 		ids[n.ID] = n
+	}
+	// A link's apply workers use origins pgmesh_<up> and pgmesh_<up>_<k>
+	// (internal/origin): node a_1 would own one of node a's.
+	for _, n := range cfg.Nodes {
+		for _, m := range cfg.Nodes {
+			if rest, ok := strings.CutPrefix(m.Name, n.Name+"_"); ok && rest != "" && strings.Trim(rest, "0123456789") == "" {
+				p.errorf(m.Line, "node %q: the name is node %q's followed by _<number>, which names %q's parallel apply origins; rename one of them", m.Name, n.Name, n.Name)
+			}
+		}
 	}
 	max := cfg.Sequences.MaxNodes
 	if len(cfg.Nodes) > max {

@@ -54,7 +54,7 @@ func (c *Config) Marshal() []byte {
 	}
 	fmt.Fprintf(&b, "sequences:\n  strategy: %s\n  max_nodes: %d\n", q(c.Sequences.Strategy), c.Sequences.MaxNodes)
 	fmt.Fprintf(&b, "ddl:\n  capture: %s\n", q(c.DDL.Capture))
-	fmt.Fprintf(&b, "agent:\n  listen: %s\n", q(c.Agent.Listen))
+	fmt.Fprintf(&b, "agent:\n  listen: %s\n  apply_workers: %d\n", q(c.Agent.Listen), c.Agent.Workers())
 	return b.Bytes()
 }
 

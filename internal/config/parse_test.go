@@ -40,7 +40,7 @@ var parseErrorTests = []struct {
 	{"unknown sequences key", twoNodes + "sequences: {strategy: step, nodes: 4}\n", 7,
 		`sequences: unknown key "nodes"`},
 	{"unknown ddl key", twoNodes + "ddl:\n  mode: auto\n", 8, `ddl: unknown key "mode" (known: capture)`},
-	{"unknown agent key", twoNodes + "agent:\n  port: 9187\n", 8, `agent: unknown key "port" (known: listen)`},
+	{"unknown agent key", twoNodes + "agent:\n  port: 9187\n", 8, `agent: unknown key "port" (known: listen, apply_workers)`},
 	{"duplicate top key", twoNodes + "cluster: other\n", 7, `duplicate key "cluster" (first at line 1)`},
 	{"duplicate node name", twoNodes + "  - name: paris\n    dsn: y\n", 7,
 		`duplicate node name "paris" (first at line 3)`},
@@ -96,6 +96,10 @@ var parseErrorTests = []struct {
 	{"bad ddl capture", twoNodes + "ddl: {capture: always}\n", 7, `ddl.capture: "always" is not one of auto, manual`},
 	{"listen without port", twoNodes + "agent:\n  listen: localhost\n", 8, `agent.listen: "localhost": want host:port`},
 	{"listen bad port", twoNodes + "agent:\n  listen: \"127.0.0.1:http\"\n", 8, `agent.listen: "127.0.0.1:http": port "http" is not a number`},
+	{"node name clashes with apply origins", "cluster: c\nnodes:\n  - name: a\n    dsn: x\n  - name: a_2\n    dsn: y\n", 5, `node "a_2": the name is node "a"'s followed by _<number>`},
+	{"no apply workers", twoNodes + "agent:\n  apply_workers: 0\n", 8, `agent.apply_workers: 0 is out of range 1..16`},
+	{"too many apply workers", twoNodes + "agent:\n  apply_workers: 17\n", 8, `agent.apply_workers: 17 is out of range 1..16`},
+	{"apply workers not a number", twoNodes + "agent:\n  apply_workers: many\n", 8, `agent.apply_workers: want an integer`},
 	{"bad duration", twoNodes + "conflicts:\n  log_retention: 30 days\n", 8,
 		`conflicts.log_retention: invalid duration "30 days"`},
 	{"bad tombstone duration", twoNodes + "conflicts:\n  tombstone_retention: 1w\n", 8,
@@ -205,7 +209,7 @@ func TestParseDefaults(t *testing.T) {
 		},
 		Sequences: Sequences{Strategy: "snowflake", MaxNodes: 16},
 		DDL:       DDL{Capture: "auto"},
-		Agent:     Agent{Listen: "127.0.0.1:9187"},
+		Agent:     Agent{Listen: "127.0.0.1:9187", ApplyWorkers: DefaultApplyWorkers},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
@@ -235,7 +239,7 @@ conflicts:
       delete_wins: true
 sequences: { strategy: step, max_nodes: 8 }
 ddl: { capture: manual }
-agent: { listen: ":9200" }
+agent: { listen: ":9200", apply_workers: 4 }
 `
 
 func TestParseFull(t *testing.T) {
@@ -268,7 +272,7 @@ func TestParseFull(t *testing.T) {
 		},
 		Sequences: Sequences{Strategy: "step", MaxNodes: 8},
 		DDL:       DDL{Capture: "manual"},
-		Agent:     Agent{Listen: ":9200"},
+		Agent:     Agent{Listen: ":9200", ApplyWorkers: 4},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)

@@ -72,6 +72,18 @@ type DDL struct {
 // Agent configures `pgmesh run`.
 type Agent struct {
 	Listen string // default 127.0.0.1:9187
+	// ApplyWorkers is the number of apply connections (and replication
+	// origins) per inbound link; 0 (a config built in code) means
+	// DefaultApplyWorkers. Read it with Workers.
+	ApplyWorkers int
+}
+
+// Workers is ApplyWorkers with the default filled in.
+func (a Agent) Workers() int {
+	if a.ApplyWorkers <= 0 {
+		return DefaultApplyWorkers
+	}
+	return a.ApplyWorkers
 }
 
 // NodeByName returns the node called name.

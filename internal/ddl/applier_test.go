@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgmesh/pgmesh/internal/apply"
 	"github.com/pgmesh/pgmesh/internal/ddl"
@@ -29,11 +30,10 @@ func link(t *testing.T, m *mesh) <-chan error {
 	applyConn := m.env.Conn(t, 1)
 	mon := m.env.Conn(t, 1)
 	exec := &ddl.Executor{Node: "n2"}
-	applier, err := apply.New(ctx, applyConn.PgConn(), apply.Options{
+	applier, err := apply.New(ctx, []apply.Session{{Conn: applyConn.PgConn(), Origin: origin}}, apply.Options{
 		Upstream: "n1",
-		Origin:   origin,
-		OnMessage: func(ctx context.Context, msg stream.Message) error {
-			return exec.Handle(ctx, ddl.ConnExecer{Conn: applyConn.PgConn()}, msg)
+		OnMessage: func(ctx context.Context, conn *pgconn.PgConn, msg stream.Message) error {
+			return exec.Handle(ctx, ddl.ConnExecer{Conn: conn}, msg)
 		},
 	})
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/ddl"
+	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
@@ -117,12 +118,12 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 		}
 	}
 	for _, l := range links {
-		created, err := ensureOrigin(ctx, conns[l.Down], l.Origin())
+		created, err := origin.Ensure(ctx, conns[l.Down], l.Up, cfg.Agent.Workers())
 		if err != nil {
 			return rep, fmt.Errorf("node %s: link %s: %w", l.Down, l.Name(), err)
 		}
-		if created {
-			act(l.Down, "created origin %s", l.Origin())
+		for _, o := range created {
+			act(l.Down, "created origin %s", o)
 		}
 	}
 	if slotsCreated {
@@ -385,24 +386,6 @@ func verifySlot(ctx context.Context, conn *pgx.Conn, slot string) error {
 	return fmt.Errorf("slot %s exists but is a %s slot (plugin %s, database %s), not a pgoutput slot of database %s; "+
 		"if nothing uses it, drop it with SELECT pg_drop_replication_slot(%s); and run init again",
 		slot, kind, orNone(plugin), orNone(database), current, pg.QuoteLiteral(slot))
-}
-
-// ensureOrigin creates the replication origin unless it exists.
-func ensureOrigin(ctx context.Context, conn *pgx.Conn, origin string) (bool, error) {
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT pg_replication_origin_oid($1) IS NOT NULL", origin).Scan(&exists); err != nil {
-		return false, fmt.Errorf("read origin %s: %w", origin, err)
-	}
-	if exists {
-		return false, nil
-	}
-	if _, err := conn.Exec(ctx, "SELECT pg_replication_origin_create($1)", origin); err != nil {
-		if isCode(err, "23505") { // a concurrent init created it
-			return false, nil
-		}
-		return false, fmt.Errorf("create origin %s: %w", origin, err)
-	}
-	return true, nil
 }
 
 func isCode(err error, code string) bool {

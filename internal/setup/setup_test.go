@@ -84,6 +84,10 @@ func TestInitConverges(t *testing.T) {
 		"n2: created origin pgmesh_n1", "n3: created origin pgmesh_n1",
 		"n1: created origin pgmesh_n2", "n3: created origin pgmesh_n2",
 		"n1: created origin pgmesh_n3", "n2: created origin pgmesh_n3",
+		// One more per link for its second apply worker (the default).
+		"n2: created origin pgmesh_n1_1", "n3: created origin pgmesh_n1_1",
+		"n1: created origin pgmesh_n2_1", "n3: created origin pgmesh_n2_1",
+		"n1: created origin pgmesh_n3_1", "n2: created origin pgmesh_n3_1",
 	)
 	got := actions(rep)
 	// Migrations added by later issues come after 0001: ignore them here.
@@ -116,7 +120,7 @@ func TestInitConverges(t *testing.T) {
 			"pgmesh_"+node+"_"+peers[0]+" pgoutput logical", "pgmesh_"+node+"_"+peers[1]+" pgoutput logical")
 		assertRows(t, conn, node+" origins",
 			"SELECT roname FROM pg_replication_origin WHERE roname LIKE 'pgmesh%' ORDER BY 1",
-			"pgmesh_"+peers[0], "pgmesh_"+peers[1])
+			"pgmesh_"+peers[0], "pgmesh_"+peers[0]+"_1", "pgmesh_"+peers[1], "pgmesh_"+peers[1]+"_1")
 		assertRows(t, conn, node+" publication",
 			"SELECT format('%s all=%s ins=%s upd=%s del=%s trunc=%s root=%s', pubname, puballtables, pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot) FROM pg_publication",
 			"pgmesh all=f ins=t upd=t del=t trunc=t root=t")

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
@@ -66,23 +67,9 @@ func teardownNode(ctx context.Context, n config.Node, inbound []topology.Link) e
 
 	// Origins are shared by all databases of the server: drop only this
 	// node's, by name.
-	var names, parallel []string
 	for _, l := range inbound {
-		names = append(names, l.Origin())
-		parallel = append(parallel, "^"+l.Origin()+"_[0-9]+$")
-	}
-	rows, err = conn.Query(ctx, `SELECT roname FROM pg_replication_origin
-	                              WHERE roname = ANY($1) OR roname ~ ANY($2) ORDER BY roname`, names, parallel)
-	if err != nil {
-		return fmt.Errorf("list origins: %w", err)
-	}
-	origins, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("list origins: %w", err)
-	}
-	for _, o := range origins {
-		if _, err := conn.Exec(ctx, "SELECT pg_replication_origin_drop($1)", o); err != nil {
-			return fmt.Errorf("drop origin %s: %w", o, err)
+		if err := origin.Drop(ctx, conn, l.Up); err != nil {
+			return err
 		}
 	}
 

@@ -1,0 +1,241 @@
+package apply
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/pgmesh/pgmesh/internal/stream"
+)
+
+// txn is one remote transaction on its way through the Applier.
+type txn struct {
+	begin stream.Begin
+	end   stream.Commit
+	// The first parameters of every statement: remote commit time and
+	// commit LSN as text.
+	commitTime, commitLSN []byte
+	skip                  bool // applied before (at or before the link's progress)
+
+	seq  uint64 // number in the upstream's commit order, from 1 in this Applier
+	pred *txn   // the transaction numbered just before, nil for the first
+	// after is the transaction that everything after it waits for
+	// (recorded seen messages, DDL), nil when none is pending.
+	after     *txn
+	seen      []seenEntry // received seen entries recorded at its start
+	claim     bool        // claims the commit time (seen.go)
+	exclusive bool        // carries a message for OnMessage: runs alone
+	keys      int         // keys recorded in the dependency tracker
+	coarse    bool        // recorded too many: every later change waits for it
+
+	// Set when it is handed to a worker.
+	w       *worker
+	prevOnW *txn // the worker's transaction before it, nil for its first
+	buf     []op // ops held back until the transaction is handed over
+
+	// ops are all the ops handed over, kept until the commit so that the
+	// worker can run the transaction again after a deadlock; retain turns
+	// false (and ops nil) once the transaction is too big to keep.
+	// Guarded by Applier.mu.
+	ops    []op
+	nops   int
+	retain bool
+
+	// Worker state, the worker's goroutine only.
+	changes uint64 // row changes applied, reported at commit
+	waited  uint64 // number of the latest transaction it already waited for
+	tries   int    // failed attempts
+}
+
+// opKind is what a worker is asked to do.
+type opKind byte
+
+const (
+	opChange  opKind = iota + 1 // apply a change of t (after waiting for dep)
+	opWait                      // wait for dep (the whole-transaction dependencies)
+	opMessage                   // run OnMessage (inside t, or outside any transaction when t is nil)
+	opCommit                    // commit t
+	opForget                    // look the local tables up again
+)
+
+type op struct {
+	kind opKind
+	t    *txn
+	c    *stream.Change
+	m    stream.Message
+	dep  *txn          // transaction to wait for first (nil: none)
+	done chan struct{} // opMessage outside a transaction: closed once run
+}
+
+// maxQueue bounds the ops waiting for one worker; the dispatcher (and so
+// the stream) waits when it is full.
+const maxQueue = 4096
+
+// handOverAfter is the number of changes after which a transaction is
+// handed to a worker before its commit has arrived (a big one), instead of
+// being held back until its worker can be chosen knowing all its changes.
+const handOverAfter = 256
+
+// retainMax is the number of ops above which a transaction is not kept for
+// a retry: a deadlock in a bigger one stops the link, which then streams it
+// again from the upstream.
+const retainMax = 20_000
+
+// seenEntry is a seen watermark to record: the upstream had applied origin
+// up to until.
+type seenEntry struct {
+	origin string
+	until  time.Time
+}
+
+// number gives t its place in the commit order, and the seen entries
+// received since the last transaction: recorded at its start, before its
+// changes are judged, and seen by every later transaction (which waits for
+// it), as in a serial apply.
+func (a *Applier) number(t *txn) {
+	a.seq++
+	t.seq = a.seq
+	t.pred = a.last
+	if a.deps != nil {
+		if g := a.deps.after; g != nil && !a.isCommitted(g.seq) {
+			t.after = g
+		}
+	}
+	if len(a.received) > 0 {
+		for _, origin := range slices.Sorted(maps.Keys(a.received)) {
+			t.seen = append(t.seen, seenEntry{origin, a.received[origin]})
+		}
+		clear(a.received)
+		if a.deps != nil {
+			a.deps.after = t
+		}
+	}
+}
+
+// add hands op to t's worker, or holds it back while t is small and its
+// commit has not arrived.
+func (a *Applier) add(t *txn, o op) error {
+	if t.w == nil {
+		t.buf = append(t.buf, o)
+		if o.kind != opCommit && len(t.buf) < handOverAfter {
+			return nil
+		}
+		a.assign(t)
+		buf := t.buf
+		t.buf = nil
+		for _, o := range buf {
+			if err := a.push(t.w, o); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return a.push(t.w, o)
+}
+
+// assign chooses t's worker: the least loaded, in turn among equals.
+// Dependencies do not pull a transaction to the worker of the one it
+// depends on: its independent changes run at once, and only the dependent
+// ones wait, in the database.
+func (a *Applier) assign(t *txn) {
+	a.mu.Lock()
+	best := -1
+	var bestLoad int
+	for i := range a.workers {
+		k := (a.rr + i) % len(a.workers)
+		w := a.workers[k]
+		load := len(w.q)
+		if w.last != nil && !a.isCommitted(w.last.seq) {
+			load += int(w.last.seq - a.committed)
+		}
+		if best < 0 || load < bestLoad {
+			best, bestLoad = k, load
+		}
+	}
+	a.rr = (best + 1) % len(a.workers)
+	w := a.workers[best]
+	t.w = w
+	t.prevOnW = w.last
+	w.last = t
+	a.mu.Unlock()
+}
+
+// push appends op to w's queue, waiting for room.
+func (a *Applier) push(w *worker, o op) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for len(w.q) >= maxQueue && a.err == nil {
+		a.cond.Wait()
+	}
+	if a.err != nil {
+		return a.err
+	}
+	w.q = append(w.q, o)
+	if t := o.t; t != nil && t.retain {
+		t.ops = append(t.ops, o)
+		t.nops++
+		if t.nops > retainMax {
+			t.retain, t.ops = false, nil
+		}
+	}
+	a.cond.Broadcast()
+	return nil
+}
+
+// exclusiveMessage hands a transactional message to OnMessage inside t,
+// which from then on runs alone: it waits for every transaction before it
+// to commit before the message, and nothing after it is dispatched before
+// it commits (Commit waits).
+func (a *Applier) exclusiveMessage(t *txn, m stream.Message) error {
+	if !t.exclusive {
+		t.exclusive = true
+		if t.pred != nil && !a.isCommitted(t.pred.seq) {
+			if err := a.add(t, op{kind: opWait, t: t, dep: t.pred}); err != nil {
+				return err
+			}
+		}
+	}
+	return a.add(t, op{kind: opMessage, t: t, m: m})
+}
+
+// outsideMessage hands a message sent outside any transaction to OnMessage
+// once everything before it has committed, and waits until it has run.
+func (a *Applier) outsideMessage(m stream.Message) error {
+	if a.last != nil {
+		if err := a.waitCommitted(a.last.seq); err != nil {
+			return err
+		}
+	}
+	done := make(chan struct{})
+	if err := a.push(a.workers[0], op{kind: opMessage, m: m, done: done}); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.flushGen++
+	a.cond.Broadcast()
+	a.mu.Unlock()
+	select {
+	case <-done:
+	case <-a.failed:
+		return a.Err()
+	}
+	a.forgetTables()
+	return a.Err()
+}
+
+// forgetTables makes every worker and the dispatcher look the local tables
+// up again: a message may have changed them.
+func (a *Applier) forgetTables() {
+	clear(a.depRels)
+	for _, w := range a.workers {
+		if err := a.push(w, op{kind: opForget}); err != nil {
+			return
+		}
+	}
+}
+
+// describeTxn names a remote transaction in errors.
+func (t *txn) String() string {
+	return fmt.Sprintf("%s", t.begin.FinalLSN)
+}

@@ -1,0 +1,152 @@
+// Package origin knows the replication origins of a link on its downstream:
+// one per apply worker, since an origin can be set up by one session at a
+// time. Worker 0 applies under pgmesh_<up> (the link's origin since the
+// first release), worker k under pgmesh_<up>_<k>. The workers commit in the
+// upstream's commit order, so the transactions committed under all of a
+// link's origins together are a prefix of the upstream's stream: the link's
+// progress is the greatest progress among them, whatever the number of
+// workers was when each advanced. Everything that reads or drops a link's
+// origins goes through here.
+package origin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgmesh/pgmesh/internal/pg"
+	"github.com/pgmesh/pgmesh/internal/topology"
+)
+
+// Name is the origin of apply worker k of the link from node up.
+func Name(up string, k int) string {
+	if k == 0 {
+		return topology.OriginName(up)
+	}
+	return topology.OriginName(up) + "_" + strconv.Itoa(k)
+}
+
+// Names are the origins of a link from node up applied by n workers.
+func Names(up string, n int) []string {
+	names := make([]string, max(n, 1))
+	for k := range names {
+		names[k] = Name(up, k)
+	}
+	return names
+}
+
+// pattern matches every origin of the link from node up, whatever the number
+// of workers. Node names are [a-z][a-z0-9_]*, so they need no escaping, and
+// the config refuses node pairs like a and a_1, whose origins would match
+// each other's pattern.
+func pattern(up string) string { return "^" + topology.OriginName(up) + "(_[0-9]+)?$" }
+
+// List returns the origins of the link from node up that exist on the
+// downstream q is connected to, worker 0's first.
+func List(ctx context.Context, q pg.Querier, up string) ([]string, error) {
+	rows, err := q.Query(ctx, `SELECT roname FROM pg_catalog.pg_replication_origin WHERE roname ~ $1
+	                            ORDER BY length(roname), roname`, pattern(up))
+	if err != nil {
+		return nil, fmt.Errorf("list the replication origins of the link from %s: %w", up, err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list the replication origins of the link from %s: %w", up, err)
+	}
+	return names, nil
+}
+
+// progressSQL reads the progress of a link ($1: the pattern of its origins,
+// $2: flush): the greatest remote end LSN committed under any of them, NULL
+// when none has committed anything. With flush true each origin's local
+// commit is flushed first, so the answer may be confirmed to the upstream.
+const progressSQL = `SELECT max(pg_catalog.pg_replication_origin_progress(roname, $2))::text
+  FROM pg_catalog.pg_replication_origin WHERE roname ~ $1`
+
+// Progress is the progress of the link from node up on the downstream q is
+// connected to (0: nothing applied yet): the position to resume after, or,
+// with flush, the position that is durable there.
+func Progress(ctx context.Context, q pg.Querier, up string, flush bool) (pglogrepl.LSN, error) {
+	var s *string
+	if err := q.QueryRow(ctx, progressSQL, pattern(up), flush).Scan(&s); err != nil {
+		return 0, fmt.Errorf("read the progress of the link from %s: %w", up, err)
+	}
+	return parse(up, s)
+}
+
+// ProgressConn is Progress on a bare connection (the apply sessions'); it
+// must not be in pipeline mode.
+func ProgressConn(ctx context.Context, conn *pgconn.PgConn, up string, flush bool) (pglogrepl.LSN, error) {
+	f := "false"
+	if flush {
+		f = "true"
+	}
+	res := conn.ExecParams(ctx, progressSQL, [][]byte{[]byte(pattern(up)), []byte(f)}, nil, nil, nil).Read()
+	if res.Err != nil {
+		return 0, fmt.Errorf("read the progress of the link from %s: %w", up, res.Err)
+	}
+	if len(res.Rows) != 1 || res.Rows[0][0] == nil {
+		return 0, nil
+	}
+	s := string(res.Rows[0][0])
+	return parse(up, &s)
+}
+
+func parse(up string, s *string) (pglogrepl.LSN, error) {
+	if s == nil {
+		return 0, nil
+	}
+	lsn, err := pglogrepl.ParseLSN(*s)
+	if err != nil {
+		return 0, fmt.Errorf("progress of the link from %s: %w", up, err)
+	}
+	return lsn, nil
+}
+
+// Ensure creates the origins of the link from node up for n workers that do
+// not exist yet, and returns the names it created. Origins of workers beyond
+// n are kept: their progress still counts until the link is dropped.
+func Ensure(ctx context.Context, conn *pgx.Conn, up string, n int) ([]string, error) {
+	var created []string
+	for _, name := range Names(up, n) {
+		var exists bool
+		if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_replication_origin_oid($1) IS NOT NULL", name).Scan(&exists); err != nil {
+			return created, fmt.Errorf("read origin %s: %w", name, err)
+		}
+		if exists {
+			continue
+		}
+		if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_replication_origin_create($1)", name); err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "23505" { // a concurrent init created it
+				continue
+			}
+			if errors.As(err, &pe) && pe.Code == "53400" {
+				return created, fmt.Errorf("create origin %s: %w (each inbound link needs one origin per apply worker: raise max_replication_slots, or max_active_replication_origins on PostgreSQL 18+, or lower agent.apply_workers)", name, err)
+			}
+			return created, fmt.Errorf("create origin %s: %w", name, err)
+		}
+		created = append(created, name)
+	}
+	return created, nil
+}
+
+// Drop drops every origin of the link from node up on the downstream conn is
+// connected to.
+func Drop(ctx context.Context, conn *pgx.Conn, up string) error {
+	names, err := List(ctx, conn, up)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_replication_origin_drop($1)", name); err != nil {
+			return fmt.Errorf("drop origin %s: %w", name, err)
+		}
+	}
+	return nil
+}
