@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -11,10 +12,13 @@ import (
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 )
 
-// TestExactlyOnce increments a counter 500 times in 500 transactions on n1
-// while the mesh is disrupted mid-run. Every transaction also appends a row
-// to a key-less table, so a transaction applied twice would show as a
-// duplicate row and a lost one as a missing row: both are counted exactly.
+// TestExactlyOnce increments counters 500 times in 500 transactions on n1
+// while the mesh is disrupted mid-run, with three apply workers per link:
+// the transactions increment four counters in turn, so that consecutive
+// ones are independent and run on several workers at once, and every
+// fourth one waits for another. Every transaction also appends a row to a
+// key-less table, so a transaction applied twice would show as a duplicate
+// row and a lost one as a missing row: both are counted exactly.
 func TestExactlyOnce(t *testing.T) {
 	cases := []struct {
 		name    string
@@ -39,9 +43,10 @@ func TestExactlyOnce(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			env := sandboxtest.New(t, 3)
+			setApplyWorkers(t, env, 3)
 			initMesh(t, env, 3,
 				`CREATE TABLE counter (id int PRIMARY KEY, n int NOT NULL)`,
-				`INSERT INTO counter VALUES (1, 0)`,
+				`INSERT INTO counter SELECT g, 0 FROM generate_series(0, 3) g`,
 				`CREATE TABLE ticks (i int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())`,
 				`ALTER TABLE ticks REPLICA IDENTITY FULL`)
 			agent := startAgent(t, env.ConfigPath)
@@ -65,7 +70,7 @@ func TestExactlyOnce(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if _, err := tx.Exec(ctx, `UPDATE counter SET n = n + 1 WHERE id = 1`); err != nil {
+				if _, err := tx.Exec(ctx, `UPDATE counter SET n = n + 1 WHERE id = $1`, i%4); err != nil {
 					t.Fatal(err)
 				}
 				if _, err := tx.Exec(ctx, `INSERT INTO ticks (i) VALUES ($1)`, i); err != nil {
@@ -84,15 +89,42 @@ func TestExactlyOnce(t *testing.T) {
 					}
 					defer c.Close(ctx)
 					var n, rows, distinct int
-					if err := c.QueryRow(ctx, `SELECT (SELECT n FROM counter WHERE id = 1), count(*), count(DISTINCT i) FROM ticks`).Scan(&n, &rows, &distinct); err != nil {
+					if err := c.QueryRow(ctx, `SELECT (SELECT sum(n) FROM counter), count(*), count(DISTINCT i) FROM ticks`).Scan(&n, &rows, &distinct); err != nil {
 						return false, err.Error()
 					}
 					if rows > total || rows != distinct {
 						t.Fatalf("n%d: %d tick rows, %d distinct: a transaction was applied twice", node+1, rows, distinct)
 					}
-					return n == total && rows == total, fmt.Sprintf("counter=%d ticks=%d", n, rows)
+					return n == total && rows == total, fmt.Sprintf("counters=%d ticks=%d", n, rows)
 				})
 			}
+			// The transactions were spread over the workers of n1->n2.
+			if used := originsAdvanced(t, env, 1, "n1"); used < 2 {
+				t.Errorf("%d origins of link n1->n2 advanced, want the 3 workers' (at least 2)", used)
+			}
 		})
+	}
+}
+
+// originsAdvanced counts the origins of the link from up on node (0-based)
+// that recorded progress: the apply workers that committed something. It
+// reads replication origin progress, which needs EXECUTE on
+// pg_replication_origin_progress.
+func originsAdvanced(t testing.TB, env *sandboxtest.Env, node int, up string) int {
+	t.Helper()
+	var used int
+	if err := env.Conn(t, node).QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_origin
+		WHERE roname ~ ('^pgmesh_' || $1 || '(_[0-9]+)?$') AND pg_replication_origin_progress(roname, false) IS NOT NULL`, up).Scan(&used); err != nil {
+		t.Fatal(err)
+	}
+	return used
+}
+
+// setApplyWorkers rewrites env's config with agent.apply_workers = n.
+func setApplyWorkers(t testing.TB, env *sandboxtest.Env, n int) {
+	t.Helper()
+	env.Config.Agent.ApplyWorkers = n
+	if err := os.WriteFile(env.ConfigPath, env.Config.Marshal(), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -18,13 +19,15 @@ import (
 // without cross-transaction pipelining achieves). Run with e.g.
 // -bench Apply -benchtime 5000x.
 func BenchmarkApply(b *testing.B) {
-	b.Run("backlog", func(b *testing.B) { benchApply(b, false) })
-	b.Run("round-trip-per-txn", func(b *testing.B) { benchApply(b, true) })
+	for _, workers := range []int{1, 2, 3} {
+		b.Run(fmt.Sprintf("backlog/workers=%d", workers), func(b *testing.B) { benchApply(b, workers, false) })
+	}
+	b.Run("round-trip-per-txn", func(b *testing.B) { benchApply(b, 1, true) })
 }
 
-func benchApply(b *testing.B, waitEach bool) {
+func benchApply(b *testing.B, workers int, waitEach bool) {
 	const accounts, tellers, branches = 10000, 10, 1
-	e := newEnv(b)
+	e := newEnvN(b, workers)
 	e.exec(b, `CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, bid int, abalance int, filler char(84))`)
 	e.exec(b, `CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84))`)
 	e.exec(b, `CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int, filler char(88))`)

@@ -29,13 +29,17 @@ import (
 //     waits for it: a unique value moving from one row to another is
 //     applied in order, never reported as a unique conflict that a serial
 //     apply would not have met.
-//   - foreign keys: a child's insert or update touches its parent's key, so
-//     it is ordered with the parent's insert and delete. Apply runs in
-//     replica role, so no RI trigger fires and no key-share lock is taken;
-//     with commits in order a reader never sees a child without its
-//     parent anyway. The order keeps what triggers enabled ALWAYS or
-//     REPLICA (and deferred constraint triggers) see the same as in a
-//     serial apply.
+//   - foreign keys: a child's insert or update touches its parent's key, and
+//     so does its update or delete for the parent it leaves when the old row
+//     came whole (REPLICA IDENTITY FULL): it is ordered with the parent's
+//     insert and delete. Apply runs in replica role, so no RI trigger fires
+//     and no key-share lock is taken; with commits in order a reader never
+//     sees a child without its parent anyway. The order keeps what triggers
+//     enabled ALWAYS or REPLICA (and deferred constraint triggers) see the
+//     same as in a serial apply. Without the old row the parent left is
+//     unknown, and guessing it (a wildcard) would serialize every update
+//     of every child table: such a change is ordered with its new parent
+//     only.
 //   - the whole table: TRUNCATE, every change of a table with no usable
 //     key (REPLICA IDENTITY FULL without a key), or with a uniqueness the
 //     values cannot express (a partial or expression unique index, an
@@ -404,10 +408,18 @@ func (a *Applier) changeDeps(ctx context.Context, t *txn, c *stream.Change) (*tx
 			}
 		}
 	}
-	if c.Op != stream.Delete {
-		for i := range dr.fks {
-			if k, ok := dr.fks[i].fkValue(c.New); ok {
-				d.key(dr.fks[i].table, dr.fks[i].id, k)
+	for i := range dr.fks {
+		fk := &dr.fks[i]
+		if c.Op != stream.Delete {
+			if k, ok := fk.fkValue(c.New); ok {
+				d.key(fk.table, fk.id, k)
+			}
+		}
+		// The parent an update or delete let go of, known only with the
+		// whole old row (REPLICA IDENTITY FULL).
+		if c.Op != stream.Insert && fullOld {
+			if k, ok := fk.fkValue(old); ok {
+				d.key(fk.table, fk.id, k)
 			}
 		}
 	}

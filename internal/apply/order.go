@@ -9,15 +9,23 @@ import (
 )
 
 // Commit order across workers (sql/0010_parallel_apply.sql). Transaction
-// number s holds the session-level advisory lock (link, s) from its start
-// until after its COMMIT, retries included. A transaction
+// number s holds the session-level advisory lock (link, s) from its BEGIN
+// until right after its COMMIT, retries included; when its session already
+// has its next transaction queued at a COMMIT, it takes that one's lock
+// before releasing its own (apply_handoff), so that a wait for a
+// transaction that has not begun is a wait for the session busy before it.
+// A transaction
 //
-//   - starts (apply_start) once the one before it has started or
-//     committed: then every transaction it may wait for later has begun,
-//     and its waits are lock waits that the deadlock detector sees;
 //   - waits (apply_await) for the transaction that last touched what a
-//     change touches, when that one runs on another session (deps.go);
+//     change touches, when that one runs on another session (deps.go), and
+//     at its start for the one that recorded seen entries or ran DDL;
 //   - commits (apply_commit) once the one before it has committed.
+//
+// Every wait is on a transaction before it in the commit order, and a
+// session runs its transactions in that order, so the waits never form a
+// cycle among the link's sessions; a cycle through a local transaction
+// (or another link) is a lock cycle the deadlock detector breaks, and the
+// victim runs again.
 //
 // Why that is exactly-once: a transaction commits only after its
 // predecessor committed (the predecessor's lock was free and its origin's
@@ -31,9 +39,10 @@ import (
 // same order (the lock is released after the commit record), so the
 // greatest flushed progress is also a prefix that is durable.
 //
-// The first statement after a COMMIT is a BEGIN, or a release of the lock
-// that ends its flight: a failure outside a transaction block must not let
-// the next flight's statements run outside one.
+// The statement after a COMMIT (the lock release) runs outside any
+// transaction block, so it ends its flight: if it failed, the server would
+// skip the rest of the flight, and statements of the next transaction in a
+// later flight would run without their BEGIN.
 
 // Fixed statements, prepared once per session.
 const (
@@ -46,7 +55,7 @@ const (
 	stmtStart       = "pgmesh_start"
 	stmtWait        = "pgmesh_wait"
 	stmtEnd         = "pgmesh_end"
-	stmtRelease     = "pgmesh_release"
+	stmtHandoff     = "pgmesh_handoff"
 )
 
 // A serial remote transaction ends with stmtConstraints, stmtClaim (see
@@ -68,10 +77,10 @@ var fixedStatements = []struct{ name, sql string }{
 	{stmtCommit, "COMMIT"},
 	{stmtSeen, conflict.SeenSQL()},
 	{stmtClaim, "SELECT pgmesh.claim_seen($1, $2, $3, $4, $5, $6)"},
-	{stmtStart, "SELECT pgmesh.apply_start($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"},
-	{stmtWait, "SELECT pgmesh.apply_await($1, $2, $3, $4, $5)"},
-	{stmtEnd, "SELECT pgmesh.apply_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"},
-	{stmtRelease, "SELECT pgmesh.apply_release($1, $2)"},
+	{stmtStart, "SELECT pg_catalog.pg_advisory_lock($1, $2)"},
+	{stmtWait, "SELECT pgmesh.apply_await($1, $2, $3, $4, $5, $6, $7, $8)"},
+	{stmtEnd, "SELECT pgmesh.apply_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"},
+	{stmtHandoff, "SELECT pgmesh.apply_handoff($1, $2, $3)"},
 }
 
 // waitTimeout bounds each wait of a transaction for another one (the
@@ -86,39 +95,37 @@ func seqText(seq uint64) []byte { return strconv.AppendInt(nil, int64(int32(uint
 // linkText is the first key of the link's ordering locks.
 func (w *worker) linkText() []byte { return strconv.AppendInt(nil, int64(w.a.link), 10) }
 
-// queueBegin queues the start of t: BEGIN; with other workers, the wait for
-// t's predecessor to begin and t's lock; then, in a parallel apply, the wait
-// for the transaction every later one waits for; then the seen entries
-// received before t.
+// queueBegin queues the start of t: BEGIN; with other workers, t's lock
+// and the wait for the transaction every later one waits for; then the
+// seen entries received before t.
 func (w *worker) queueBegin(t *txn) {
 	w.pipe.SendQueryPrepared(stmtBegin, nil, nil, nil)
 	w.pending = append(w.pending, item{kind: itemBegin, txn: t})
 	if w.parallel() {
-		link := w.linkText()
-		ps := [][]byte{link, seqText(t.seq), nil, nil, nil, nil, nil, nil, nil, w.timeout(t)}
-		if p := t.pred; p != nil && p.w != w && !w.a.isCommitted(p.seq) {
-			ps[2], ps[3], ps[4] = seqText(p.seq), []byte(p.w.origin), []byte(p.end.EndLSN.String())
-			if q := w.prevOf(p); q != nil && !w.a.isCommitted(q.seq) {
-				ps[5], ps[6], ps[7] = seqText(q.seq), []byte(q.w.origin), []byte(q.end.EndLSN.String())
-			}
-		}
-		if w.held != 0 {
-			ps[8] = seqText(w.held)
-			w.held = 0
-		}
-		w.pipe.SendQueryPrepared(stmtStart, ps, nil, nil)
+		w.pipe.SendQueryPrepared(stmtStart, [][]byte{w.linkText(), seqText(t.seq)}, nil, nil)
 		w.pending = append(w.pending, item{kind: itemStart, txn: t})
 		w.waitFor(t, t.after)
 	}
 	w.queueReceived(t)
 }
 
-// prevOf is the transaction p's session runs before p (nil once p has
+// awaitParams are the parameters that name transaction d for apply_await:
+// number, origin, end, and the same for its session's previous transaction
+// unless that one has committed.
+func (w *worker) awaitParams(d *txn) [][]byte {
+	ps := [][]byte{seqText(d.seq), []byte(d.w.origin), []byte(d.end.EndLSN.String()), nil, nil, nil}
+	if q := w.prevOf(d); q != nil && !w.a.isCommitted(q.seq) {
+		ps[3], ps[4], ps[5] = seqText(q.seq), []byte(q.w.origin), []byte(q.end.EndLSN.String())
+	}
+	return ps
+}
+
+// prevOf is the transaction d's session runs before d (nil once d has
 // committed).
-func (w *worker) prevOf(p *txn) *txn {
+func (w *worker) prevOf(d *txn) *txn {
 	w.a.mu.Lock()
 	defer w.a.mu.Unlock()
-	return p.prevOnW
+	return d.prevOnW
 }
 
 // waitFor queues t's wait for transaction d to commit, unless that is
@@ -130,7 +137,8 @@ func (w *worker) waitFor(t, d *txn) {
 	}
 	t.waited = d.seq
 	w.ensurePipe()
-	ps := [][]byte{w.linkText(), seqText(d.seq), []byte(d.w.origin), []byte(d.end.EndLSN.String()), w.timeout(t)}
+	ps := append([][]byte{w.linkText()}, w.awaitParams(d)...)
+	ps = append(ps, w.timeout(t))
 	w.pipe.SendQueryPrepared(stmtWait, ps, nil, nil)
 	w.pending = append(w.pending, item{kind: itemWait, txn: t})
 }
@@ -148,8 +156,8 @@ func (w *worker) timeout(t *txn) []byte {
 
 // queueCommit queues the end of t: deferred checks, the wait for its
 // predecessor, the claim and the origin setup, then COMMIT; with other
-// workers, the release of its lock, by its session's next transaction when
-// that is queued already, else right away.
+// workers, the release of its lock (handed to its session's next
+// transaction when that is queued already), which ends the flight.
 func (w *worker) queueCommit(t *txn) error {
 	w.ensurePipe()
 	w.pipe.SendQueryPrepared(stmtConstraints, nil, nil, nil)
@@ -163,14 +171,15 @@ func (w *worker) queueCommit(t *txn) error {
 		w.pipe.SendQueryPrepared(stmtXact, w.params, nil, nil)
 		w.pending = append(w.pending, item{kind: itemXact, txn: t})
 	} else {
-		ps := make([][]byte, 12)
+		ps := make([][]byte, 15)
 		ps[0] = w.linkText()
 		if p := t.pred; p != nil && p.w != w && !w.a.isCommitted(p.seq) {
-			ps[1], ps[2], ps[3], ps[4] = seqText(p.seq), []byte(p.w.origin), []byte(p.end.EndLSN.String()), w.timeout(t)
+			copy(ps[1:7], w.awaitParams(p))
+			ps[7] = w.timeout(t)
 		}
-		ps[5], ps[6] = end, ts
+		ps[8], ps[9] = end, ts
 		if t.claim {
-			copy(ps[7:], w.claimParams(t))
+			copy(ps[10:], w.claimParams(t))
 		}
 		w.pipe.SendQueryPrepared(stmtEnd, ps, nil, nil)
 		w.pending = append(w.pending, item{kind: itemXact, txn: t})
@@ -179,40 +188,34 @@ func (w *worker) queueCommit(t *txn) error {
 	w.pending = append(w.pending, item{kind: itemCommit, txn: t})
 	w.commits++
 	w.cur = nil
-	if w.parallel() {
-		w.held = t.seq
-		if !w.nextIsTxn() {
-			w.queueRelease()
-			return w.send()
-		}
+	if !w.parallel() {
+		return w.maybeSend()
 	}
-	return w.maybeSend()
+	var next []byte
+	if n := w.nextTxn(); n != nil {
+		next = seqText(n.seq)
+	}
+	w.pipe.SendQueryPrepared(stmtHandoff, [][]byte{w.linkText(), seqText(t.seq), next}, nil, nil)
+	w.pending = append(w.pending, item{kind: itemRelease})
+	return w.send()
 }
 
-// nextIsTxn tells whether the next op queued for this worker belongs to a
-// transaction (which will begin next and release the lock held).
-func (w *worker) nextIsTxn() bool {
+// nextTxn is the transaction of the next op queued for this worker, which
+// will begin next, if any.
+func (w *worker) nextTxn() *txn {
 	w.a.mu.Lock()
 	defer w.a.mu.Unlock()
-	return len(w.q) > 0 && w.q[0].t != nil
-}
-
-// queueRelease queues the release of the lock of the last transaction
-// committed; the caller ends the flight with it.
-func (w *worker) queueRelease() {
-	if w.held == 0 {
-		return
+	if len(w.q) > 0 {
+		return w.q[0].t
 	}
-	w.ensurePipe()
-	w.pipe.SendQueryPrepared(stmtRelease, [][]byte{w.linkText(), seqText(w.held)}, nil, nil)
-	w.pending = append(w.pending, item{kind: itemRelease})
-	w.held = 0
+	return nil
 }
 
 // syncLocks, after a rollback, releases the ordering locks the session
-// still holds for committed transactions. Its open ones keep theirs: their
-// successors go on waiting while they run again (apply_start takes a lock
-// held already once more, apply_release releases every hold).
+// still holds for committed transactions (a failed release). The others
+// stay: the successors of its open transactions go on waiting while those
+// run again (a lock held already is taken once more, apply_release
+// releases every hold).
 func (w *worker) syncLocks(ctx context.Context) error {
 	if !w.parallel() {
 		return nil
@@ -223,22 +226,18 @@ func (w *worker) syncLocks(ctx context.Context) error {
 	if res.Err != nil {
 		return fmt.Errorf("read the ordering locks held: %w", res.Err)
 	}
-	held := map[uint32]bool{}
+	committed := uint32(w.a.committedN.Load())
 	for _, r := range res.Rows {
 		n, err := strconv.ParseInt(string(r[0]), 10, 64)
 		if err != nil {
 			return fmt.Errorf("read the ordering locks held: %w", err)
 		}
-		held[uint32(n)] = true
-	}
-	for _, t := range w.open {
-		delete(held, uint32(t.seq))
-	}
-	w.held = 0
-	for seq := range held {
-		res := w.conn.ExecParams(ctx, "SELECT pgmesh.apply_release($1, $2)", [][]byte{w.linkText(), seqText(uint64(seq))}, nil, nil, nil).Read()
-		if res.Err != nil {
-			return fmt.Errorf("release the ordering lock of a committed transaction: %w", res.Err)
+		// Numbers are compared as the lock keys wrap: within 2^31.
+		if seq := uint32(n); int32(committed-seq) >= 0 {
+			res := w.conn.ExecParams(ctx, "SELECT pgmesh.apply_release($1, $2)", [][]byte{w.linkText(), seqText(uint64(seq))}, nil, nil, nil).Read()
+			if res.Err != nil {
+				return fmt.Errorf("release the ordering lock of a committed transaction: %w", res.Err)
+			}
 		}
 	}
 	return nil

@@ -9,8 +9,9 @@ import (
 	"github.com/pgmesh/pgmesh/internal/stream"
 )
 
-// maxInAir is how many flights may wait for their results: the server
-// executes one while the next is being built and sent.
+// maxInAir is how many flights' worth of statements (Options.MaxFlight)
+// may wait for their results: the server executes some while more are
+// being built and sent.
 const maxInAir = 2
 
 type itemKind byte
@@ -59,16 +60,13 @@ func (w *worker) maybeSend() error {
 	return w.send()
 }
 
-// send ends the current flight with a Sync and sends it, first reading the
-// results of older flights so that at most maxInAir are unanswered.
+// send ends the current flight with a Sync and sends it, then reads the
+// results of older flights until at most maxInAir flights' worth of
+// statements are unanswered. It never waits for results before sending:
+// what it holds may be what another session's statements wait for.
 func (w *worker) send() error {
 	if len(w.pending) == 0 {
 		return nil
-	}
-	for len(w.inAir) >= maxInAir {
-		if err := w.readFlight(); err != nil {
-			return err
-		}
 	}
 	a := w.a
 	a.mu.Lock()
@@ -81,11 +79,17 @@ func (w *worker) send() error {
 	}
 	a.flights.Add(1)
 	w.inAir = append(w.inAir, w.pending)
+	w.inAirN += len(w.pending)
 	w.commits = 0
 	if n := len(w.spare); n > 0 {
 		w.pending, w.spare = w.spare[n-1], w.spare[:n-1]
 	} else {
 		w.pending = make([]item, 0, a.o.MaxFlight+16)
+	}
+	for w.inAirN > maxInAir*a.o.MaxFlight {
+		if err := w.readFlight(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -119,6 +123,7 @@ func (w *worker) drain() error {
 func (w *worker) readFlight() error {
 	flight := w.inAir[0]
 	w.inAir = w.inAir[1:]
+	w.inAirN -= len(flight)
 	w.busy.Store(true)
 	defer w.busy.Store(false)
 	for i := range flight {
@@ -175,6 +180,7 @@ func (w *worker) toSync() error {
 func (w *worker) skipFlight() error {
 	flight := w.inAir[0]
 	w.inAir = w.inAir[1:]
+	w.inAirN -= len(flight)
 	w.busy.Store(true)
 	defer w.busy.Store(false)
 	defer w.recycle(flight)
@@ -266,7 +272,7 @@ func (w *worker) describe(it *item, err error) error {
 	case itemBegin:
 		what = "BEGIN"
 	case itemStart:
-		what = "wait for the previous transaction to begin"
+		what = "take the ordering lock"
 	case itemWait:
 		what = "wait for an earlier transaction to commit"
 	case itemConstraints:

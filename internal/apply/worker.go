@@ -33,13 +33,13 @@ type worker struct {
 	pipe    *pgconn.Pipeline // open while statements are queued or in the air
 	pending []item           // queued since the last Sync
 	inAir   [][]item         // sent flights whose results are unread, oldest first
+	inAirN  int              // statements in inAir
 	spare   [][]item         // emptied flights, reused
 	commits int              // COMMITs in pending: others may be waiting for them
 	flushed uint64           // Applier.flushGen last acted upon
 
 	cur   *txn   // transaction whose statements are being queued
 	open  []*txn // transactions begun on this session and not committed, in order
-	held  uint64 // committed transaction whose ordering lock the session still holds (0: none)
 	rels  map[uint32]*relInfo
 	stmts map[string]*stmt // SQL → prepared statement
 	nstmt int              // prepared statement names given out
@@ -155,9 +155,15 @@ func (w *worker) take() (o op, ok, idle bool) {
 }
 
 // mustSend tells whether the statements queued must go now that nothing
-// else is to be queued: they end a transaction (another worker's may wait
-// for it), or the stream is idle, or the Applier closes.
+// else is to be queued. With other workers always: any of them may be
+// waiting for what they hold (a transaction to begin or commit), while the
+// dispatcher waits for room in another worker's queue. Alone, when they
+// end a transaction, or the stream is idle, or the Applier closes;
+// otherwise the rest of the transaction comes first.
 func (w *worker) mustSend() bool {
+	if w.parallel() {
+		return true
+	}
 	a := w.a
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -320,12 +326,23 @@ func (w *worker) handle(err error) error {
 func (w *worker) retry(cause error) error {
 	a := w.a
 	ctx := a.ctx
+	if len(w.pending) > 0 {
+		// Queued after the failure: they must be synced to leave
+		// pipeline mode; they fail in the aborted block or are skipped.
+		w.pipe.SendPipelineSync()
+		w.pending = append(w.pending, item{kind: itemSync})
+		if err := w.pipe.Flush(); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+		w.inAir = append(w.inAir, w.pending)
+		w.inAirN += len(w.pending)
+		w.pending = nil
+	}
 	for len(w.inAir) > 0 {
 		if err := w.skipFlight(); err != nil {
 			return err
 		}
 	}
-	w.pending = w.pending[:0]
 	w.commits = 0
 	if w.pipe != nil {
 		if err := w.pipe.Close(); err != nil {

@@ -1,0 +1,334 @@
+package apply
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgmesh/pgmesh/internal/stream"
+)
+
+// originProgress returns the progress of each of the env's origins.
+func (e *testEnv) originProgress(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, o := range e.origins {
+		var s *string
+		if err := e.db.QueryRow(context.Background(), "SELECT pg_replication_origin_progress($1, false)::text", o).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		if s == nil {
+			out = append(out, "")
+		} else {
+			out = append(out, *s)
+		}
+	}
+	return out
+}
+
+// Transactions run on several sessions commit in the upstream's order: the
+// downstream's own WAL holds their commit records in that order (as its
+// logical decoding shows, each with the remote end LSN its origin
+// recorded). Big transactions alternate with small ones, which would
+// otherwise commit first.
+func TestParallelCommitOrder(t *testing.T) {
+	t.Parallel()
+	e := newEnvN(t, 3)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v int)`)
+	e.exec(t, `CREATE PUBLICATION order_test FOR TABLE t`)
+	slot := e.origin + "_order"
+	e.exec(t, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id", "v")
+	var ends []uint64
+	id := 0
+	for i := range 24 {
+		n := 1
+		if i%3 == 0 {
+			n = 400
+		}
+		var cs []*stream.Change
+		for range n {
+			id++
+			cs = append(cs, ins(tr, fmt.Sprint(id), "1"))
+		}
+		ends = append(ends, uint64(r.feed(t, a, cs...).EndLSN))
+	}
+	if err := a.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	for _, d := range e.peekSlot(t, slot, "order_test") {
+		if d.kind == 'O' {
+			// ORIGIN: 'O', the origin's LSN (the remote end), its name.
+			got = append(got, binary.BigEndian.Uint64(d.data[1:9]))
+		}
+	}
+	if !slices.Equal(got, ends) {
+		t.Errorf("remote ends in the downstream's commit order:\n%x\nwant the upstream's:\n%x", got, ends)
+	}
+	for i, p := range e.originProgress(t) {
+		if p == "" {
+			t.Errorf("origin %s never committed: the transactions did not spread over the sessions", e.origins[i])
+		}
+	}
+	if rows := e.rows(t, "SELECT count(*) FROM t"); !slices.Equal(rows, []string{fmt.Sprint(id)}) {
+		t.Errorf("rows %q, want %d", rows, id)
+	}
+}
+
+// A transaction that depends on an earlier one running on another session
+// waits for it: the later one's change sees the earlier one's result, as
+// in a serial apply. The earlier transaction first inserts into a table
+// whose trigger sleeps, so that a later transaction that did not wait would
+// run first and meet a conflict (logged), an error (a trigger that checks
+// what a serial apply guarantees) or a deadlock (retried).
+func TestParallelDependencies(t *testing.T) {
+	t.Parallel()
+	type tc struct {
+		name    string
+		ddl     []string
+		tables  map[string]*stream.Relation
+		first   func(map[string]*stream.Relation) []*stream.Change // after the slow insert
+		second  func(map[string]*stream.Relation) []*stream.Change
+		query   string
+		want    []string
+		retries bool // a deadlock with a local transaction may be retried
+	}
+	parentCheck := `CREATE FUNCTION parent_exists() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM parent WHERE id = NEW.pid) THEN RAISE 'child % before its parent %', NEW.id, NEW.pid; END IF;
+    RETURN NEW;
+END $$`
+	childCheck := `CREATE FUNCTION no_children() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT FROM child WHERE pid = OLD.id) THEN RAISE 'parent % deleted before its children', OLD.id; END IF;
+    RETURN OLD;
+END $$`
+	cases := []tc{
+		{
+			name:   "same key",
+			ddl:    []string{`CREATE TABLE k (id int PRIMARY KEY, v text)`},
+			tables: map[string]*stream.Relation{"k": rel(2, "k", 'd', "*id", "v")},
+			first:  func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{ins(r["k"], "1", "a")} },
+			second: func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{upd(r["k"], nil, "1", "b")} },
+			query:  "SELECT id, v FROM k", want: []string{"1|b"},
+		},
+		{
+			name: "unique value moving to another row",
+			ddl: []string{`CREATE TABLE u (id int PRIMARY KEY, email text UNIQUE)`,
+				`INSERT INTO u VALUES (1, 'x')`},
+			tables: map[string]*stream.Relation{"u": rel(2, "u", 'd', "*id", "email")},
+			first:  func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{upd(r["u"], nil, "1", "y")} },
+			second: func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{ins(r["u"], "2", "x")} },
+			query:  "SELECT id, email FROM u ORDER BY id", want: []string{"1|y", "2|x"},
+		},
+		{
+			name: "child after its parent",
+			ddl: []string{`CREATE TABLE parent (id int PRIMARY KEY)`,
+				`CREATE TABLE child (id int PRIMARY KEY, pid int REFERENCES parent)`,
+				parentCheck,
+				`CREATE TRIGGER parent_exists BEFORE INSERT ON child FOR EACH ROW EXECUTE FUNCTION parent_exists()`,
+				`ALTER TABLE child ENABLE ALWAYS TRIGGER parent_exists`},
+			tables: map[string]*stream.Relation{"parent": rel(2, "parent", 'd', "*id"), "child": rel(3, "child", 'd', "*id", "pid")},
+			first: func(r map[string]*stream.Relation) []*stream.Change {
+				return []*stream.Change{ins(r["parent"], "1")}
+			},
+			second: func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{ins(r["child"], "10", "1")} },
+			query:  "SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM child)", want: []string{"1|1"},
+		},
+		{
+			name: "parent after its children",
+			ddl: []string{`CREATE TABLE parent (id int PRIMARY KEY)`,
+				`CREATE TABLE child (id int PRIMARY KEY, pid int REFERENCES parent)`,
+				`ALTER TABLE child REPLICA IDENTITY FULL`,
+				`INSERT INTO parent VALUES (1)`, `INSERT INTO child VALUES (10, 1)`,
+				childCheck,
+				`CREATE TRIGGER no_children BEFORE DELETE ON parent FOR EACH ROW EXECUTE FUNCTION no_children()`,
+				`ALTER TABLE parent ENABLE ALWAYS TRIGGER no_children`},
+			tables: map[string]*stream.Relation{"parent": rel(2, "parent", 'd', "*id"), "child": rel(3, "child", 'f', "id", "pid")},
+			first: func(r map[string]*stream.Relation) []*stream.Change {
+				return []*stream.Change{del(r["child"], "10", "1")}
+			},
+			second: func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{del(r["parent"], "1")} },
+			query:  "SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM child)", want: []string{"0|0"},
+		},
+		{
+			name:   "table without a key",
+			ddl:    []string{`CREATE TABLE kl (a int NOT NULL, b text NOT NULL)`, `ALTER TABLE kl REPLICA IDENTITY FULL`},
+			tables: map[string]*stream.Relation{"kl": rel(2, "kl", 'f', "a", "b")},
+			first:  func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{ins(r["kl"], "1", "x")} },
+			second: func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{del(r["kl"], "1", "x")} },
+			query:  "SELECT count(*) FROM kl", want: []string{"0"},
+		},
+		{
+			name:   "truncate",
+			ddl:    []string{`CREATE TABLE tr (id int PRIMARY KEY)`, `INSERT INTO tr VALUES (1), (2)`},
+			tables: map[string]*stream.Relation{"tr": rel(2, "tr", 'd', "*id")},
+			first: func(r map[string]*stream.Relation) []*stream.Change {
+				return []*stream.Change{{Op: stream.Truncate, TruncateRels: []*stream.Relation{r["tr"]}}}
+			},
+			second: func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{ins(r["tr"], "5")} },
+			query:  "SELECT id FROM tr", want: []string{"5"},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnvN(t, 2)
+			e.exec(t, `CREATE TABLE slow (id int PRIMARY KEY)`)
+			e.exec(t, `CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END$$`)
+			e.exec(t, `CREATE TRIGGER slow BEFORE INSERT ON slow FOR EACH ROW EXECUTE FUNCTION slow()`)
+			e.exec(t, `ALTER TABLE slow ENABLE ALWAYS TRIGGER slow`)
+			for _, d := range c.ddl {
+				e.exec(t, d)
+			}
+			// The upstream had seen the local rows, and its changes are
+			// newer: no conflict in a serial apply.
+			e.exec(t, `INSERT INTO pgmesh.peer_seen VALUES ($1, 'n2', now())`, e.origin)
+			a := e.applier(t, Options{})
+			r := newRemote()
+			r.ts = r.ts.AddDate(100, 0, 0)
+			first := append([]*stream.Change{ins(rel(1, "slow", 'd', "*id"), "1")}, c.first(c.tables)...)
+			r.feed(t, a, first...)
+			r.feed(t, a, c.second(c.tables)...)
+			if err := a.Wait(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if got := e.rows(t, c.query); !slices.Equal(got, c.want) {
+				t.Errorf("rows %q, want %q", got, c.want)
+			}
+			if got := e.rows(t, "SELECT kind FROM pgmesh.conflict_log"); len(got) > 0 {
+				t.Errorf("conflicts logged %q: the second transaction ran before the first", got)
+			}
+			if n := a.Stats().Retries; n > 0 {
+				t.Errorf("%d retries: the second transaction ran before the first and deadlocked with it", n)
+			}
+			for i, p := range e.originProgress(t) {
+				if p == "" {
+					t.Errorf("origin %s never committed: both transactions ran on one session", e.origins[i])
+				}
+			}
+		})
+	}
+}
+
+// A deadlock between a remote transaction and a local one is retried on
+// the spot: the Applier goes on, the remote transaction is applied once,
+// the local one commits too.
+func TestApplyRetriesDeadlock(t *testing.T) {
+	t.Parallel()
+	for _, workers := range []int{1, 2} {
+		t.Run(fmt.Sprintf("workers=%d", workers), func(t *testing.T) {
+			t.Parallel()
+			e := newEnvN(t, workers)
+			ctx := context.Background()
+			e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL)`)
+			e.exec(t, `INSERT INTO t VALUES (1, 0), (2, 0)`)
+			// The upstream had seen the local rows: its updates apply
+			// without a conflict.
+			e.exec(t, `INSERT INTO pgmesh.peer_seen VALUES ($1, 'n2', now())`, e.origin)
+			a := e.applier(t, Options{})
+			r := newRemote()
+			r.ts = r.ts.AddDate(100, 0, 0)
+			tr := rel(1, "t", 'd', "*id", "n")
+
+			local := connect(t, e.dsn)
+			tx, err := local.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx)
+			if _, err := tx.Exec(ctx, `UPDATE t SET n = n + 10 WHERE id = 2`); err != nil {
+				t.Fatal(err)
+			}
+			// The remote transaction locks row 1, then waits for row 2.
+			r.feed(t, a, upd(tr, nil, "1", "1"), upd(tr, nil, "2", "1"))
+			if err := a.Idle(ctx); err != nil {
+				t.Fatal(err)
+			}
+			waitForLockWait(t, e)
+			// The local one now waits for row 1: a deadlock, which the
+			// remote transaction, waiting longer, is the first to notice.
+			if _, err := tx.Exec(ctx, `UPDATE t SET n = n + 10 WHERE id = 1`); err != nil {
+				t.Fatalf("local transaction: %v (the remote one should have been the deadlock's victim)", err)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Wait(ctx); err != nil {
+				t.Fatalf("the applier stopped: %v", err)
+			}
+			if got := e.rows(t, "SELECT id, n FROM t ORDER BY id"); !slices.Equal(got, []string{"1|1", "2|1"}) {
+				t.Errorf("rows %q, want the remote values over the local ones", got)
+			}
+			if st := a.Stats(); st.Retries != 1 || st.Txns != 1 {
+				t.Errorf("%d retries, %d transactions; want 1, 1", st.Retries, st.Txns)
+			}
+			// It goes on applying.
+			r.apply(t, a, upd(tr, nil, "1", "2"))
+			if got := e.rows(t, "SELECT n FROM t WHERE id = 1"); !slices.Equal(got, []string{"2"}) {
+				t.Errorf("after the retry: n = %q, want 2", got)
+			}
+		})
+	}
+}
+
+// waitForLockWait waits until a session of the test database waits for a
+// lock.
+func waitForLockWait(t *testing.T, e *testEnv) {
+	t.Helper()
+	for {
+		var waiting int
+		if err := e.db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			return
+		}
+	}
+}
+
+// An error that is not a deadlock, serialization failure or lock timeout
+// stops the Applier, with every worker: nothing after the failed
+// transaction commits, on any session.
+func TestParallelFailureStops(t *testing.T) {
+	t.Parallel()
+	e := newEnvN(t, 2)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id", "v")
+	var commits []stream.Commit
+	for i := 1; i <= 6; i++ {
+		v := fmt.Sprint(i)
+		if i == 3 {
+			v = "∅"
+		}
+		commits = append(commits, r.feed(t, a, ins(tr, fmt.Sprint(i), v)))
+	}
+	err := a.Wait(context.Background())
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "23502" || !strings.Contains(err.Error(), commits[2].CommitLSN.String()) {
+		t.Fatalf("error %v, want the not-null violation of transaction 3", err)
+	}
+	if err := a.Close(context.Background()); err != nil {
+		t.Errorf("Close after failure: %v", err)
+	}
+	if got := e.rows(t, "SELECT id FROM t ORDER BY id"); !slices.Equal(got, []string{"1", "2"}) {
+		t.Errorf("rows %q, want transactions 1 and 2 only", got)
+	}
+	// The link resumes after transaction 2: the greatest progress of its
+	// origins, whichever holds it.
+	if got, want := slices.Max(e.originProgress(t)), commits[1].EndLSN.String(); got != want {
+		t.Errorf("progress %s, want %s", got, want)
+	}
+}
