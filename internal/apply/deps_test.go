@@ -35,7 +35,10 @@ func TestDeps(t *testing.T) {
 		kl:     {table: "public.kl"},
 		parent: {table: "public.parent", ident: ptr(idx("public.parent", 0))},
 		child: {table: "public.child", ident: ptr(idx("public.child", 0)),
-			fks: []depIndex{func() depIndex { d, _ := indexOf("public.parent", []string{"id"}, []string{"pid"}, map[string]int{"pid": 1}); return d }()}},
+			fks: []depIndex{func() depIndex {
+				d, _ := indexOf("public.parent", []string{"id"}, []string{"pid"}, map[string]int{"pid": 1})
+				return d
+			}()}},
 		other: {table: "public.other", whole: true},
 	}
 	truncate := func(cascade bool, rs ...*stream.Relation) *stream.Change {

@@ -118,15 +118,19 @@ END $$`
 			ddl:    []string{`CREATE TABLE k (id int PRIMARY KEY, v text)`},
 			tables: map[string]*stream.Relation{"k": rel(2, "k", 'd', "*id", "v")},
 			first:  func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{ins(r["k"], "1", "a")} },
-			second: func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{upd(r["k"], nil, "1", "b")} },
-			query:  "SELECT id, v FROM k", want: []string{"1|b"},
+			second: func(r map[string]*stream.Relation) []*stream.Change {
+				return []*stream.Change{upd(r["k"], nil, "1", "b")}
+			},
+			query: "SELECT id, v FROM k", want: []string{"1|b"},
 		},
 		{
 			name: "unique value moving to another row",
 			ddl: []string{`CREATE TABLE u (id int PRIMARY KEY, email text UNIQUE)`,
 				`INSERT INTO u VALUES (1, 'x')`},
 			tables: map[string]*stream.Relation{"u": rel(2, "u", 'd', "*id", "email")},
-			first:  func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{upd(r["u"], nil, "1", "y")} },
+			first: func(r map[string]*stream.Relation) []*stream.Change {
+				return []*stream.Change{upd(r["u"], nil, "1", "y")}
+			},
 			second: func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{ins(r["u"], "2", "x")} },
 			query:  "SELECT id, email FROM u ORDER BY id", want: []string{"1|y", "2|x"},
 		},
@@ -141,8 +145,10 @@ END $$`
 			first: func(r map[string]*stream.Relation) []*stream.Change {
 				return []*stream.Change{ins(r["parent"], "1")}
 			},
-			second: func(r map[string]*stream.Relation) []*stream.Change { return []*stream.Change{ins(r["child"], "10", "1")} },
-			query:  "SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM child)", want: []string{"1|1"},
+			second: func(r map[string]*stream.Relation) []*stream.Change {
+				return []*stream.Change{ins(r["child"], "10", "1")}
+			},
+			query: "SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM child)", want: []string{"1|1"},
 		},
 		{
 			name: "parent after its children",
