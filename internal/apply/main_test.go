@@ -65,6 +65,10 @@ func newEnvN(t testing.TB, n int) *testEnv {
 	}
 	t.Cleanup(func() {
 		// After the appliers' cleanups (registered later, run earlier).
+		// sandboxtest drops pgmesh_* origins that no session uses when a
+		// test ends: tests with several sessions do not run in parallel
+		// (t.Parallel), so that no other test ends while theirs wait for
+		// their first session.
 		for _, o := range e.origins {
 			if _, err := e.db.Exec(context.Background(), "SELECT pg_replication_origin_drop($1)", o); err != nil {
 				t.Errorf("drop origin: %v", err)

@@ -297,30 +297,31 @@ func updateKeyTuple(c *stream.Change) stream.Tuple {
 // (reported by the second result). Parameters are untyped: the statement
 // casts each one to its column's type.
 func (w *worker) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
-	w.nstmt++
-	st := &stmt{name: "pgmesh_s" + strconv.Itoa(w.nstmt)}
-	var sql string
 	switch c.Op {
 	case stream.Insert:
-		st.what = "insert into"
-		sql = conflict.InsertSQL(ri.table)
+		return w.prepareSQL("insert into", conflict.InsertSQL(ri.table))
 	case stream.Update:
-		st.what = "update"
 		var set []string
 		for i, s := range w.shape[1:] {
 			if s == shapeValue {
 				set = append(set, ri.table.Columns[i])
 			}
 		}
-		sql = conflict.UpdateSQL(ri.table, set)
-	case stream.Delete:
-		st.what = "delete from"
-		sql = conflict.DeleteSQL(ri.table)
+		return w.prepareSQL("update", conflict.UpdateSQL(ri.table, set))
+	default:
+		return w.prepareSQL("delete from", conflict.DeleteSQL(ri.table))
 	}
+}
+
+// prepareSQL queues the preparation of sql (what names the operation in
+// messages), unless this session prepared it before.
+func (w *worker) prepareSQL(what, sql string) (*stmt, bool) {
 	if prev, ok := w.stmts[sql]; ok {
 		// Same statement for a newer description of the relation.
 		return prev, false
 	}
+	w.nstmt++
+	st := &stmt{name: "pgmesh_s" + strconv.Itoa(w.nstmt), what: what}
 	w.stmts[sql] = st
 	w.pipe.SendPrepare(st.name, sql, nil)
 	return st, true

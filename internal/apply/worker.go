@@ -195,6 +195,11 @@ func (w *worker) do(o op) error {
 			return err
 		}
 		w.waitFor(o.t, o.dep)
+		if o.c.Op == stream.Insert && o.c.Rel != nil {
+			if done, err := w.queueInserts(o); done || err != nil {
+				return err
+			}
+		}
 		if err := w.queueChange(o.t, o.c); err != nil {
 			return err
 		}
