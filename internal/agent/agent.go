@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -26,9 +24,7 @@ type Options struct {
 	Node string
 	// Listen overrides agent.listen of the config; "-" disables HTTP.
 	Listen string
-	// SpoolDir holds spooled streamed transactions (default: a temp dir).
-	SpoolDir string
-	Logger   *slog.Logger
+	Logger *slog.Logger
 }
 
 // Agent runs links.
@@ -76,9 +72,6 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if opts.Listen == "" {
 		opts.Listen = cfg.Agent.Listen
 	}
-	if opts.SpoolDir == "" {
-		opts.SpoolDir = filepath.Join(os.TempDir(), "pgmesh-spool-"+cfg.Cluster)
-	}
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, httpAddr: make(chan string, 1), conflictCfg: cfg}
 	for _, l := range topology.FullMesh(cfg.NodeNames()) {
 		if opts.Node != "" && l.Down != opts.Node {
@@ -88,8 +81,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		down, _ := cfg.NodeByName(l.Down)
 		a.links = append(a.links, &link{
 			Link: l, up: up, down: down, log: a.log, conflicts: a.reloadConflicts, workers: cfg.Agent.Workers(),
-			spoolDir: filepath.Join(opts.SpoolDir, l.Slot()),
-			state:    StateConnecting,
+			state: StateConnecting,
 		})
 	}
 	if len(a.links) == 0 {

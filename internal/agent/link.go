@@ -45,7 +45,6 @@ type link struct {
 	conflicts func() *config.Config
 	workers   int // apply sessions (agent.apply_workers)
 	log       *slog.Logger
-	spoolDir  string
 	backoff   backoff
 
 	mu      sync.Mutex
@@ -274,7 +273,6 @@ func (l *link) session(ctx context.Context) error {
 		Publication: "pgmesh",
 		StartLSN:    start,
 		OriginNone:  major >= 16,
-		SpoolDir:    l.spoolDir,
 		Logger:      l.log.With("link", l.Name()),
 	}, applier, flushed)
 	if aerr := applier.Err(); aerr != nil {

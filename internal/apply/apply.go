@@ -42,8 +42,8 @@ import (
 	"github.com/pgmesh/pgmesh/internal/stream"
 )
 
-// DefaultMaxFlight is the number of statements after which a flight is
-// sent even in the middle of a transaction.
+// DefaultMaxFlight is the number of statements (rows, for a multi-row
+// one) after which a flight is sent even in the middle of a transaction.
 const DefaultMaxFlight = 1000
 
 // Options configure an Applier.
@@ -60,8 +60,9 @@ type Options struct {
 	// to its commit time: what makes conflict detection exact (see
 	// seen.go). false = no seen messages (tests, tools).
 	Claim bool
-	// MaxFlight is the number of statements per pipeline flight after which
-	// the flight is sent even mid-transaction (0 = DefaultMaxFlight).
+	// MaxFlight is the number of statements (rows, for a multi-row one)
+	// per pipeline flight after which the flight is sent even
+	// mid-transaction (0 = DefaultMaxFlight).
 	MaxFlight int
 	// ResumeAfter is the link's progress over all its origins
 	// (origin.Progress), which may be ahead of the sessions' own origins

@@ -95,3 +95,26 @@ func benchApply(b *testing.B, workers int, waitEach bool) {
 		b.Fatalf("applied %d transactions, want %d", st.Txns, b.N)
 	}
 }
+
+// BenchmarkApplyBigInsert applies one remote transaction that inserts b.N
+// rows into one table (bigint key, 96-byte text), as a bulk load or a big
+// INSERT … SELECT upstream does. Run with e.g. -benchtime 200000x.
+func BenchmarkApplyBigInsert(b *testing.B) {
+	for _, workers := range []int{1, 2} {
+		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
+			e := newEnvN(b, workers)
+			e.exec(b, `CREATE TABLE big (id bigint PRIMARY KEY, payload text NOT NULL)`)
+			tr := rel(1, "big", 'd', "*id", "payload")
+			changes := make([]*stream.Change, b.N)
+			for i := range changes {
+				changes[i] = ins(tr, strconv.Itoa(i+1), strings.Repeat(strconv.Itoa(i%10), 96))
+			}
+			a := e.applier(b, Options{})
+			r := newRemote()
+			b.ResetTimer()
+			r.apply(b, a, changes...)
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+		})
+	}
+}

@@ -52,7 +52,7 @@ func (w *worker) queueInserts(o op) (bool, error) {
 		st, queued = w.prepareSQL("insert into", conflict.InsertManySQL(ri.table))
 		ri.stmts["M"] = st
 		if queued {
-			w.pending = append(w.pending, item{kind: itemPrepare, txn: t, rel: ri, stmt: st})
+			w.add(item{kind: itemPrepare, txn: t, rel: ri, stmt: st})
 		}
 	}
 	params := [][]byte{t.commitTime, []byte(w.a.o.Upstream), t.commitLSN}
@@ -65,7 +65,7 @@ func (w *worker) queueInserts(o op) (bool, error) {
 		formats = append(formats, 1)
 	}
 	w.pipe.SendQueryPrepared(st.name, params, formats, nil)
-	w.pending = append(w.pending, item{kind: itemMany, txn: t, rel: ri, stmt: st, changes: batch})
+	w.add(item{kind: itemMany, txn: t, rel: ri, stmt: st, changes: batch})
 	t.changes += uint64(len(batch))
 	return true, w.maybeSend()
 }

@@ -100,10 +100,10 @@ func (w *worker) linkText() []byte { return strconv.AppendInt(nil, int64(w.a.lin
 // seen entries received before t.
 func (w *worker) queueBegin(t *txn) {
 	w.pipe.SendQueryPrepared(stmtBegin, nil, nil, nil)
-	w.pending = append(w.pending, item{kind: itemBegin, txn: t})
+	w.add(item{kind: itemBegin, txn: t})
 	if w.parallel() {
 		w.pipe.SendQueryPrepared(stmtStart, [][]byte{w.linkText(), seqText(t.seq)}, nil, nil)
-		w.pending = append(w.pending, item{kind: itemStart, txn: t})
+		w.add(item{kind: itemStart, txn: t})
 		w.waitFor(t, t.after)
 	}
 	w.queueReceived(t)
@@ -140,7 +140,7 @@ func (w *worker) waitFor(t, d *txn) {
 	ps := append([][]byte{w.linkText()}, w.awaitParams(d)...)
 	ps = append(ps, w.timeout(t))
 	w.pipe.SendQueryPrepared(stmtWait, ps, nil, nil)
-	w.pending = append(w.pending, item{kind: itemWait, txn: t})
+	w.add(item{kind: itemWait, txn: t})
 }
 
 // timeout is the lock timeout of t's waits: none for a transaction too big
@@ -161,7 +161,7 @@ func (w *worker) timeout(t *txn) []byte {
 func (w *worker) queueCommit(t *txn) error {
 	w.ensurePipe()
 	w.pipe.SendQueryPrepared(stmtConstraints, nil, nil, nil)
-	w.pending = append(w.pending, item{kind: itemConstraints, txn: t})
+	w.add(item{kind: itemConstraints, txn: t})
 	end, ts := []byte(t.end.EndLSN.String()), []byte(formatTime(t.end.CommitTime))
 	if !w.parallel() {
 		if t.claim {
@@ -169,7 +169,7 @@ func (w *worker) queueCommit(t *txn) error {
 		}
 		w.params = append(w.params[:0], end, ts)
 		w.pipe.SendQueryPrepared(stmtXact, w.params, nil, nil)
-		w.pending = append(w.pending, item{kind: itemXact, txn: t})
+		w.add(item{kind: itemXact, txn: t})
 	} else {
 		ps := make([][]byte, 15)
 		ps[0] = w.linkText()
@@ -182,10 +182,10 @@ func (w *worker) queueCommit(t *txn) error {
 			copy(ps[10:], w.claimParams(t))
 		}
 		w.pipe.SendQueryPrepared(stmtEnd, ps, nil, nil)
-		w.pending = append(w.pending, item{kind: itemXact, txn: t})
+		w.add(item{kind: itemXact, txn: t})
 	}
 	w.pipe.SendQueryPrepared(stmtCommit, nil, nil, nil)
-	w.pending = append(w.pending, item{kind: itemCommit, txn: t})
+	w.add(item{kind: itemCommit, txn: t})
 	w.commits++
 	w.cur = nil
 	if !w.parallel() {
@@ -196,7 +196,7 @@ func (w *worker) queueCommit(t *txn) error {
 		next = seqText(n.seq)
 	}
 	w.pipe.SendQueryPrepared(stmtHandoff, [][]byte{w.linkText(), seqText(t.seq), next}, nil, nil)
-	w.pending = append(w.pending, item{kind: itemRelease})
+	w.add(item{kind: itemRelease})
 	return w.send()
 }
 

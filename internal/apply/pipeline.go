@@ -9,7 +9,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/stream"
 )
 
-// maxInAir is how many flights' worth of statements (Options.MaxFlight)
+// maxInAir is how many flights' worth of rows (Options.MaxFlight)
 // may wait for their results: the server executes some while more are
 // being built and sent.
 const maxInAir = 2
@@ -45,6 +45,23 @@ type item struct {
 	tables  string           // itemTruncate: the truncated tables, for messages
 }
 
+// add appends it to the pending flight.
+func (w *worker) add(it item) {
+	w.pending = append(w.pending, it)
+	w.pendingW += it.weight()
+}
+
+// weight is what an item counts for in a flight's size: its rows.
+func (it *item) weight() int { return max(1, len(it.changes)) }
+
+func flightWeight(flight []item) int {
+	n := 0
+	for i := range flight {
+		n += flight[i].weight()
+	}
+	return n
+}
+
 func (w *worker) ensurePipe() {
 	if w.pipe == nil {
 		w.pipe = w.conn.StartPipeline(w.a.ctx)
@@ -54,7 +71,7 @@ func (w *worker) ensurePipe() {
 // maybeSend sends the flight once it is full. Cutting a flight inside a
 // transaction is safe: the Sync does not end an explicit transaction block.
 func (w *worker) maybeSend() error {
-	if len(w.pending) < w.a.o.MaxFlight {
+	if w.pendingW < w.a.o.MaxFlight {
 		return nil
 	}
 	return w.send()
@@ -73,13 +90,14 @@ func (w *worker) send() error {
 	w.flushed = a.flushGen
 	a.mu.Unlock()
 	w.pipe.SendPipelineSync()
-	w.pending = append(w.pending, item{kind: itemSync})
+	w.add(item{kind: itemSync})
 	if err := w.pipe.Flush(); err != nil {
 		return fatal{fmt.Errorf("upstream %s: send %d statements: %w", a.o.Upstream, len(w.pending), err)}
 	}
 	a.flights.Add(1)
 	w.inAir = append(w.inAir, w.pending)
-	w.inAirN += len(w.pending)
+	w.inAirN += w.pendingW
+	w.pendingW = 0
 	w.commits = 0
 	if n := len(w.spare); n > 0 {
 		w.pending, w.spare = w.spare[n-1], w.spare[:n-1]
@@ -123,7 +141,7 @@ func (w *worker) drain() error {
 func (w *worker) readFlight() error {
 	flight := w.inAir[0]
 	w.inAir = w.inAir[1:]
-	w.inAirN -= len(flight)
+	w.inAirN -= flightWeight(flight)
 	w.busy.Store(true)
 	defer w.busy.Store(false)
 	for i := range flight {
@@ -180,7 +198,7 @@ func (w *worker) toSync() error {
 func (w *worker) skipFlight() error {
 	flight := w.inAir[0]
 	w.inAir = w.inAir[1:]
-	w.inAirN -= len(flight)
+	w.inAirN -= flightWeight(flight)
 	w.busy.Store(true)
 	defer w.busy.Store(false)
 	defer w.recycle(flight)

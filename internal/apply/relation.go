@@ -163,7 +163,7 @@ func (w *worker) queueChange(t *txn, c *stream.Change) error {
 	w.ensurePipe()
 	st := w.stmtFor(t, ri, c)
 	w.pipe.SendQueryPrepared(st.name, w.params, nil, nil)
-	w.pending = append(w.pending, item{kind: itemChange, txn: t, rel: ri, stmt: st, change: c})
+	w.add(item{kind: itemChange, txn: t, rel: ri, stmt: st, change: c})
 	return nil
 }
 
@@ -176,7 +176,7 @@ func (w *worker) stmtFor(t *txn, ri *relInfo, c *stream.Change) *stmt {
 		st, queued = w.prepare(ri, c)
 		ri.stmts[string(w.shape)] = st
 		if queued {
-			w.pending = append(w.pending, item{kind: itemPrepare, txn: t, rel: ri, stmt: st})
+			w.add(item{kind: itemPrepare, txn: t, rel: ri, stmt: st})
 		}
 	}
 	return st
@@ -351,7 +351,7 @@ func (w *worker) queueTruncate(t *txn, c *stream.Change) error {
 	}
 	w.ensurePipe()
 	w.pipe.SendQueryParams(sql, nil, nil, nil, nil)
-	w.pending = append(w.pending, item{kind: itemTruncate, txn: t, tables: strings.Join(names, ", ")})
+	w.add(item{kind: itemTruncate, txn: t, tables: strings.Join(names, ", ")})
 	return nil
 }
 

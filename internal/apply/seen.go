@@ -85,7 +85,7 @@ func (w *worker) queueClaim(t *txn) {
 	w.params = append(w.params[:0], w.claimParams(t)...)
 	w.params = append(w.params, []byte(formatTime(t.end.CommitTime)))
 	w.pipe.SendQueryPrepared(stmtClaim, w.params, nil, nil)
-	w.pending = append(w.pending, item{kind: itemClaim, txn: t})
+	w.add(item{kind: itemClaim, txn: t})
 }
 
 // receiveSeen keeps the entries of a seen message from the upstream for
@@ -125,6 +125,6 @@ func (w *worker) queueReceived(t *txn) {
 	for _, e := range t.seen {
 		params := [][]byte{[]byte(w.a.o.Upstream), []byte(e.origin), []byte(e.until.UTC().Format(time.RFC3339Nano))}
 		w.pipe.SendQueryPrepared(stmtSeen, params, nil, nil)
-		w.pending = append(w.pending, item{kind: itemSeen, txn: t})
+		w.add(item{kind: itemSeen, txn: t})
 	}
 }

@@ -30,13 +30,14 @@ type worker struct {
 	busy atomic.Bool // executing statements (stopWorkers cancels them)
 
 	// The worker's goroutine only.
-	pipe    *pgconn.Pipeline // open while statements are queued or in the air
-	pending []item           // queued since the last Sync
-	inAir   [][]item         // sent flights whose results are unread, oldest first
-	inAirN  int              // statements in inAir
-	spare   [][]item         // emptied flights, reused
-	commits int              // COMMITs in pending: others may be waiting for them
-	flushed uint64           // Applier.flushGen last acted upon
+	pipe     *pgconn.Pipeline // open while statements are queued or in the air
+	pending  []item           // queued since the last Sync
+	inAir    [][]item         // sent flights whose results are unread, oldest first
+	pendingW int              // rows in pending (a multi-row statement counts its rows)
+	inAirN   int              // rows in inAir
+	spare    [][]item         // emptied flights, reused
+	commits  int              // COMMITs in pending: others may be waiting for them
+	flushed  uint64           // Applier.flushGen last acted upon
 
 	cur   *txn   // transaction whose statements are being queued
 	open  []*txn // transactions begun on this session and not committed, in order
@@ -335,13 +336,13 @@ func (w *worker) retry(cause error) error {
 		// Queued after the failure: they must be synced to leave
 		// pipeline mode; they fail in the aborted block or are skipped.
 		w.pipe.SendPipelineSync()
-		w.pending = append(w.pending, item{kind: itemSync})
+		w.add(item{kind: itemSync})
 		if err := w.pipe.Flush(); err != nil {
 			return fmt.Errorf("send: %w", err)
 		}
 		w.inAir = append(w.inAir, w.pending)
-		w.inAirN += len(w.pending)
-		w.pending = nil
+		w.inAirN += w.pendingW
+		w.pending, w.pendingW = nil, 0
 	}
 	for len(w.inAir) > 0 {
 		if err := w.skipFlight(); err != nil {
@@ -424,11 +425,12 @@ func (w *worker) finish() {
 		// Read what is in the air so that the session can be reset.
 		if w.pipe != nil && len(w.pending) > 0 {
 			w.pipe.SendPipelineSync()
-			w.pending = append(w.pending, item{kind: itemSync})
+			w.add(item{kind: itemSync})
 			if err := w.pipe.Flush(); err == nil {
 				w.inAir = append(w.inAir, w.pending)
+				w.inAirN += w.pendingW
 			}
-			w.pending = nil
+			w.pending, w.pendingW = nil, 0
 		}
 		for len(w.inAir) > 0 {
 			if err := w.skipFlight(); err != nil {

@@ -3,6 +3,7 @@ package conflict
 import (
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/pgmesh/pgmesh/internal/pg"
@@ -41,16 +42,33 @@ func InsertManySQL(t Table) string {
 		texts = append(texts, "v."+cols[i])
 	}
 	ident := b.identOf(t.Columns, row)
+	// The probes are InsertSQL's, each kept a subplan (OFFSET 0) that
+	// probes the index row by row: joined, the planner would hash the
+	// whole table for each batch, and the table it saw empty at the start
+	// of a bulk load is a million rows later on.
 	var conds []string
 	onConflict, returning := "", "1"
 	if !b.keyless {
-		conds = append(conds, fmt.Sprintf("NOT EXISTS (SELECT FROM %s pgmesh_t WHERE %s)", b.tbl, b.match("pgmesh_t", ident)),
-			fmt.Sprintf("NOT EXISTS (SELECT FROM pgmesh.tombstone z WHERE z.table_name = %s AND z.key = %s AND z.node IS DISTINCT FROM %s)",
+		// The tombstone probe renders each key as jsonb: skipped (the
+		// first test, evaluated once) when the table has no tombstone of
+		// another node at all, as in a bulk load.
+		conds = append(conds, fmt.Sprintf("NOT EXISTS (SELECT FROM %s pgmesh_t WHERE %s OFFSET 0)", b.tbl, b.match("pgmesh_t", ident)),
+			fmt.Sprintf(`((SELECT NOT EXISTS (SELECT FROM pgmesh.tombstone z0 WHERE z0.table_name = %[1]s AND z0.node IS DISTINCT FROM %[3]s))
+   OR NOT EXISTS (SELECT FROM pgmesh.tombstone z WHERE z.table_name = %[1]s AND z.key = %[2]s AND z.node IS DISTINCT FROM %[3]s OFFSET 0))`,
 				b.lit, b.keyJSON(ident), b.origin()))
 		onConflict = " ON CONFLICT (" + identList(t.Key) + ") DO NOTHING"
 		returning = identList(t.Key)
 	}
-	conds = append(conds, b.uniqueFree(t.Columns, row, ident)...)
+	for _, idx := range b.checkedUniques(t.Columns, false) {
+		probe := make([]string, len(idx))
+		for i, c := range idx {
+			probe[i] = fmt.Sprintf("pgmesh_u.%s = %s", pg.Ident(c), row[slices.Index(t.Columns, c)])
+		}
+		if !b.keyless {
+			probe = append(probe, "NOT ("+b.match("pgmesh_u", ident)+")")
+		}
+		conds = append(conds, fmt.Sprintf("NOT EXISTS (SELECT FROM %s pgmesh_u WHERE %s OFFSET 0)", b.tbl, strings.Join(probe, " AND ")))
+	}
 	where := ""
 	if len(conds) > 0 {
 		where = " WHERE " + strings.Join(conds, " AND ")

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -29,7 +30,13 @@ type ApplyBenchOptions struct {
 	BinDir string // PostgreSQL binaries ("" = sandbox.FindBinDir)
 	Txns   int    // pgbench transactions per round
 	Rounds int
-	Out    io.Writer // progress and results
+	// BigRows, when set, replaces the pgbench backlog by one transaction
+	// that inserts BigRows rows into one table (bigint key, 96-byte text).
+	BigRows int
+	// Workers is the pgmesh link's apply sessions (agent.apply_workers;
+	// 0 = the default).
+	Workers int
+	Out     io.Writer // progress and results
 }
 
 // ApplyRound is one measured catch-up.
@@ -38,15 +45,21 @@ type ApplyRound struct {
 	Applier string  `json:"applier"` // "native" or "pgmesh"
 	Seconds float64 `json:"seconds"`
 	TPS     float64 `json:"tps"`
+	// PeakRSSMiB is the bench process's peak resident memory during a
+	// pgmesh round (the agent runs in it), 0 for native.
+	PeakRSSMiB float64 `json:"peak_rss_mib,omitempty"`
 }
 
 // ApplyBenchResult compares the two appliers on the same servers and backlog sizes.
 type ApplyBenchResult struct {
 	Txns          int          `json:"txns_per_round"`
+	BigRows       int          `json:"big_rows,omitempty"`
+	Workers       int          `json:"workers"`
 	Rounds        []ApplyRound `json:"rounds"`
 	NativeMedian  float64      `json:"native_median_seconds"`
 	PgmeshMedian  float64      `json:"pgmesh_median_seconds"`
 	Ratio         float64      `json:"ratio_native_over_pgmesh"` // pgmesh speed as a fraction of native
+	PeakRSSMiB    float64      `json:"pgmesh_peak_rss_mib"`
 	ServerVersion int          `json:"server_major"`
 }
 
@@ -56,8 +69,11 @@ type ApplyBenchResult struct {
 // shared machine hits both alike. Each applier has its own database (same
 // schema, same data), so neither sees the other's backlog.
 func BenchApply(ctx context.Context, o ApplyBenchOptions) (*ApplyBenchResult, error) {
-	if o.Txns <= 0 || o.Rounds <= 0 {
-		return nil, fmt.Errorf("bench apply: --txns and --rounds must be positive")
+	if (o.Txns <= 0 && o.BigRows <= 0) || o.Rounds <= 0 {
+		return nil, fmt.Errorf("bench apply: --txns (or --big-rows) and --rounds must be positive")
+	}
+	if o.BigRows > 0 {
+		o.Txns = 1
 	}
 	if o.Out == nil {
 		o.Out = io.Discard
@@ -89,16 +105,22 @@ func BenchApply(ctx context.Context, o ApplyBenchOptions) (*ApplyBenchResult, er
 	if err := b.prepare(ctx); err != nil {
 		return nil, err
 	}
-	res := &ApplyBenchResult{Txns: o.Txns, ServerVersion: cl.Major}
+	res := &ApplyBenchResult{Txns: o.Txns, BigRows: o.BigRows, Workers: b.meshCfg.Agent.Workers(), ServerVersion: cl.Major}
 	var native, mesh []float64
 	for r := 1; r <= o.Rounds; r++ {
 		for _, which := range []string{"native", "pgmesh"} {
+			resetPeakRSS()
 			secs, err := b.round(ctx, which, r)
 			if err != nil {
 				return nil, fmt.Errorf("round %d (%s): %w", r, which, err)
 			}
-			res.Rounds = append(res.Rounds, ApplyRound{Round: r, Applier: which, Seconds: secs, TPS: float64(o.Txns) / secs})
-			fmt.Fprintf(o.Out, "round %d  %-6s  %6.2fs  %8.0f txn/s\n", r, which, secs, float64(o.Txns)/secs)
+			round := ApplyRound{Round: r, Applier: which, Seconds: secs, TPS: float64(o.Txns) / secs}
+			if which == "pgmesh" {
+				round.PeakRSSMiB = peakRSSMiB()
+				res.PeakRSSMiB = max(res.PeakRSSMiB, round.PeakRSSMiB)
+			}
+			res.Rounds = append(res.Rounds, round)
+			fmt.Fprintf(o.Out, "round %d  %-6s  %6.2fs  %8.0f txn/s  %5.0f MiB\n", r, which, secs, float64(o.Txns)/secs, round.PeakRSSMiB)
 			if which == "native" {
 				native = append(native, secs)
 			} else {
@@ -147,6 +169,9 @@ func (b *applyBench) prepare(ctx context.Context) error {
 			if err := execSQL(ctx, b.cl.DSN(n.Name, db), `ALTER TABLE pgbench_history REPLICA IDENTITY FULL`); err != nil {
 				return err
 			}
+			if err := execSQL(ctx, b.cl.DSN(n.Name, db), `CREATE TABLE big (id bigint PRIMARY KEY, payload text NOT NULL)`); err != nil {
+				return err
+			}
 		}
 	}
 	n1, n2 := b.cl.Nodes[0].Name, b.cl.Nodes[1].Name
@@ -165,7 +190,7 @@ func (b *applyBench) prepare(ctx context.Context) error {
 		Conflicts: config.Conflicts{Default: config.LastUpdateWins},
 		Sequences: config.Sequences{Strategy: "none", MaxNodes: 16},
 		DDL:       config.DDL{Capture: "manual"},
-		Agent:     config.Agent{Listen: "-"},
+		Agent:     config.Agent{Listen: "-", ApplyWorkers: b.o.Workers},
 	}
 	if _, err := setup.Init(ctx, b.meshCfg, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
 		return fmt.Errorf("pgmesh init: %w", err)
@@ -179,7 +204,13 @@ func (b *applyBench) prepare(ctx context.Context) error {
 func (b *applyBench) round(ctx context.Context, which string, r int) (float64, error) {
 	db := map[string]string{"native": "native", "pgmesh": "mesh"}[which]
 	n1, n2 := b.cl.Nodes[0].Name, b.cl.Nodes[1].Name
-	if err := b.run(ctx, "-n", "-c", "4", "-j", "2", "-t", strconv.Itoa(b.o.Txns/4), b.cl.DSN(n1, db)); err != nil {
+	if b.o.BigRows > 0 {
+		first := (r-1)*b.o.BigRows + 1
+		if err := execSQL(ctx, b.cl.DSN(n1, db), fmt.Sprintf(`INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(%d, %d) g`,
+			first, first+b.o.BigRows-1)); err != nil {
+			return 0, err
+		}
+	} else if err := b.run(ctx, "-n", "-c", "4", "-j", "2", "-t", strconv.Itoa(b.o.Txns/4), b.cl.DSN(n1, db)); err != nil {
 		return 0, err
 	}
 	marker := fmt.Sprintf("%s-%d-%d", which, r, time.Now().UnixNano())
@@ -271,6 +302,30 @@ func execSQL(ctx context.Context, dsn, sql string) error {
 		return fmt.Errorf("%s: %w", sql, err)
 	}
 	return nil
+}
+
+// resetPeakRSS restarts the peak resident memory this process reports
+// (Linux: 5 in clear_refs resets VmHWM); elsewhere it does nothing.
+func resetPeakRSS() {
+	_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
+}
+
+// peakRSSMiB is this process's peak resident memory since the last reset,
+// 0 when unknown.
+func peakRSSMiB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			if err == nil {
+				return kb / 1024
+			}
+		}
+	}
+	return 0
 }
 
 func median(xs []float64) float64 {

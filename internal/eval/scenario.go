@@ -165,7 +165,7 @@ type harness struct {
 	net        *netfault.Net
 	agents     map[string]*nodeAgent
 	wl         *workload
-	dir        string // agents' config files, logs and spool
+	dir        string // agents' config files and logs
 	start      time.Time
 	progress   func(format string, args ...any)
 

@@ -37,8 +37,7 @@ func (a *nodeAgent) start(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.bin == "" {
-		ag, err := agent.New(a.cfg, agent.Options{Node: a.node, Listen: "-", Logger: a.logger.With("agent", a.node),
-			SpoolDir: filepath.Join(a.dir, "spool-"+a.node)})
+		ag, err := agent.New(a.cfg, agent.Options{Node: a.node, Listen: "-", Logger: a.logger.With("agent", a.node)})
 		if err != nil {
 			return fmt.Errorf("agent of %s: %w", a.node, err)
 		}

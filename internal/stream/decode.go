@@ -20,10 +20,6 @@ const (
 	evChange
 	evMessage
 	evCommit
-	evStreamStart
-	evStreamStop
-	evStreamCommit
-	evStreamAbort
 )
 
 // event is one decoded pgoutput message.
@@ -33,22 +29,18 @@ type event struct {
 	origin string  // evOrigin
 	change *Change // evChange
 	msg    Message // evMessage
-	commit Commit  // evCommit, evStreamCommit
-	xid    uint32  // evStreamStart/Commit/Abort, and in-stream messages (the (sub)transaction's xid)
-	subXID uint32  // evStreamAbort
-	first  bool    // evStreamStart: first segment of this transaction
+	commit Commit  // evCommit
 }
 
 // decode turns one pgoutput message (the WALData of an XLogData message)
-// into an event, updating rels with RELATION messages. inStream is true for
-// messages read between STREAM START and STREAM STOP (protocol 2), which
-// carry the transaction id after the message type. lsn (the XLogData start)
-// only names the message in errors.
+// into an event, updating rels with RELATION messages (protocol version 1:
+// no streamed transactions). lsn (the XLogData start) only names the
+// message in errors.
 //
 // pglogrepl's decoders trust their input (they index and allocate by the
 // lengths they read), so decode checks the bounds first and recovers from
 // whatever panic remains: a malformed message is an error, never a crash.
-func decode(rels map[uint32]*Relation, data []byte, lsn LSN, inStream bool) (ev event, err error) {
+func decode(rels map[uint32]*Relation, data []byte, lsn LSN) (ev event, err error) {
 	if len(data) == 0 {
 		return event{}, fmt.Errorf("empty pgoutput message at %s", lsn)
 	}
@@ -58,10 +50,10 @@ func decode(rels map[uint32]*Relation, data []byte, lsn LSN, inStream bool) (ev 
 			ev, err = event{}, fmt.Errorf("malformed %s message at %s: %w: %v", typ, lsn, errDecoderPanic, r)
 		}
 	}()
-	if err := precheck(data, inStream); err != nil {
+	if err := precheck(data); err != nil {
 		return event{}, fmt.Errorf("malformed %s message at %s: %w", typ, lsn, err)
 	}
-	m, err := pglogrepl.ParseV2(data, inStream)
+	m, err := pglogrepl.ParseV2(data, false)
 	if err != nil {
 		return event{}, fmt.Errorf("decode %s message at %s: %w", typ, lsn, err)
 	}
@@ -87,9 +79,9 @@ func convert(rels map[uint32]*Relation, m pglogrepl.Message) (event, error) {
 			return event{}, err
 		}
 		rels[rel.ID] = rel
-		return event{kind: evRelation, xid: m.Xid}, nil
+		return event{kind: evRelation}, nil
 	case *pglogrepl.TypeMessageV2:
-		return event{kind: evType, xid: m.Xid}, nil
+		return event{kind: evType}, nil
 	case *pglogrepl.InsertMessageV2:
 		rel, err := lookup(rels, m.RelationID)
 		if err != nil {
@@ -99,7 +91,7 @@ func convert(rels map[uint32]*Relation, m pglogrepl.Message) (event, error) {
 		if err != nil {
 			return event{}, err
 		}
-		return event{kind: evChange, xid: m.Xid, change: &Change{Op: Insert, Rel: rel, New: nt}}, nil
+		return event{kind: evChange, change: &Change{Op: Insert, Rel: rel, New: nt}}, nil
 	case *pglogrepl.UpdateMessageV2:
 		rel, err := lookup(rels, m.RelationID)
 		if err != nil {
@@ -115,7 +107,7 @@ func convert(rels map[uint32]*Relation, m pglogrepl.Message) (event, error) {
 			}
 			c.OldIsKey = m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey
 		}
-		return event{kind: evChange, xid: m.Xid, change: c}, nil
+		return event{kind: evChange, change: c}, nil
 	case *pglogrepl.DeleteMessageV2:
 		rel, err := lookup(rels, m.RelationID)
 		if err != nil {
@@ -126,7 +118,7 @@ func convert(rels map[uint32]*Relation, m pglogrepl.Message) (event, error) {
 			return event{}, err
 		}
 		c := &Change{Op: Delete, Rel: rel, Old: old, OldIsKey: m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey}
-		return event{kind: evChange, xid: m.Xid, change: c}, nil
+		return event{kind: evChange, change: c}, nil
 	case *pglogrepl.TruncateMessageV2:
 		c := &Change{
 			Op:              Truncate,
@@ -140,20 +132,12 @@ func convert(rels map[uint32]*Relation, m pglogrepl.Message) (event, error) {
 			}
 			c.TruncateRels = append(c.TruncateRels, rel)
 		}
-		return event{kind: evChange, xid: m.Xid, change: c}, nil
+		return event{kind: evChange, change: c}, nil
 	case *pglogrepl.LogicalDecodingMessageV2:
 		// Content aliases the message buffer, which the caller owns and
 		// never reuses.
 		msg := Message{Transactional: m.Transactional, LSN: m.LSN, Prefix: m.Prefix, Content: m.Content}
-		return event{kind: evMessage, xid: m.Xid, msg: msg}, nil
-	case *pglogrepl.StreamStartMessageV2:
-		return event{kind: evStreamStart, xid: m.Xid, first: m.FirstSegment == 1}, nil
-	case *pglogrepl.StreamStopMessageV2:
-		return event{kind: evStreamStop}, nil
-	case *pglogrepl.StreamCommitMessageV2:
-		return event{kind: evStreamCommit, xid: m.Xid, commit: Commit{CommitLSN: m.CommitLSN, EndLSN: m.TransactionEndLSN, CommitTime: m.CommitTime}}, nil
-	case *pglogrepl.StreamAbortMessageV2:
-		return event{kind: evStreamAbort, xid: m.Xid, subXID: m.SubXid}, nil
+		return event{kind: evMessage, msg: msg}, nil
 	}
 	return event{}, fmt.Errorf("unexpected message %T", m)
 }
@@ -216,20 +200,9 @@ var errShort = errors.New("message shorter than its content")
 
 // precheck verifies the lengths and counts that pglogrepl trusts, so that
 // it never allocates or indexes by a corrupt length. data[0] is the type.
-func precheck(data []byte, inStream bool) error {
+func precheck(data []byte) error {
 	typ := pglogrepl.MessageType(data[0])
 	b := data[1:]
-	switch typ {
-	case pglogrepl.MessageTypeRelation, pglogrepl.MessageTypeType, pglogrepl.MessageTypeInsert,
-		pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete, pglogrepl.MessageTypeTruncate,
-		pglogrepl.MessageTypeMessage:
-		if inStream {
-			if len(b) < 4 {
-				return errShort
-			}
-			b = b[4:]
-		}
-	}
 	switch typ {
 	case pglogrepl.MessageTypeInsert:
 		if len(b) < 5 || b[4] != 'N' {

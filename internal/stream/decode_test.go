@@ -51,7 +51,7 @@ func insertMsg(cols ...[]byte) []byte {
 
 func TestDecode(t *testing.T) {
 	rels := map[uint32]*Relation{}
-	if ev, err := decode(rels, relMsg, 1, false); err != nil || ev.kind != evRelation {
+	if ev, err := decode(rels, relMsg, 1); err != nil || ev.kind != evRelation {
 		t.Fatalf("relation: %+v %v", ev, err)
 	}
 	want := &Relation{ID: 7, Schema: "public", Name: "r", ReplicaIdentity: 'd', Columns: []Column{{"id", 23, true}, {"v", 25, false}}}
@@ -87,7 +87,7 @@ func TestDecode(t *testing.T) {
 		{"empty", nil, "error: empty pgoutput message"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ev, err := decode(maps.Clone(rels), tc.data, 0x10, false)
+			ev, err := decode(maps.Clone(rels), tc.data, 0x10)
 			if want, ok := strings.CutPrefix(tc.want, "error: "); ok {
 				if err == nil || !strings.Contains(err.Error(), want) || errors.Is(err, errDecoderPanic) {
 					t.Fatalf("got %+v, %v; want error containing %q", ev, err, want)
@@ -105,7 +105,7 @@ func TestDecode(t *testing.T) {
 // never a crash nor a panic inside pglogrepl.
 func TestDecodeTruncated(t *testing.T) {
 	rels := map[uint32]*Relation{}
-	if _, err := decode(rels, relMsg, 1, false); err != nil {
+	if _, err := decode(rels, relMsg, 1); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range [][]byte{
@@ -119,55 +119,10 @@ func TestDecodeTruncated(t *testing.T) {
 		msg('O', uint64(1), "origin"),
 	} {
 		for n := 1; n < len(m); n++ {
-			if _, err := decode(maps.Clone(rels), m[:n], 0x10, false); err == nil || errors.Is(err, errDecoderPanic) {
+			if _, err := decode(maps.Clone(rels), m[:n], 0x10); err == nil || errors.Is(err, errDecoderPanic) {
 				t.Errorf("%q truncated to %d bytes: %v", m[0], n, err)
 			}
 		}
-	}
-}
-
-func TestSpoolSubtransactionAbort(t *testing.T) {
-	sp, err := newSpooler(t.TempDir(), "s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.close()
-	inStream := func(typ byte, xid uint32, tag string) []byte { return msg(typ, xid, []byte(tag)) }
-	steps := []struct {
-		xid  uint32
-		data []byte
-	}{
-		{100, inStream('I', 100, "top1")},
-		{101, inStream('I', 101, "sub1")},
-		{101, inStream('R', 101, "rel in sub1")}, // must survive sub1's abort
-		{102, inStream('I', 102, "sub2 nested")},
-	}
-	if err := sp.start(100, true); err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range steps {
-		if err := sp.append(100, s.xid, s.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := sp.abort(100, 101); err != nil { // also aborts the nested 102
-		t.Fatal(err)
-	}
-	if err := sp.append(100, 100, inStream('I', 100, "top2")); err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	if err := sp.replay(100, func(d []byte) error { got = append(got, string(d[5:])); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if want := []string{"top1", "rel in sub1", "top2"}; !slices.Equal(got, want) {
-		t.Fatalf("replayed %q, want %q", got, want)
-	}
-	if err := sp.finish(100); err != nil {
-		t.Fatal(err)
-	}
-	if len(sp.files) != 0 {
-		t.Fatalf("files left: %v", sp.files)
 	}
 }
 
@@ -178,46 +133,24 @@ func FuzzDecode(f *testing.F) {
 	e := newEnv(f)
 	e.Exec(f, schema)
 	createSlot(f, e, "s1")
-	createSlot(f, e, "s2")
 	workload(f, e)
 	e.Exec(f, `INSERT INTO t SELECT g, repeat('a', 100), NULL FROM generate_series(100, 2100) g`)
 	seeds := capture(f, e, "s1", Options{Publication: "pgmesh"}, 12)
-	streamed := capture(f, e, "s2", Options{Publication: "pgmesh", ProtoVersion: 2}, 12)
 
 	base := map[uint32]*Relation{}
-	perType := map[[2]byte]int{}
-	add := func(data []byte, inStream bool) {
-		if data[0] == 'R' {
-			if _, err := decode(base, data, 0, inStream); err != nil {
+	perType := map[byte]int{}
+	for _, it := range seeds {
+		if it.data[0] == 'R' {
+			if _, err := decode(base, it.data, 0); err != nil {
 				f.Fatal(err)
 			}
 		}
-		k := [2]byte{data[0], map[bool]byte{false: 0, true: 1}[inStream]}
-		if perType[k]++; perType[k] <= 20 {
-			f.Add(data, inStream)
+		if perType[it.data[0]]++; perType[it.data[0]] <= 20 {
+			f.Add(it.data)
 		}
 	}
-	for _, it := range seeds {
-		add(it.data, false)
-	}
-	inStream := false
-	for _, it := range streamed {
-		switch it.data[0] {
-		case 'S':
-			add(it.data, false)
-			inStream = true
-		case 'E':
-			add(it.data, inStream)
-			inStream = false
-		default:
-			add(it.data, inStream)
-		}
-	}
-	if perType[[2]byte{'I', 1}] == 0 {
-		f.Fatal("no streamed insert captured")
-	}
-	f.Fuzz(func(t *testing.T, data []byte, inStream bool) {
-		ev, err := decode(maps.Clone(base), data, 0x10, inStream)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ev, err := decode(maps.Clone(base), data, 0x10)
 		if errors.Is(err, errDecoderPanic) {
 			t.Fatal(err)
 		}

@@ -28,11 +28,6 @@ type Options struct {
 	// OriginNone asks pgoutput (PG16+) not to send changes applied under a
 	// replication origin. Such transactions are dropped client-side anyway.
 	OriginNone bool
-	// ProtoVersion is 1 (default) or 2: with 2 the upstream streams big
-	// transactions before they commit; the chunks are spooled to SpoolDir
-	// and replayed to the Handler at commit, aborted ones are discarded.
-	ProtoVersion int
-	SpoolDir     string
 	// StatusInterval is how often the flushed position is reported to the
 	// upstream (default 1s).
 	StatusInterval time.Duration
@@ -52,9 +47,6 @@ const DefaultMaxInFlight = 8 << 20
 type Flushed func(ctx context.Context) (LSN, error)
 
 func (o Options) withDefaults() Options {
-	if o.ProtoVersion == 0 {
-		o.ProtoVersion = 1
-	}
 	if o.StatusInterval <= 0 {
 		o.StatusInterval = time.Second
 	}
@@ -68,15 +60,17 @@ func (o Options) withDefaults() Options {
 }
 
 // pluginArgs are the pgoutput options. Text format only: apply binds text.
+// Protocol version 1: a transaction arrives whole at its commit. Version 2
+// would stream big transactions while they run; applying those chunks only
+// at the commit (spooled) gains nothing over version 1, and applying them
+// as they come saves at most the upstream's decoding time, which is the
+// smaller part of a big transaction's apply (README, Benchmarks).
 func (o Options) pluginArgs() []string {
 	args := []string{
-		fmt.Sprintf("proto_version '%d'", o.ProtoVersion),
+		"proto_version '1'",
 		// publication_names is a list of identifiers inside a literal.
 		"publication_names " + pg.QuoteLiteral(pg.Ident(o.Publication)),
 		"messages 'true'",
-	}
-	if o.ProtoVersion >= 2 {
-		args = append(args, "streaming 'on'")
 	}
 	if o.OriginNone {
 		args = append(args, "origin 'none'")
@@ -103,12 +97,6 @@ func Run(ctx context.Context, conn *pgconn.PgConn, o Options, h Handler, flushed
 }
 
 func run(ctx context.Context, conn *pgconn.PgConn, o Options, h Handler, flushed Flushed) error {
-	if o.ProtoVersion != 1 && o.ProtoVersion != 2 {
-		return fmt.Errorf("unsupported protocol version %d", o.ProtoVersion)
-	}
-	if o.ProtoVersion == 2 && o.SpoolDir == "" {
-		return errors.New("protocol 2 needs a spool directory")
-	}
 	err := pglogrepl.StartReplication(ctx, conn, pg.Ident(o.Slot), o.StartLSN,
 		pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: o.pluginArgs()})
 	if err != nil {
@@ -118,16 +106,7 @@ func run(ctx context.Context, conn *pgconn.PgConn, o Options, h Handler, flushed
 		return fmt.Errorf("start replication at %s: %w", o.StartLSN, err)
 	}
 	c := &consumer{o: o, h: h, log: o.Logger, rels: map[uint32]*Relation{}}
-	if o.ProtoVersion == 2 {
-		// Only now is the slot ours: its spool files can be cleared.
-		sp, err := newSpooler(o.SpoolDir, o.Slot)
-		if err != nil {
-			return err
-		}
-		defer sp.close()
-		c.spool = sp
-	}
-	o.Logger.Debug("replication started", "node", o.Node, "slot", o.Slot, "start_lsn", o.StartLSN, "proto", o.ProtoVersion)
+	o.Logger.Debug("replication started", "node", o.Node, "slot", o.Slot, "start_lsn", o.StartLSN)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -294,7 +273,7 @@ func pgTime(t time.Time) int64 {
 	return t.UnixMicro() - 946684800_000_000
 }
 
-// txnState is where the consumer is in the (non-streamed) message sequence.
+// txnState is where the consumer is in the message sequence.
 type txnState uint8
 
 const (
@@ -305,7 +284,7 @@ const (
 )
 
 // consumer decodes messages and drives the Handler. It alone owns the
-// relation map and the spool.
+// relation map.
 type consumer struct {
 	o     Options
 	h     Handler
@@ -314,11 +293,6 @@ type consumer struct {
 	state txnState
 	begin Begin
 
-	spool       *spooler // protocol 2 only
-	inStream    bool     // between STREAM START and STREAM STOP
-	streamXID   uint32
-	awaitOrigin bool // right after the first STREAM START of streamXID
-
 	progress consumerProgress
 }
 
@@ -326,7 +300,7 @@ type consumer struct {
 // decide whether everything received has been handled (see caughtUp).
 type consumerProgress struct {
 	processed atomic.Uint64 // items fully handled
-	busy      atomic.Bool   // inside a transaction or holding spooled ones
+	busy      atomic.Bool   // inside a transaction
 	needFlush atomic.Uint64 // EndLSN of the last transaction handed to the Handler
 }
 
@@ -347,22 +321,19 @@ func (c *consumer) run(ctx context.Context, p *pipe) error {
 		if err := c.process(ctx, it); err != nil {
 			return err
 		}
-		c.progress.busy.Store(c.state != idle || c.inStream || (c.spool != nil && len(c.spool.files) > 0))
+		c.progress.busy.Store(c.state != idle)
 		c.progress.processed.Add(1)
 	}
 }
 
 func (c *consumer) process(ctx context.Context, it item) error {
-	if c.inStream {
-		return c.streamData(it)
-	}
 	if c.state == dropping {
 		switch it.data[0] {
 		case 'I', 'U', 'D', 'T', 'Y', 'M':
 			return nil // nothing to decode: the transaction is skipped
 		}
 	}
-	ev, err := decode(c.rels, it.data, it.lsn, false)
+	ev, err := decode(c.rels, it.data, it.lsn)
 	if err != nil {
 		return err
 	}
@@ -399,103 +370,8 @@ func (c *consumer) process(ctx context.Context, it item) error {
 		return c.message(ctx, ev.msg)
 	case evCommit:
 		return c.commit(ctx, ev.commit)
-	case evStreamStart:
-		if c.spool == nil {
-			return fmt.Errorf("STREAM START at %s with protocol 1", it.lsn)
-		}
-		if c.state != idle {
-			return fmt.Errorf("STREAM START at %s inside transaction %d", it.lsn, c.begin.XID)
-		}
-		c.inStream, c.streamXID, c.awaitOrigin = true, ev.xid, ev.first
-		return c.spool.start(ev.xid, ev.first)
-	case evStreamCommit:
-		return c.streamCommit(ctx, ev.xid, ev.commit)
-	case evStreamAbort:
-		if c.spool == nil {
-			return fmt.Errorf("STREAM ABORT at %s with protocol 1", it.lsn)
-		}
-		if ev.xid == ev.subXID {
-			c.log.Debug("discard aborted streamed transaction", "node", c.o.Node, "xid", ev.xid)
-		} else {
-			c.log.Debug("discard aborted streamed subtransaction", "node", c.o.Node, "xid", ev.xid, "subxid", ev.subXID)
-		}
-		return c.spool.abort(ev.xid, ev.subXID)
 	}
-	return fmt.Errorf("unexpected message %q at %s outside a stream segment", it.data[0], it.lsn)
-}
-
-// streamData handles a message between STREAM START and STREAM STOP.
-func (c *consumer) streamData(it item) error {
-	first := c.awaitOrigin
-	c.awaitOrigin = false
-	switch it.data[0] {
-	case 'E':
-		c.inStream = false
-		return nil
-	case 'O':
-		// PG15 marks a transaction applied under an origin with ORIGIN
-		// after its first STREAM START.
-		if !first {
-			return fmt.Errorf("ORIGIN at %s not right after STREAM START", it.lsn)
-		}
-		c.log.Debug("drop streamed transaction applied under a replication origin", "node", c.o.Node, "xid", c.streamXID)
-		c.spool.drop(c.streamXID)
-		return nil
-	}
-	sub, ok := inStreamXID(it.data)
-	if !ok {
-		return fmt.Errorf("unexpected message %q at %s inside a stream segment", it.data[0], it.lsn)
-	}
-	return c.spool.append(c.streamXID, sub, it.data)
-}
-
-// streamCommit replays a spooled transaction as Begin, changes, Commit.
-// A dropped or already applied one only contributes its RELATION messages,
-// which the upstream counts as sent once the transaction commits.
-func (c *consumer) streamCommit(ctx context.Context, xid uint32, cm Commit) error {
-	if c.spool == nil {
-		return fmt.Errorf("STREAM COMMIT of xid %d with protocol 1", xid)
-	}
-	if c.state != idle {
-		return fmt.Errorf("STREAM COMMIT of xid %d inside transaction %d", xid, c.begin.XID)
-	}
-	c.begin = Begin{XID: xid, FinalLSN: cm.CommitLSN, CommitTime: cm.CommitTime}
-	switch {
-	case c.spool.isDropped(xid):
-		c.state = dropping
-	case cm.EndLSN <= c.o.StartLSN:
-		c.log.Debug("skip streamed transaction applied before start position", "node", c.o.Node, "xid", xid, "end_lsn", cm.EndLSN, "start_lsn", c.o.StartLSN)
-		c.state = dropping
-	default:
-		c.log.Debug("replay streamed transaction", "node", c.o.Node, "xid", xid, "commit_lsn", cm.CommitLSN)
-		c.state = pending
-	}
-	err := c.spool.replay(xid, func(data []byte) error {
-		if c.state == dropping && data[0] != 'R' {
-			return nil
-		}
-		ev, err := decode(c.rels, data, cm.CommitLSN, true)
-		if err != nil {
-			return fmt.Errorf("streamed xid %d: %w", xid, err)
-		}
-		switch ev.kind {
-		case evRelation, evType:
-			return nil
-		case evChange:
-			return c.change(ctx, ev.change)
-		case evMessage:
-			return c.message(ctx, ev.msg)
-		}
-		return fmt.Errorf("streamed xid %d: unexpected message %q", xid, data[0])
-	})
-	if err == nil {
-		err = c.spool.finish(xid)
-	}
-	if err != nil {
-		c.state = idle
-		return err
-	}
-	return c.commit(ctx, cm)
+	return fmt.Errorf("unexpected message %q at %s", it.data[0], it.lsn)
 }
 
 // deliverBegin passes a held-back BEGIN once something of the transaction

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -220,9 +219,6 @@ func start(t testing.TB, e *env, o Options, h Handler, flushed Flushed) *running
 	if o.Publication == "" {
 		o.Publication = "pgmesh"
 	}
-	if o.ProtoVersion == 2 && o.SpoolDir == "" {
-		o.SpoolDir = t.TempDir()
-	}
 	if flushed == nil {
 		flushed = func(context.Context) (LSN, error) { return 0, nil }
 	}
@@ -306,14 +302,14 @@ var wantEvents = []string{
 }
 
 func TestEvents(t *testing.T) {
-	for _, proto := range []int{1, 2} {
-		t.Run(fmt.Sprintf("proto%d", proto), func(t *testing.T) {
+	{
+		{
 			e := newEnv(t)
 			e.Exec(t, schema)
 			createSlot(t, e, "s")
 			workload(t, e)
 			rec := newRecorder()
-			r := start(t, e, Options{Slot: "s", ProtoVersion: proto}, rec, nil)
+			r := start(t, e, Options{Slot: "s"}, rec, nil)
 			rec.waitCommits(t, r, 11)
 			stopCanceled(t, r)
 
@@ -341,7 +337,7 @@ func TestEvents(t *testing.T) {
 					t.Errorf("relation %s: %+v, want %+v", name, got, want)
 				}
 			}
-		})
+		}
 	}
 }
 
@@ -374,22 +370,20 @@ func inOrigin(t testing.TB, e *env, sql string) {
 func TestOriginTransactionsDropped(t *testing.T) {
 	type tc struct {
 		name       string
-		proto      int
 		originNone bool
 		sql        string
 	}
 	small := "INSERT INTO t VALUES (10, 'from origin', NULL)"
-	// Over logical_decoding_work_mem: streamed before commit with proto 2.
+	// Over logical_decoding_work_mem: spilled by the walsender.
 	big := "INSERT INTO t SELECT g, repeat('o', 100), NULL FROM generate_series(100, 3100) g"
 	cases := []tc{
-		{"proto1", 1, false, small},
-		{"proto1_big", 1, false, big},
-		{"proto2_streamed", 2, false, big},
+		{"small", false, small},
+		{"big", false, big},
 	}
 	if newEnv(t).Major >= 16 {
 		cases = append(cases,
-			tc{"proto1_origin_none", 1, true, small},
-			tc{"proto2_streamed_origin_none", 2, true, big})
+			tc{"small_origin_none", true, small},
+			tc{"big_origin_none", true, big})
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -399,7 +393,7 @@ func TestOriginTransactionsDropped(t *testing.T) {
 			inOrigin(t, e, c.sql)
 			e.Exec(t, "INSERT INTO t VALUES (11, 'local', NULL)")
 			rec := newRecorder()
-			r := start(t, e, Options{Slot: "s", ProtoVersion: c.proto, OriginNone: c.originNone}, rec, nil)
+			r := start(t, e, Options{Slot: "s", OriginNone: c.originNone}, rec, nil)
 			rec.waitCommits(t, r, 1)
 			stopCanceled(t, r)
 			want := []string{"BEGIN", "INSERT public.t (11,local,NULL)", "COMMIT"}
@@ -407,112 +401,6 @@ func TestOriginTransactionsDropped(t *testing.T) {
 				t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
 		})
-	}
-}
-
-// logBuffer collects debug logs.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// TestStreamingMatchesProto1 checks that transactions streamed before
-// commit (protocol 2) reach the Handler exactly as with protocol 1,
-// including a rolled-back subtransaction and an aborted transaction.
-func TestStreamingMatchesProto1(t *testing.T) {
-	e := newEnv(t)
-	e.Exec(t, schema)
-	createSlot(t, e, "s1")
-	createSlot(t, e, "s2")
-	ctx := context.Background()
-	for _, sql := range []string{
-		`BEGIN;
-		 INSERT INTO t SELECT g, repeat('a', 100), NULL FROM generate_series(1, 3000) g;
-		 SELECT pg_logical_emit_message(true, 'p', 'in big');
-		 SAVEPOINT sp;
-		 INSERT INTO t SELECT g, repeat('b', 100), NULL FROM generate_series(3001, 6000) g;
-		 ROLLBACK TO sp;
-		 UPDATE t SET v = 'c' WHERE id <= 1000;
-		 DELETE FROM t WHERE id > 2000;
-		 SAVEPOINT sp2;
-		 UPDATE t SET v = 'w' WHERE id = 1;
-		 INSERT INTO f SELECT g, repeat('q', 100) FROM generate_series(1, 3000) g;
-		 ROLLBACK TO sp2;
-		 INSERT INTO f VALUES (7, 'after');
-		 COMMIT`,
-		"INSERT INTO f VALUES (1, 'small')",
-	} {
-		if _, err := e.admin.PgConn().Exec(ctx, sql).ReadAll(); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
-	rec1, rec2 := newRecorder(), newRecorder()
-	var logs logBuffer
-	spoolDir := t.TempDir()
-	r1 := start(t, e, Options{Slot: "s1"}, rec1, nil)
-	r2 := start(t, e, Options{Slot: "s2", ProtoVersion: 2, SpoolDir: spoolDir, Logger: logs.logger()}, rec2, nil)
-	rec1.waitCommits(t, r1, 2)
-	rec2.waitCommits(t, r2, 2)
-
-	// A big transaction that aborts after it was streamed. (Since PG16
-	// the upstream does not stream one it already knows aborted, so the
-	// abort must come after the streaming.)
-	tx, err := e.Conn(t).Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "INSERT INTO t SELECT g, repeat('z', 100), NULL FROM generate_series(10001, 14000) g"); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(waitLimit); ; time.Sleep(20 * time.Millisecond) {
-		if files, _ := filepath.Glob(filepath.Join(spoolDir, "*.spool")); len(files) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the open transaction was never streamed")
-		}
-	}
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
-	e.Exec(t, "INSERT INTO f VALUES (2, 'end')")
-	rec1.waitCommits(t, r1, 3)
-	rec2.waitCommits(t, r2, 3)
-	stopCanceled(t, r1, r2)
-	if files, _ := filepath.Glob(filepath.Join(spoolDir, "*")); len(files) > 0 {
-		t.Errorf("spool files left: %v", files)
-	}
-
-	got1, got2 := rec1.snapshot(), rec2.snapshot()
-	if want := 1 + 3000 + 1 + 1000 + 1000 + 1 + 1 + 3 + 3; len(got1) != want {
-		t.Fatalf("proto 1: %d events, want %d", len(got1), want)
-	}
-	if !slices.Equal(got1, got2) {
-		t.Fatalf("proto 2 events differ from proto 1:\nproto1 %v...\nproto2 %v...", got1[:min(10, len(got1))], got2[:min(10, len(got2))])
-	}
-	if !slices.Equal(rec1.begins, rec2.begins) || !slices.Equal(rec1.commits, rec2.commits) {
-		t.Fatalf("LSNs differ: proto1 %+v %+v, proto2 %+v %+v", rec1.begins, rec1.commits, rec2.begins, rec2.commits)
-	}
-	for _, want := range []string{"replay streamed transaction", "discard aborted streamed subtransaction", "discard aborted streamed transaction"} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("no %q in the logs: streaming was not exercised:\n%s", want, logs.String())
-		}
 	}
 }
 
@@ -679,7 +567,7 @@ func TestStartLSNSkipsAppliedTransactions(t *testing.T) {
 	var ends []LSN
 	for _, it := range items {
 		if it.data[0] == 'C' {
-			ev, err := decode(map[uint32]*Relation{}, it.data, it.lsn, false)
+			ev, err := decode(map[uint32]*Relation{}, it.data, it.lsn)
 			if err != nil {
 				t.Fatal(err)
 			}
