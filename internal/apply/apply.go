@@ -139,26 +139,30 @@ type Applier struct {
 	wg     sync.WaitGroup
 
 	// Dispatcher state, the stream's goroutine only.
-	cur      *txn       // remote transaction being received
-	last     *txn       // last transaction handed to a worker in full
-	seq      uint64     // number of the last transaction numbered
-	lastEnd  stream.LSN // EndLSN of the last remote transaction dispatched or applied before
-	rr       int        // round robin among equally loaded workers
-	deps     *tracker   // nil with one worker
-	depRels  map[*stream.Relation]*depRel
-	received map[string]time.Time // seen entries not yet recorded, by origin
-	claimed  time.Time            // newest commit time claimed
-	started  stream.LSN           // progress when the Applier started
+	cur     *txn       // remote transaction being received
+	last    *txn       // last transaction handed to a worker in full
+	seq     uint64     // number of the last transaction numbered
+	lastEnd stream.LSN // EndLSN of the last remote transaction dispatched or applied before
+	rr      int        // round robin among equally loaded workers
+	// spreadAfter is the backlog above which transactions spread over the
+	// workers (see assign); tests lower it.
+	spreadAfter uint64
+	deps        *tracker // nil with one worker
+	depRels     map[*stream.Relation]*depRel
+	received    map[string]time.Time // seen entries not yet recorded, by origin
+	claimed     time.Time            // newest commit time claimed
+	started     stream.LSN           // progress when the Applier started
 
-	mu        sync.Mutex
-	cond      *sync.Cond // signalled on every change of the state below
-	committed uint64     // greatest committed transaction number (commits are in order)
-	flushGen  uint64     // bumped by Idle: workers send what they hold
-	closing   bool       // Close: workers finish their queues and stop
-	err       error      // first fatal error; the Applier is dead afterwards
-	failed    chan struct{}
-	conflicts map[string]uint64
-	closed    bool
+	mu          sync.Mutex
+	cond        *sync.Cond // signalled on every change of the state below
+	committed   uint64     // greatest committed transaction number (commits are in order)
+	flushGen    uint64     // bumped by Idle: workers send what they hold
+	serialUntil time.Time  // no spreading before (see assign)
+	closing     bool       // Close: workers finish their queues and stop
+	err         error      // first fatal error; the Applier is dead afterwards
+	failed      chan struct{}
+	conflicts   map[string]uint64
+	closed      bool
 
 	txns, changes, flights, lastEndLSN, retries atomic.Uint64
 	lastCommit                                  atomic.Int64 // unix nanoseconds, 0 = none
@@ -186,12 +190,13 @@ func New(ctx context.Context, sessions []Session, o Options) (*Applier, error) {
 		return nil, fmt.Errorf("apply session for upstream %s: parallel apply needs a catalog connection", o.Upstream)
 	}
 	a := &Applier{
-		o:         o,
-		log:       o.Logger.With("upstream", o.Upstream),
-		conflicts: map[string]uint64{},
-		received:  map[string]time.Time{},
-		depRels:   map[*stream.Relation]*depRel{},
-		failed:    make(chan struct{}),
+		o:           o,
+		log:         o.Logger.With("upstream", o.Upstream),
+		conflicts:   map[string]uint64{},
+		received:    map[string]time.Time{},
+		depRels:     map[*stream.Relation]*depRel{},
+		failed:      make(chan struct{}),
+		spreadAfter: spreadAfter,
 	}
 	a.cond = sync.NewCond(&a.mu)
 	if len(sessions) > 1 {

@@ -134,32 +134,51 @@ func (a *Applier) add(t *txn, o op) error {
 	return a.push(t.w, o)
 }
 
-// assign chooses t's worker: the least loaded, in turn among equals.
-// Dependencies do not pull a transaction to the worker of the one it
-// depends on: its independent changes run at once, and only the dependent
-// ones wait, in the database.
+// assign chooses t's worker. While the link keeps up (few transactions
+// waiting to commit), and for a while after a deadlock or lock timeout,
+// the worker of the transaction before: apply is then serial, and no
+// transaction holds locks while it waits for an earlier one to commit —
+// the wait through which a local transaction, waiting for one of them
+// while holding what the earlier one needs, closes a cycle that only the
+// deadlock detector (after deadlock_timeout) breaks. With a backlog, the
+// least loaded worker, in turn among equals. Dependencies do not pull a
+// transaction to the worker of the one it depends on: its independent
+// changes run at once, and only the dependent ones wait, in the database.
 func (a *Applier) assign(t *txn) {
 	a.mu.Lock()
-	best := -1
-	var bestLoad int
-	for i := range a.workers {
-		k := (a.rr + i) % len(a.workers)
-		w := a.workers[k]
-		load := len(w.q)
-		if w.last != nil && !a.isCommitted(w.last.seq) {
-			load += int(w.last.seq - a.committed)
+	defer a.mu.Unlock()
+	var w *worker
+	if p := t.pred; p != nil && p.w != nil && (a.seq-a.committed <= a.spreadAfter || time.Now().Before(a.serialUntil)) {
+		w = p.w
+	} else {
+		best := -1
+		var bestLoad int
+		for i := range a.workers {
+			k := (a.rr + i) % len(a.workers)
+			v := a.workers[k]
+			load := len(v.q)
+			if v.last != nil && v.last.seq > a.committed {
+				load += int(v.last.seq - a.committed)
+			}
+			if best < 0 || load < bestLoad {
+				best, bestLoad = k, load
+			}
 		}
-		if best < 0 || load < bestLoad {
-			best, bestLoad = k, load
-		}
+		a.rr = (best + 1) % len(a.workers)
+		w = a.workers[best]
 	}
-	a.rr = (best + 1) % len(a.workers)
-	w := a.workers[best]
 	t.w = w
 	t.prevOnW = w.last
 	w.last = t
-	a.mu.Unlock()
 }
+
+// spreadAfter is the number of transactions waiting to commit above which
+// the link has a backlog and spreads them over its workers.
+const spreadAfter = 4
+
+// serialAfterRetry is how long a link applies serially after a deadlock or
+// lock timeout (see assign).
+const serialAfterRetry = 10 * time.Second
 
 // push appends op to w's queue, waiting for room.
 func (a *Applier) push(w *worker, o op) error {

@@ -114,6 +114,8 @@ func (e *testEnv) applier(t testing.TB, o Options) *Applier {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	// Spread every transaction over the sessions, backlog or not.
+	a.spreadAfter = 0
 	t.Cleanup(func() { a.Close(context.Background()) })
 	return a
 }

@@ -409,6 +409,9 @@ func (w *worker) retry(cause error) error {
 	first := again[0]
 	first.tries++
 	a.retries.Add(1)
+	a.mu.Lock()
+	a.serialUntil = time.Now().Add(serialAfterRetry)
+	a.mu.Unlock()
 	w.log("remote transaction rolled back, running it again", "commit_lsn", first.String(), "attempt", first.tries+1, "err", cause)
 	// A transaction that keeps failing meets the same lock again and
 	// again: let the other side get somewhere.

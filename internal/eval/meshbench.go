@@ -205,7 +205,7 @@ func (m *meshBench) runNative(ctx context.Context) (*MeshResult, error) {
 				continue
 			}
 			sub := fmt.Sprintf(`CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION mesh WITH (origin = none, copy_data = false)`,
-				pg.Ident("from_"+p.Name), pg.QuoteLiteral(m.dsn(j, "native")))
+				pg.Ident(n.Name+"_from_"+p.Name), pg.QuoteLiteral(m.dsn(j, "native")))
 			if err := execSQL(ctx, m.dsn(i, "native"), sub); err != nil {
 				return nil, fmt.Errorf("node %s: %w", n.Name, err)
 			}
@@ -227,10 +227,10 @@ func (m *meshBench) runNative(ctx context.Context) (*MeshResult, error) {
 	}
 	// Stop the native mesh: the pgmesh run must not share the servers
 	// with its apply workers.
-	for i := range m.cl.Nodes {
+	for i, n := range m.cl.Nodes {
 		for j, p := range m.cl.Nodes {
 			if i != j {
-				if err := execSQL(ctx, m.dsn(i, "native"), `ALTER SUBSCRIPTION `+pg.Ident("from_"+p.Name)+` DISABLE`); err != nil {
+				if err := execSQL(ctx, m.dsn(i, "native"), `ALTER SUBSCRIPTION `+pg.Ident(n.Name+"_from_"+p.Name)+` DISABLE`); err != nil {
 					return nil, err
 				}
 			}
@@ -284,7 +284,7 @@ func (m *meshBench) load(ctx context.Context, db string) (*MeshResult, error) {
 		}
 		stop()
 	}
-	start := time.Now()
+	sampling := make(chan struct{}) // closed once every node saw every peer's heartbeat
 	for i := range n {
 		node := m.cl.Nodes[i].Name
 		wg.Go(func() { // heartbeat
@@ -313,15 +313,16 @@ func (m *meshBench) load(ctx context.Context, db string) (*MeshResult, error) {
 				return
 			}
 			defer c.Close(context.WithoutCancel(lctx))
+			select {
+			case <-lctx.Done():
+				return
+			case <-sampling:
+			}
 			for tick := time.NewTicker(100 * time.Millisecond); ; {
 				select {
 				case <-lctx.Done():
 					return
 				case <-tick.C:
-				}
-				// The first second is start-up: connections, first heartbeats.
-				if time.Since(start) < time.Second {
-					continue
 				}
 				rows, err := c.Query(lctx, `SELECT extract(epoch FROM clock_timestamp() - ts)::float8 * 1000 FROM heartbeat WHERE node <> $1`, node)
 				if err != nil {
@@ -339,6 +340,29 @@ func (m *meshBench) load(ctx context.Context, db string) (*MeshResult, error) {
 			}
 		})
 	}
+	// Sampling and the clients start once every node has seen a heartbeat
+	// of every peer: the links run.
+	for {
+		seen := 0
+		for i := range n {
+			var k int
+			if err := queryArgs(lctx, m.dsn(i, db), `SELECT count(*)::int FROM heartbeat WHERE ts > '2000-01-02'`, &k); err != nil {
+				stop()
+				wg.Wait()
+				return nil, err
+			}
+			seen += k
+		}
+		if seen == n*n {
+			break
+		}
+		if lctx.Err() != nil {
+			wg.Wait()
+			return nil, firstErr
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	close(sampling)
 	// The clients: TPC-B at the rate, 2 clients per node; deadlocks and
 	// serialization failures retried by pgbench (--max-tries).
 	outs := make([]string, n)
