@@ -5,12 +5,10 @@
 -- under its own replication origin, and commits them in the upstream's
 -- commit order. Every remote transaction of an apply session has a number
 -- (seq); the session applying it holds the session-level advisory lock
--- (link, seq) from its BEGIN (or from the COMMIT of the session's previous
--- transaction) until right after its own COMMIT, also across an in-place
--- retry after a deadlock (a session-level lock survives the rollback). A
--- transaction that must come after another one waits for that lock, a wait
--- the deadlock detector sees (held by the other session also while it is
--- still busy with transactions before it), and then checks that the other
+-- (link, seq) from its BEGIN until right after its own COMMIT, also across
+-- an in-place retry after a deadlock (a session-level lock survives the
+-- rollback). A transaction that must come after another one waits for that
+-- lock, a wait the deadlock detector sees, and then checks that the other
 -- one did commit: the progress of its origin reached its end LSN. The check
 -- matters when the lock was released without a commit, which only the end of
 -- the other session does (a killed agent): then the waiter must not commit
@@ -29,24 +27,46 @@ LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT coalesce(pg_replication_origin_progress(origin, false) >= end_lsn, false) $$;
 
+-- Each apply session also holds its gate, a session-level advisory lock on
+-- a bigint key of its own, at every moment but the one in which it begins a
+-- transaction (apply_begin). A wait for a transaction that has not begun is
+-- a wait for its session's gate: the deadlock detector sees it as a wait
+-- for that session, whatever the session is busy with (an earlier
+-- transaction waiting for a local one, say), and the waiter wakes each time
+-- the session begins a transaction.
+
+-- apply_gate takes the session's gate.
+CREATE OR REPLACE FUNCTION pgmesh.apply_gate(gate bigint) RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_advisory_lock(gate) $$;
+
+-- apply_begin begins transaction <seq> on the session whose gate is
+-- <gate>: the transaction's lock, then the gate opened and closed again.
+CREATE OR REPLACE FUNCTION pgmesh.apply_begin(link int, seq int, gate bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_advisory_lock(link, seq);
+    PERFORM pg_advisory_unlock(gate);
+    PERFORM pg_advisory_lock(gate);
+END
+$$;
+
 -- apply_await waits until transaction <seq>, applied under <origin> up to
--- <end_lsn>, has committed. Once it has begun its session holds its lock:
--- then the wait is a lock wait. Before that, the session's previous
--- transaction (q_*) usually holds the lock that the session hands to
--- <seq> when it commits: the wait is on that one first, and only the
--- moment between the two is polled.
-CREATE OR REPLACE FUNCTION pgmesh.apply_await(link int, seq int, origin text, end_lsn pg_lsn,
-                                              q_seq int, q_origin text, q_end pg_lsn,
+-- <end_lsn> by the session whose gate is <gate>, has committed: a wait for
+-- its lock once it has begun, for its session's gate before.
+CREATE OR REPLACE FUNCTION pgmesh.apply_await(link int, seq int, origin text, end_lsn pg_lsn, gate bigint,
                                               wait_timeout text) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     saved text := current_setting('lock_timeout');
-    deadline timestamptz;
+    open_seen int := 0;
 BEGIN
     IF wait_timeout IS NOT NULL THEN
-        deadline := clock_timestamp() + wait_timeout::interval;
         PERFORM set_config('lock_timeout', wait_timeout, true);
     END IF;
     LOOP
@@ -62,17 +82,20 @@ BEGIN
             EXIT;
         END IF;
         PERFORM pg_advisory_unlock_shared(link, seq);
-        IF q_seq IS NOT NULL AND NOT pgmesh.apply_committed(q_origin, q_end) THEN
-            PERFORM pg_advisory_lock_shared(link, q_seq);
-            PERFORM pg_advisory_unlock_shared(link, q_seq);
-            q_seq := NULL;
-            CONTINUE;
+        IF pg_try_advisory_lock_shared(gate) THEN
+            -- The gate is open: its session is beginning a transaction
+            -- this very moment (a matter of microseconds), or is gone.
+            PERFORM pg_advisory_unlock_shared(gate);
+            open_seen := open_seen + 1;
+            IF open_seen > 100 THEN
+                RAISE EXCEPTION 'pgmesh: the apply session of remote transaction % (origin %) is gone', seq, origin
+                    USING ERRCODE = '55000';
+            END IF;
+            PERFORM pg_sleep(0.001);
+        ELSE
+            PERFORM pg_advisory_lock_shared(gate);
+            PERFORM pg_advisory_unlock_shared(gate);
         END IF;
-        IF deadline IS NOT NULL AND clock_timestamp() > deadline THEN
-            RAISE EXCEPTION 'pgmesh: remote transaction % did not begin within %', seq, wait_timeout
-                USING ERRCODE = '55P03';
-        END IF;
-        PERFORM pg_sleep(0.001);
     END LOOP;
     IF wait_timeout IS NOT NULL THEN
         PERFORM set_config('lock_timeout', saved, true);
@@ -93,30 +116,13 @@ BEGIN
 END
 $$;
 
--- apply_handoff, right after the COMMIT of <done>: takes the lock of the
--- session's next transaction (NULL: none queued yet), then releases that
--- of <done>. Whoever waits for the next one to begin waits on a lock.
-CREATE OR REPLACE FUNCTION pgmesh.apply_handoff(link int, done int, next int) RETURNS void
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF next IS NOT NULL THEN
-        PERFORM pg_advisory_lock(link, next);
-    END IF;
-    PERFORM pgmesh.apply_release(link, done);
-END
-$$;
-
--- apply_commit ends transaction <seq> once its predecessor (p_*, whose
--- session's previous transaction is q_*) has committed: the seen claim
--- (0005, skipped when claim_message is NULL), a transaction id (a commit
--- record even without changes), and the origin setup for the commit, last
--- because PostgreSQL advances the origin even when the transaction aborts
--- after it. COMMIT follows in the same flight.
-CREATE OR REPLACE FUNCTION pgmesh.apply_commit(link int, p_seq int, p_origin text, p_end pg_lsn,
-                                               q_seq int, q_origin text, q_end pg_lsn, wait_timeout text,
-                                               end_lsn pg_lsn, commit_time timestamptz,
+-- apply_commit ends transaction <seq> once its predecessor (p_*) has
+-- committed: the seen claim (0005, skipped when claim_message is NULL), a
+-- transaction id (a commit record even without changes), and the origin
+-- setup for the commit, last because PostgreSQL advances the origin even
+-- when the transaction aborts after it. COMMIT follows in the same flight.
+CREATE OR REPLACE FUNCTION pgmesh.apply_commit(link int, p_seq int, p_origin text, p_end pg_lsn, p_gate bigint,
+                                               wait_timeout text, end_lsn pg_lsn, commit_time timestamptz,
                                                claim_origin text, claim_prefix text, claim_message text,
                                                claim_self text, claim_upstream text) RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -124,7 +130,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF p_seq IS NOT NULL THEN
-        PERFORM pgmesh.apply_await(link, p_seq, p_origin, p_end, q_seq, q_origin, q_end, wait_timeout);
+        PERFORM pgmesh.apply_await(link, p_seq, p_origin, p_end, p_gate, wait_timeout);
     END IF;
     IF claim_message IS NOT NULL THEN
         PERFORM pgmesh.claim_seen(claim_origin, claim_prefix, claim_message, claim_self, claim_upstream, commit_time);

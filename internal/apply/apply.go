@@ -202,9 +202,16 @@ func New(ctx context.Context, sessions []Session, o Options) (*Applier, error) {
 	if len(sessions) > 1 {
 		a.deps = newTracker()
 	}
+	if len(sessions) > 1 {
+		id, err := originID(ctx, sessions[0].Conn, sessions[0].Origin)
+		if err != nil {
+			return nil, fmt.Errorf("apply session for upstream %s: %w", o.Upstream, err)
+		}
+		a.link = id
+	}
 	start := o.ResumeAfter
 	for i, s := range sessions {
-		w, progress, err := newWorker(ctx, a, i, s)
+		w, progress, err := newWorker(ctx, a, i, s, len(sessions) > 1)
 		if err != nil {
 			for _, w := range a.workers {
 				w.reset(context.WithoutCancel(ctx))
@@ -213,16 +220,6 @@ func New(ctx context.Context, sessions []Session, o Options) (*Applier, error) {
 		}
 		a.workers = append(a.workers, w)
 		start = max(start, progress)
-	}
-	if len(sessions) > 1 {
-		id, err := originID(ctx, sessions[0].Conn, sessions[0].Origin)
-		if err != nil {
-			for _, w := range a.workers {
-				w.reset(context.WithoutCancel(ctx))
-			}
-			return nil, fmt.Errorf("apply session for upstream %s: %w", o.Upstream, err)
-		}
-		a.link = id
 	}
 	a.lastEnd, a.started = start, start
 	a.ctx, a.cancel = context.WithCancel(context.WithoutCancel(ctx))

@@ -10,22 +10,23 @@ import (
 
 // Commit order across workers (sql/0010_parallel_apply.sql). Transaction
 // number s holds the session-level advisory lock (link, s) from its BEGIN
-// until right after its COMMIT, retries included; when its session already
-// has its next transaction queued at a COMMIT, it takes that one's lock
-// before releasing its own (apply_handoff), so that a wait for a
-// transaction that has not begun is a wait for the session busy before it.
-// A transaction
+// until right after its COMMIT, retries included. A transaction
 //
 //   - waits (apply_await) for the transaction that last touched what a
 //     change touches, when that one runs on another session (deps.go), and
 //     at its start for the one that recorded seen entries or ran DDL;
 //   - commits (apply_commit) once the one before it has committed.
 //
-// Every wait is on a transaction before it in the commit order, and a
-// session runs its transactions in that order, so the waits never form a
-// cycle among the link's sessions; a cycle through a local transaction
-// (or another link) is a lock cycle the deadlock detector breaks, and the
-// victim runs again.
+// A transaction that has not begun yet is waited for through its session's
+// gate, a lock the session holds but while it begins a transaction: so
+// every wait is a lock wait on the session that will make progress, and
+// the deadlock detector sees every cycle — also one through a worker that
+// is still busy (even waiting, client side, for results) with an earlier
+// transaction that waits for a local one. Every wait is on a transaction
+// before it in the commit order, and a session runs its transactions in
+// that order, so the waits never form a cycle among the link's sessions
+// alone; a cycle through a local transaction (or another link) is a lock
+// cycle the deadlock detector breaks, and a victim of ours runs again.
 //
 // Why that is exactly-once: a transaction commits only after its
 // predecessor committed (the predecessor's lock was free and its origin's
@@ -55,7 +56,7 @@ const (
 	stmtStart       = "pgmesh_start"
 	stmtWait        = "pgmesh_wait"
 	stmtEnd         = "pgmesh_end"
-	stmtHandoff     = "pgmesh_handoff"
+	stmtRelease     = "pgmesh_release"
 )
 
 // A serial remote transaction ends with stmtConstraints, stmtClaim (see
@@ -77,17 +78,17 @@ var fixedStatements = []struct{ name, sql string }{
 	{stmtCommit, "COMMIT"},
 	{stmtSeen, conflict.SeenSQL()},
 	{stmtClaim, "SELECT pgmesh.claim_seen($1, $2, $3, $4, $5, $6)"},
-	{stmtStart, "SELECT pg_catalog.pg_advisory_lock($1, $2)"},
-	{stmtWait, "SELECT pgmesh.apply_await($1, $2, $3, $4, $5, $6, $7, $8)"},
-	{stmtEnd, "SELECT pgmesh.apply_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"},
-	{stmtHandoff, "SELECT pgmesh.apply_handoff($1, $2, $3)"},
+	{stmtStart, "SELECT pgmesh.apply_begin($1, $2, $3)"},
+	{stmtWait, "SELECT pgmesh.apply_await($1, $2, $3, $4, $5, $6)"},
+	{stmtEnd, "SELECT pgmesh.apply_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"},
+	{stmtRelease, "SELECT pgmesh.apply_release($1, $2)"},
 }
 
 // waitTimeout bounds each wait of a transaction for another one (the
 // lock_timeout of the wait): a wait in a cycle that the deadlock detector
 // keeps breaking on the other side, or one it cannot see (a transaction
 // that has not begun), ends and the transaction runs again.
-const waitTimeout = "2s"
+const waitTimeout = "5s"
 
 // seqText is a transaction number as the int key of its lock.
 func seqText(seq uint64) []byte { return strconv.AppendInt(nil, int64(int32(uint32(seq))), 10) }
@@ -95,37 +96,31 @@ func seqText(seq uint64) []byte { return strconv.AppendInt(nil, int64(int32(uint
 // linkText is the first key of the link's ordering locks.
 func (w *worker) linkText() []byte { return strconv.AppendInt(nil, int64(w.a.link), 10) }
 
+// gate is the key of the worker's gate: the link's id in the high half, the
+// worker's number in the low one (bigint advisory locks are a key space of
+// their own; the conflict statements' bigint keys are hashes).
+func (w *worker) gate() int64 { return int64(w.a.link)<<32 | int64(0x7fff0000+w.id) }
+
+func (w *worker) gateText() []byte { return strconv.AppendInt(nil, w.gate(), 10) }
+
 // queueBegin queues the start of t: BEGIN; with other workers, t's lock
-// and the wait for the transaction every later one waits for; then the
-// seen entries received before t.
+// (apply_begin) and the wait for the transaction every later one waits
+// for; then the seen entries received before t.
 func (w *worker) queueBegin(t *txn) {
 	w.pipe.SendQueryPrepared(stmtBegin, nil, nil, nil)
 	w.add(item{kind: itemBegin, txn: t})
 	if w.parallel() {
-		w.pipe.SendQueryPrepared(stmtStart, [][]byte{w.linkText(), seqText(t.seq)}, nil, nil)
+		w.pipe.SendQueryPrepared(stmtStart, [][]byte{w.linkText(), seqText(t.seq), w.gateText()}, nil, nil)
 		w.add(item{kind: itemStart, txn: t})
 		w.waitFor(t, t.after)
 	}
 	w.queueReceived(t)
 }
 
-// awaitParams are the parameters that name transaction d for apply_await:
-// number, origin, end, and the same for its session's previous transaction
-// unless that one has committed.
-func (w *worker) awaitParams(d *txn) [][]byte {
-	ps := [][]byte{seqText(d.seq), []byte(d.w.origin), []byte(d.end.EndLSN.String()), nil, nil, nil}
-	if q := w.prevOf(d); q != nil && !w.a.isCommitted(q.seq) {
-		ps[3], ps[4], ps[5] = seqText(q.seq), []byte(q.w.origin), []byte(q.end.EndLSN.String())
-	}
-	return ps
-}
-
-// prevOf is the transaction d's session runs before d (nil once d has
-// committed).
-func (w *worker) prevOf(d *txn) *txn {
-	w.a.mu.Lock()
-	defer w.a.mu.Unlock()
-	return d.prevOnW
+// awaitParams name transaction d for apply_await: number, origin, end,
+// its session's gate.
+func awaitParams(d *txn) [][]byte {
+	return [][]byte{seqText(d.seq), []byte(d.w.origin), []byte(d.end.EndLSN.String()), d.w.gateText()}
 }
 
 // waitFor queues t's wait for transaction d to commit, unless that is
@@ -137,7 +132,7 @@ func (w *worker) waitFor(t, d *txn) {
 	}
 	t.waited = d.seq
 	w.ensurePipe()
-	ps := append([][]byte{w.linkText()}, w.awaitParams(d)...)
+	ps := append([][]byte{w.linkText()}, awaitParams(d)...)
 	ps = append(ps, w.timeout(t))
 	w.pipe.SendQueryPrepared(stmtWait, ps, nil, nil)
 	w.add(item{kind: itemWait, txn: t})
@@ -156,8 +151,7 @@ func (w *worker) timeout(t *txn) []byte {
 
 // queueCommit queues the end of t: deferred checks, the wait for its
 // predecessor, the claim and the origin setup, then COMMIT; with other
-// workers, the release of its lock (handed to its session's next
-// transaction when that is queued already), which ends the flight.
+// workers, the release of its lock, which ends the flight.
 func (w *worker) queueCommit(t *txn) error {
 	w.ensurePipe()
 	w.pipe.SendQueryPrepared(stmtConstraints, nil, nil, nil)
@@ -171,15 +165,15 @@ func (w *worker) queueCommit(t *txn) error {
 		w.pipe.SendQueryPrepared(stmtXact, w.params, nil, nil)
 		w.add(item{kind: itemXact, txn: t})
 	} else {
-		ps := make([][]byte, 15)
+		ps := make([][]byte, 13)
 		ps[0] = w.linkText()
 		if p := t.pred; p != nil && p.w != w && !w.a.isCommitted(p.seq) {
-			copy(ps[1:7], w.awaitParams(p))
-			ps[7] = w.timeout(t)
+			copy(ps[1:5], awaitParams(p))
+			ps[5] = w.timeout(t)
 		}
-		ps[8], ps[9] = end, ts
+		ps[6], ps[7] = end, ts
 		if t.claim {
-			copy(ps[10:], w.claimParams(t))
+			copy(ps[8:], w.claimParams(t))
 		}
 		w.pipe.SendQueryPrepared(stmtEnd, ps, nil, nil)
 		w.add(item{kind: itemXact, txn: t})
@@ -191,53 +185,49 @@ func (w *worker) queueCommit(t *txn) error {
 	if !w.parallel() {
 		return w.maybeSend()
 	}
-	var next []byte
-	if n := w.nextTxn(); n != nil {
-		next = seqText(n.seq)
-	}
-	w.pipe.SendQueryPrepared(stmtHandoff, [][]byte{w.linkText(), seqText(t.seq), next}, nil, nil)
+	w.pipe.SendQueryPrepared(stmtRelease, [][]byte{w.linkText(), seqText(t.seq)}, nil, nil)
 	w.add(item{kind: itemRelease})
 	return w.send()
 }
 
-// nextTxn is the transaction of the next op queued for this worker, which
-// will begin next, if any.
-func (w *worker) nextTxn() *txn {
-	w.a.mu.Lock()
-	defer w.a.mu.Unlock()
-	if len(w.q) > 0 {
-		return w.q[0].t
-	}
-	return nil
-}
-
-// syncLocks, after a rollback, releases the ordering locks the session
-// still holds for committed transactions (a failed release). The others
-// stay: the successors of its open transactions go on waiting while those
-// run again (a lock held already is taken once more, apply_release
-// releases every hold).
+// syncLocks, after a rollback, takes the session's gate again if a failure
+// left it open, and releases the ordering locks the session still holds for
+// committed transactions (a failed release). The others stay: the
+// successors of its open transactions go on waiting while those run again
+// (a lock held already is taken once more, apply_release releases every
+// hold).
 func (w *worker) syncLocks(ctx context.Context) error {
 	if !w.parallel() {
 		return nil
 	}
-	res := w.conn.ExecParams(ctx, `SELECT objid::bigint FROM pg_catalog.pg_locks
-	  WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid() AND classid = $1::int::oid AND objsubid = 2 AND mode = 'ExclusiveLock'`,
-		[][]byte{w.linkText()}, nil, nil, nil).Read()
+	res := w.conn.ExecParams(ctx, `SELECT objsubid::int, (classid::bigint << 32 | objid::bigint)::text FROM pg_catalog.pg_locks
+	  WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid() AND mode = 'ExclusiveLock' AND granted`, nil, nil, nil, nil).Read()
 	if res.Err != nil {
 		return fmt.Errorf("read the ordering locks held: %w", res.Err)
 	}
+	gate := false
 	committed := uint32(w.a.committedN.Load())
 	for _, r := range res.Rows {
-		n, err := strconv.ParseInt(string(r[0]), 10, 64)
+		key, err := strconv.ParseInt(string(r[1]), 10, 64)
 		if err != nil {
 			return fmt.Errorf("read the ordering locks held: %w", err)
 		}
-		// Numbers are compared as the lock keys wrap: within 2^31.
-		if seq := uint32(n); int32(committed-seq) >= 0 {
-			res := w.conn.ExecParams(ctx, "SELECT pgmesh.apply_release($1, $2)", [][]byte{w.linkText(), seqText(uint64(seq))}, nil, nil, nil).Read()
-			if res.Err != nil {
-				return fmt.Errorf("release the ordering lock of a committed transaction: %w", res.Err)
+		switch {
+		case string(r[0]) == "1" && key == w.gate():
+			gate = true
+		case string(r[0]) == "2" && int32(key>>32) == w.a.link:
+			// Numbers are compared as the lock keys wrap: within 2^31.
+			if seq := uint32(key); int32(committed-seq) >= 0 {
+				res := w.conn.ExecParams(ctx, "SELECT pgmesh.apply_release($1, $2)", [][]byte{w.linkText(), seqText(uint64(seq))}, nil, nil, nil).Read()
+				if res.Err != nil {
+					return fmt.Errorf("release the ordering lock of a committed transaction: %w", res.Err)
+				}
 			}
+		}
+	}
+	if !gate {
+		if res := w.conn.ExecParams(ctx, "SELECT pgmesh.apply_gate($1)", [][]byte{w.gateText()}, nil, nil, nil).Read(); res.Err != nil {
+			return fmt.Errorf("take the session's gate: %w", res.Err)
 		}
 	}
 	return nil

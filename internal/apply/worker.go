@@ -49,15 +49,19 @@ type worker struct {
 	shape  []byte   // scratch: statement shape key
 }
 
-// newWorker prepares session s: settings, origin, fixed statements. It
-// returns the origin's progress.
-func newWorker(ctx context.Context, a *Applier, id int, s Session) (*worker, stream.LSN, error) {
+// newWorker prepares session s: settings, origin, fixed statements, and
+// with other sessions (parallel) its gate (order.go). It returns the
+// origin's progress.
+func newWorker(ctx context.Context, a *Applier, id int, s Session, parallel bool) (*worker, stream.LSN, error) {
 	w := &worker{a: a, id: id, conn: s.Conn, origin: s.Origin, rels: map[uint32]*relInfo{}, stmts: map[string]*stmt{}}
 	w.log = a.log.With("origin", s.Origin).Info
 	up := a.o.Upstream
 	setup := []struct{ what, sql string }{
 		{"set session_replication_role", "SET session_replication_role = replica"},
 		{"set synchronous_commit", "SET synchronous_commit = off"},
+		// A session whose agent died must end, and release its origin and
+		// locks, also while it waits for a lock or for another session.
+		{"set client_connection_check_interval", "SET client_connection_check_interval = '1s'"},
 	}
 	for _, st := range setup {
 		if _, err := w.conn.Exec(ctx, st.sql).ReadAll(); err != nil {
@@ -81,6 +85,12 @@ func newWorker(ctx context.Context, a *Applier, id int, s Session) (*worker, str
 		if _, err := w.conn.Prepare(ctx, p.name, p.sql, nil); err != nil {
 			w.reset(context.WithoutCancel(ctx))
 			return nil, 0, fmt.Errorf("apply session for upstream %s: prepare %s: %w", up, p.sql, err)
+		}
+	}
+	if parallel {
+		if res := w.conn.ExecParams(ctx, "SELECT pgmesh.apply_gate($1)", [][]byte{w.gateText()}, nil, nil, nil).Read(); res.Err != nil {
+			w.reset(context.WithoutCancel(ctx))
+			return nil, 0, fmt.Errorf("apply session for upstream %s: take the session's gate: %w (run pgmesh init to install the current pgmesh schema)", up, res.Err)
 		}
 	}
 	res := w.conn.ExecParams(ctx, "SELECT pg_catalog.pg_replication_origin_progress($1, false)::text", [][]byte{[]byte(s.Origin)}, nil, nil, nil).Read()
