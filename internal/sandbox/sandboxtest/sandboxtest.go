@@ -284,7 +284,7 @@ func buildConfig(path string, dsns []string) (*config.Config, []byte) {
 		},
 		Sequences: config.Sequences{Strategy: "snowflake", MaxNodes: 16},
 		DDL:       config.DDL{Capture: "auto"},
-		Agent:     config.Agent{Listen: "127.0.0.1:0"},
+		Agent:     config.Agent{Listen: "127.0.0.1:0", ApplyWorkers: config.DefaultApplyWorkers},
 	}
 	var b strings.Builder
 	b.WriteString("cluster: test\nnodes:\n")
