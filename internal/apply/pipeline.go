@@ -152,6 +152,11 @@ func (w *worker) readFlight() error {
 		}
 		if err != nil {
 			err = w.describe(it, err)
+			if it.kind == itemRelease {
+				// Outside a transaction block: the flights after it ran
+				// on; only a new session knows what committed.
+				err = fatal{err}
+			}
 			var pe *pgconn.PgError
 			if it.kind != itemSync && errors.As(err, &pe) {
 				if serr := w.toSync(); serr != nil {
@@ -193,8 +198,10 @@ func (w *worker) toSync() error {
 	}
 }
 
-// skipFlight reads the oldest flight in the air after a failure, whose
-// statements all fail (in the aborted transaction block) or are skipped.
+// skipFlight reads the oldest flight in the air after a failure. Its
+// statements fail (in the aborted transaction block) or are skipped; should
+// one succeed all the same, its result counts as usual — a COMMIT that went
+// through is a committed transaction, never to run again.
 func (w *worker) skipFlight() error {
 	flight := w.inAir[0]
 	w.inAir = w.inAir[1:]
@@ -202,9 +209,27 @@ func (w *worker) skipFlight() error {
 	w.busy.Store(true)
 	defer w.busy.Store(false)
 	defer w.recycle(flight)
-	err := w.toSync()
-	if err != nil {
-		return fatal{fmt.Errorf("upstream %s: read results after a failure: %w", w.a.o.Upstream, err)}
+	for i := range flight {
+		it := &flight[i]
+		res, err := w.pipe.GetResults()
+		if err == nil {
+			err = w.handleResult(it, res)
+		}
+		var pe *pgconn.PgError
+		switch {
+		case err == nil:
+			if it.kind == itemSync {
+				return nil
+			}
+		case errors.As(err, &pe) && it.kind != itemSync:
+			// The rest of the flight was skipped: its Sync is next.
+			if serr := w.toSync(); serr != nil {
+				return fatal{fmt.Errorf("upstream %s: read results after a failure: %w", w.a.o.Upstream, serr)}
+			}
+			return nil
+		default:
+			return fatal{fmt.Errorf("upstream %s: read results after a failure: %w", w.a.o.Upstream, err)}
+		}
 	}
 	return nil
 }
