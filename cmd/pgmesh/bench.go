@@ -71,6 +71,7 @@ of the medians (native seconds / pgmesh seconds: 1.0 = as fast as native).`,
 		},
 	}
 	cmd.Flags().IntVar(&o.Txns, "txns", 20000, "pgbench transactions per round")
+	cmd.Flags().IntVar(&o.Scale, "scale", 1, "pgbench scale (branches: every transaction updates one)")
 	cmd.Flags().IntVar(&o.BigRows, "big-rows", 0, "instead of pgbench: one transaction inserting this many rows per round")
 	cmd.Flags().IntVar(&o.Workers, "workers", 0, "apply sessions of the pgmesh link (default: agent.apply_workers' default)")
 	cmd.Flags().IntVar(&o.Rounds, "rounds", 3, "rounds per applier (interleaved)")

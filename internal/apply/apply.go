@@ -147,6 +147,7 @@ type Applier struct {
 	// spreadAfter is the backlog above which transactions spread over the
 	// workers (see assign); tests lower it.
 	spreadAfter uint64
+	noAffinity  bool     // tests: no pull to the worker of a dependency
 	deps        *tracker // nil with one worker
 	depRels     map[*stream.Relation]*depRel
 	received    map[string]time.Time // seen entries not yet recorded, by origin

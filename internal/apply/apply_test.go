@@ -181,7 +181,9 @@ func TestApplyRecordsOriginAndCommitTime(t *testing.T) {
 	}
 }
 
-func TestApplyManyTransactionsInOneFlight(t *testing.T) {
+// Many small transactions go out pipelined, several to a flight, and each
+// commits as a transaction of its own.
+func TestApplyManyTransactionsPipelined(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v int)`)

@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"fmt"
 	"maps"
 	"slices"
 	"time"
@@ -141,16 +140,32 @@ func (a *Applier) add(t *txn, o op) error {
 // the wait through which a local transaction, waiting for one of them
 // while holding what the earlier one needs, closes a cycle that only the
 // deadlock detector (after deadlock_timeout) breaks. With a backlog, the
-// least loaded worker, in turn among equals. Dependencies do not pull a
-// transaction to the worker of the one it depends on: its independent
-// changes run at once, and only the dependent ones wait, in the database.
+// least loaded worker, in turn among equals. Dependencies pull a
+// transaction to the worker of the one it depends on when its changes
+// held back show a dependency (a transaction handed over before its
+// commit goes to the least loaded worker): a wait across sessions costs
+// two context switches, and a chain of dependent transactions runs best
+// on one session.
 func (a *Applier) assign(t *txn) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// The latest uncommitted transaction t depends on, as far as its
+	// changes held back show.
+	var dep *txn
+	for _, o := range t.buf {
+		if o.dep != nil && o.dep.seq > a.committed && (dep == nil || o.dep.seq > dep.seq) {
+			dep = o.dep
+		}
+	}
 	var w *worker
-	if p := t.pred; p != nil && p.w != nil && (a.seq-a.committed <= a.spreadAfter || time.Now().Before(a.serialUntil)) {
+	switch p := t.pred; {
+	case p != nil && p.w != nil && (a.seq-a.committed <= a.spreadAfter || time.Now().Before(a.serialUntil)):
 		w = p.w
-	} else {
+	case dep != nil && dep.w != nil && !a.noAffinity:
+		// Its changes would wait for that one: run after it on its
+		// session instead, with no wait across sessions.
+		w = dep.w
+	default:
 		best := -1
 		var bestLoad int
 		for i := range a.workers {
@@ -254,7 +269,5 @@ func (a *Applier) forgetTables() {
 	}
 }
 
-// describeTxn names a remote transaction in errors.
-func (t *txn) String() string {
-	return fmt.Sprintf("%s", t.begin.FinalLSN)
-}
+// String names a remote transaction in errors and logs: its commit LSN.
+func (t *txn) String() string { return t.begin.FinalLSN.String() }

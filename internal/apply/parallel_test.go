@@ -198,6 +198,8 @@ END $$`
 			// newer: no conflict in a serial apply.
 			e.exec(t, `INSERT INTO pgmesh.peer_seen VALUES ($1, 'n2', now())`, e.origin)
 			a := e.applier(t, Options{})
+			// The second transaction runs on the other session and waits.
+			a.noAffinity = true
 			r := newRemote()
 			r.ts = r.ts.AddDate(100, 0, 0)
 			first := append([]*stream.Change{ins(rel(1, "slow", 'd', "*id"), "1")}, c.first(c.tables)...)
@@ -396,5 +398,29 @@ func TestApplyManyInserts(t *testing.T) {
 				t.Errorf("stats: %d changes, conflicts %v", st.Changes, st.Conflicts)
 			}
 		})
+	}
+}
+
+// A chain of transactions that each depend on the one before runs on one
+// session: a wait across sessions for every transaction would cost more
+// than the chain can gain from running in parallel.
+func TestParallelChainOnOneSession(t *testing.T) {
+	e := newEnvN(t, 2)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL)`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id", "n")
+	r.feed(t, a, ins(tr, "1", "0"))
+	for i := 1; i <= 20; i++ {
+		r.feed(t, a, upd(tr, nil, "1", fmt.Sprint(i)))
+	}
+	if err := a.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.rows(t, "SELECT n FROM t"); !slices.Equal(got, []string{"20"}) {
+		t.Errorf("n = %q, want 20", got)
+	}
+	if p := e.originProgress(t); p[0] != "" && p[1] != "" {
+		t.Errorf("both sessions committed (progress %q): the chain was spread", p)
 	}
 }

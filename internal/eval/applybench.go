@@ -33,6 +33,9 @@ type ApplyBenchOptions struct {
 	// BigRows, when set, replaces the pgbench backlog by one transaction
 	// that inserts BigRows rows into one table (bigint key, 96-byte text).
 	BigRows int
+	// Scale is the pgbench scale (default 1: one branch, which every
+	// transaction updates).
+	Scale int
 	// Workers is the pgmesh link's apply sessions (agent.apply_workers;
 	// 0 = the default).
 	Workers int
@@ -162,7 +165,7 @@ func (b *applyBench) prepare(ctx context.Context) error {
 			return err
 		}
 		for _, db := range []string{"native", "mesh"} {
-			if err := b.run(ctx, "-i", "-s", "1", "-q", b.cl.DSN(n.Name, db)); err != nil {
+			if err := b.run(ctx, "-i", "-s", strconv.Itoa(max(b.o.Scale, 1)), "-q", b.cl.DSN(n.Name, db)); err != nil {
 				return err
 			}
 			// pgbench_history has no key; it only ever gets inserts.
