@@ -42,13 +42,18 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT pg_advisory_lock(gate) $$;
 
 -- apply_begin begins transaction <seq> on the session whose gate is
--- <gate>: the transaction's lock, then the gate opened and closed again.
-CREATE OR REPLACE FUNCTION pgmesh.apply_begin(link int, seq int, gate bigint) RETURNS void
+-- <gate>: the transaction's lock, the lock of <prev> (the transaction the
+-- session committed just before, when its release was left to this one)
+-- released, then the gate opened and closed again.
+CREATE OR REPLACE FUNCTION pgmesh.apply_begin(link int, seq int, gate bigint, prev int) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM pg_advisory_lock(link, seq);
+    IF prev IS NOT NULL THEN
+        PERFORM pgmesh.apply_release(link, prev);
+    END IF;
     PERFORM pg_advisory_unlock(gate);
     PERFORM pg_advisory_lock(gate);
 END

@@ -40,10 +40,12 @@ import (
 // same order (the lock is released after the commit record), so the
 // greatest flushed progress is also a prefix that is durable.
 //
-// The statement after a COMMIT (the lock release) runs outside any
-// transaction block, so it ends its flight: if it failed, the server would
-// skip the rest of the flight, and statements of the next transaction in a
-// later flight would run without their BEGIN.
+// A transaction's lock is released by the session's next transaction right
+// after its BEGIN (apply_begin), when that one is queued at the COMMIT.
+// Otherwise the release is a statement of its own after the COMMIT,
+// outside any transaction block, and it ends its flight: if it failed, the
+// server would skip the rest of the flight, and statements of the next
+// transaction in a later flight would run without their BEGIN.
 
 // Fixed statements, prepared once per session.
 const (
@@ -78,7 +80,7 @@ var fixedStatements = []struct{ name, sql string }{
 	{stmtCommit, "COMMIT"},
 	{stmtSeen, conflict.SeenSQL()},
 	{stmtClaim, "SELECT pgmesh.claim_seen($1, $2, $3, $4, $5, $6)"},
-	{stmtStart, "SELECT pgmesh.apply_begin($1, $2, $3)"},
+	{stmtStart, "SELECT pgmesh.apply_begin($1, $2, $3, $4)"},
 	{stmtWait, "SELECT pgmesh.apply_await($1, $2, $3, $4, $5, $6)"},
 	{stmtEnd, "SELECT pgmesh.apply_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"},
 	{stmtRelease, "SELECT pgmesh.apply_release($1, $2)"},
@@ -110,7 +112,11 @@ func (w *worker) queueBegin(t *txn) {
 	w.pipe.SendQueryPrepared(stmtBegin, nil, nil, nil)
 	w.add(item{kind: itemBegin, txn: t})
 	if w.parallel() {
-		w.pipe.SendQueryPrepared(stmtStart, [][]byte{w.linkText(), seqText(t.seq), w.gateText()}, nil, nil)
+		var prev []byte
+		if w.held != 0 {
+			prev, w.held = seqText(w.held), 0
+		}
+		w.pipe.SendQueryPrepared(stmtStart, [][]byte{w.linkText(), seqText(t.seq), w.gateText(), prev}, nil, nil)
 		w.add(item{kind: itemStart, txn: t})
 		w.waitFor(t, t.after)
 	}
@@ -185,9 +191,37 @@ func (w *worker) queueCommit(t *txn) error {
 	if !w.parallel() {
 		return w.maybeSend()
 	}
-	w.pipe.SendQueryPrepared(stmtRelease, [][]byte{w.linkText(), seqText(t.seq)}, nil, nil)
+	// The lock goes when the session's next transaction begins, right
+	// after, if one is queued already: no flight ends per transaction.
+	w.held = t.seq
+	if w.nextTxn() != nil {
+		return w.maybeSend()
+	}
+	return w.release()
+}
+
+// release queues the release of the lock of the transaction committed
+// last and sends the flight, which the release ends.
+func (w *worker) release() error {
+	if w.held == 0 {
+		return nil
+	}
+	w.ensurePipe()
+	w.pipe.SendQueryPrepared(stmtRelease, [][]byte{w.linkText(), seqText(w.held)}, nil, nil)
 	w.add(item{kind: itemRelease})
+	w.held = 0
 	return w.send()
+}
+
+// nextTxn is the transaction of the next op queued for this worker, which
+// will begin next, if any.
+func (w *worker) nextTxn() *txn {
+	w.a.mu.Lock()
+	defer w.a.mu.Unlock()
+	if len(w.q) > 0 {
+		return w.q[0].t
+	}
+	return nil
 }
 
 // syncLocks, after a rollback, takes the session's gate again if a failure
@@ -206,6 +240,7 @@ func (w *worker) syncLocks(ctx context.Context) error {
 		return fmt.Errorf("read the ordering locks held: %w", res.Err)
 	}
 	gate := false
+	w.held = 0
 	committed := uint32(w.a.committedN.Load())
 	for _, r := range res.Rows {
 		key, err := strconv.ParseInt(string(r[1]), 10, 64)

@@ -39,8 +39,11 @@ type worker struct {
 	commits  int              // COMMITs in pending: others may be waiting for them
 	flushed  uint64           // Applier.flushGen last acted upon
 
-	cur   *txn   // transaction whose statements are being queued
-	open  []*txn // transactions begun on this session and not committed, in order
+	cur  *txn   // transaction whose statements are being queued
+	open []*txn // transactions begun on this session and not committed, in order
+	// held is the committed transaction whose lock the session's next
+	// transaction releases (0: none).
+	held  uint64
 	rels  map[uint32]*relInfo
 	stmts map[string]*stmt // SQL → prepared statement
 	nstmt int              // prepared statement names given out
@@ -260,6 +263,8 @@ func (w *worker) message(o op) error {
 		if err := w.ensureTxn(o.t); err != nil {
 			return err
 		}
+	} else if err := w.release(); err != nil {
+		return err
 	}
 	if err := w.drain(); err != nil {
 		return err
