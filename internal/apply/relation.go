@@ -81,6 +81,15 @@ func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, err
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", a.o.Upstream, err)
 	}
+	// Triggers that fire in apply sessions, constraints, defaults, index
+	// expressions… run with the apply session's privileges: a function of
+	// another role among them would let that role act as pgmesh. The
+	// capture trigger refuses DDL that adds one; this catches the rest
+	// (ddl.capture: manual, a superuser demoted since).
+	var ok string
+	if err := (connQuerier{a.conn}).QueryRow(ctx, "SELECT pgmesh.check_untrusted_code(ARRAY[$1::regclass::oid])::text", ri.ident).Scan(&ok); err != nil {
+		return nil, fmt.Errorf("upstream %s: table %s: %w", a.o.Upstream, ri.name, err)
+	}
 	types := make(map[string]string, len(local.Columns))
 	for i, c := range local.Columns {
 		types[c] = local.Types[i]

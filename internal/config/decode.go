@@ -140,7 +140,7 @@ func (p *parser) cluster(cfg *Config, e entry) {
 	}
 }
 
-var nodeKeys = []string{"name", "dsn", "id"}
+var nodeKeys = []string{"name", "dsn", "admin_dsn", "id"}
 
 func (p *parser) nodes(cfg *Config, e entry) {
 	n, ok := p.plain(e.val, e.line)
@@ -193,6 +193,8 @@ func (p *parser) nodes(cfg *Config, e entry) {
 			case "dsn":
 				haveDSN = true
 				node.DSN = p.dsn(f, what)
+			case "admin_dsn":
+				node.AdminDSN = p.dsn(f, what)
 			case "id":
 				id, ok := p.integer(f, what+": id")
 				if !ok {
@@ -225,7 +227,8 @@ var envRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 // dsn returns the DSN of entry f with ${VAR} expanded. Messages never quote
 // the DSN: it may hold a password.
 func (p *parser) dsn(f entry, what string) string {
-	s, ok := p.str(f, what+": dsn")
+	what += ": " + f.key
+	s, ok := p.str(f, what)
 	if !ok {
 		return ""
 	}
@@ -239,11 +242,11 @@ func (p *parser) dsn(f entry, what string) string {
 		return v
 	})
 	if len(missing) > 0 {
-		p.errorf(f.line, "%s: dsn: environment variable %s is not set", what, strings.Join(missing, ", "))
+		p.errorf(f.line, "%s: environment variable %s is not set", what, strings.Join(missing, ", "))
 		return ""
 	}
 	if strings.TrimSpace(s) == "" {
-		p.errorf(f.line, "%s: dsn is empty", what)
+		p.errorf(f.line, "%s is empty", what)
 	}
 	return s
 }

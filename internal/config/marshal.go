@@ -17,6 +17,9 @@ func (c *Config) Marshal() []byte {
 	b.WriteString("nodes:\n")
 	for i, n := range c.Nodes {
 		fmt.Fprintf(&b, "  - name: %s\n    dsn: %s\n", q(n.Name), q(n.DSN))
+		if n.AdminDSN != "" {
+			fmt.Fprintf(&b, "    admin_dsn: %s\n", q(n.AdminDSN))
+		}
 		if n.ID != i+1 {
 			fmt.Fprintf(&b, "    id: %d\n", n.ID)
 		}

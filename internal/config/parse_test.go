@@ -30,7 +30,7 @@ var parseErrorTests = []struct {
 	{"unknown top key", twoNodes + "nodez: []\n", 7,
 		`unknown key "nodez" (known: cluster, nodes, replicate, conflicts, sequences, ddl, agent)`},
 	{"unknown node key", "cluster: shop\nnodes:\n  - name: a\n    dsn: x\n    port: 5432\n", 5,
-		`node #1: unknown key "port" (known: name, dsn, id)`},
+		`node #1: unknown key "port" (known: name, dsn, admin_dsn, id)`},
 	{"unknown replicate key", twoNodes + "replicate:\n  schema: [public]\n", 8,
 		`replicate: unknown key "schema" (known: schemas, exclude)`},
 	{"unknown conflicts key", twoNodes + "conflicts:\n  defaults: keep_local\n", 8,

@@ -161,7 +161,8 @@ type harness struct {
 	cl         *sandbox.Cluster
 	ownCluster bool
 	tmp        string         // the new sandbox's parent directory
-	cfg        *config.Config // direct DSNs
+	cfg        *config.Config // direct DSNs, as pgmesh's role
+	db         string         // the database on every node
 	net        *netfault.Net
 	agents     map[string]*nodeAgent
 	wl         *workload
@@ -323,10 +324,12 @@ func (h *harness) servers(ctx context.Context) error {
 		}
 		h.cl, h.ownCluster = cl, true
 	}
+	h.db = db
 	var y strings.Builder
 	y.WriteString("cluster: eval\nnodes:\n")
 	for _, n := range h.cl.Nodes[:h.o.Nodes] {
-		fmt.Fprintf(&y, "  - name: %s\n    dsn: %q\n", n.Name, h.cl.DSN(n.Name, db))
+		fmt.Fprintf(&y, "  - name: %s\n    dsn: %q\n    admin_dsn: %q\n", n.Name,
+			h.cl.DSNAs(n.Name, db, sandbox.Pgmesh), h.cl.DSNAs(n.Name, db, sandbox.Admin))
 	}
 	y.WriteString(`replicate:
   schemas: [eval]
@@ -350,7 +353,7 @@ ddl: { capture: manual }
 func (h *harness) prepare(ctx context.Context) error {
 	h.progress("creating schema eval on every node, sequences convert, init")
 	for _, n := range h.cfg.Nodes {
-		if err := execAll(ctx, n.DSN, workloadSchema); err != nil {
+		if err := execAll(ctx, h.cl.DSNAs(n.Name, h.db, sandbox.Owner), workloadSchema); err != nil {
 			return fmt.Errorf("node %s: create schema: %w", n.Name, err)
 		}
 	}
@@ -397,7 +400,7 @@ func (h *harness) prepare(ctx context.Context) error {
 	// Counter rows come from one node through the mesh, so that every
 	// node starts from the same rows and the same commit times.
 	h.progress("seeding %d counters through the mesh", h.wlConfig().Counters)
-	if err := execAll(ctx, h.cfg.Nodes[0].DSN, []string{fmt.Sprintf(
+	if err := execAll(ctx, h.cl.DSNAs(h.cfg.Nodes[0].Name, h.db, sandbox.App), []string{fmt.Sprintf(
 		`INSERT INTO eval.counters SELECT g, 0 FROM generate_series(1, %d) g`, h.wlConfig().Counters)}); err != nil {
 		return fmt.Errorf("seed counters: %w", err)
 	}
@@ -427,7 +430,9 @@ func (h *harness) wlConfig() WorkloadConfig {
 func (h *harness) run(ctx context.Context) (*Result, error) {
 	targets := make([]target, len(h.cfg.Nodes))
 	for i, n := range h.cfg.Nodes {
-		targets[i] = target{name: n.Name, dsn: n.DSN}
+		// The workload runs as an application role: no privilege on
+		// schema pgmesh, ordinary privileges on the tables.
+		targets[i] = target{name: n.Name, dsn: h.cl.DSNAs(n.Name, h.db, sandbox.App)}
 	}
 	h.wl = newWorkload(h.o.Workload, targets, h.o.Seed)
 	h.start = time.Now()

@@ -30,9 +30,24 @@ func Address(dsn string) string {
 	return fmt.Sprintf("%s/%s user=%s", net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), cfg.Database, cfg.User)
 }
 
+// SearchPath is the search_path of every session pgmesh opens: nothing a
+// user creates in another schema can shadow a function, operator or type
+// that pgmesh's SQL names without a schema. Sent in the startup packet, it
+// wins over ALTER ROLE / ALTER DATABASE … SET search_path.
+const SearchPath = "pg_catalog, pg_temp"
+
 // ParseConfig parses a DSN and applies pgmesh's defaults (connect timeout,
-// application_name).
+// application_name, the pinned search_path).
 func ParseConfig(dsn, appName string) (*pgx.ConnConfig, error) {
+	cfg, err := parseConfig(dsn, appName)
+	if err != nil {
+		return nil, err
+	}
+	cfg.RuntimeParams["search_path"] = SearchPath
+	return cfg, nil
+}
+
+func parseConfig(dsn, appName string) (*pgx.ConnConfig, error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("parse DSN: %w", redact(err))
@@ -46,13 +61,29 @@ func ParseConfig(dsn, appName string) (*pgx.ConnConfig, error) {
 	return cfg, nil
 }
 
-// Connect opens an ordinary connection to node. Errors name the node and its
-// address so that "which of my twelve nodes is down" needs no guessing.
+// Connect opens a connection of pgmesh's own to node. Errors name the node
+// and its address so that "which of my twelve nodes is down" needs no
+// guessing.
 func Connect(ctx context.Context, node, dsn, appName string) (*pgx.Conn, error) {
 	cfg, err := ParseConfig(dsn, appName)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", node, err)
 	}
+	return connect(ctx, node, dsn, cfg)
+}
+
+// ConnectUser opens a connection that runs SQL written for the role's own
+// search_path, as an application does: workloads of the demo, eval and
+// tests. pgmesh's own SQL never runs on it.
+func ConnectUser(ctx context.Context, node, dsn, appName string) (*pgx.Conn, error) {
+	cfg, err := parseConfig(dsn, appName)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", node, err)
+	}
+	return connect(ctx, node, dsn, cfg)
+}
+
+func connect(ctx context.Context, node, dsn string, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: connect to %s: %w", node, Address(dsn), redact(err))

@@ -71,6 +71,21 @@ type Report struct {
 // same node: pgoutput looks it up as of each decoded change.
 func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, error) {
 	rep := &Report{Findings: []check.Finding{}, Actions: []Action{}, Notes: []string{}}
+	act := func(node, format string, args ...any) {
+		a := Action{Node: node, Action: fmt.Sprintf(format, args...)}
+		log.Debug("init", "node", node, "action", a.Action)
+		rep.Actions = append(rep.Actions, a)
+	}
+	// A node with an admin_dsn gets its grants before the preflight checks
+	// them.
+	for _, n := range cfg.Nodes {
+		if n.AdminDSN == "" {
+			continue
+		}
+		if err := adminGrants(ctx, cfg, n, act); err != nil {
+			return rep, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
 	fs, err := check.Preflight(ctx, cfg)
 	rep.Findings = append(rep.Findings, fs...)
 	if err != nil {
@@ -93,15 +108,19 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 		}
 		conns[n.Name] = c
 	}
-	act := func(node, format string, args ...any) {
-		a := Action{Node: node, Action: fmt.Sprintf(format, args...)}
-		log.Debug("init", "node", node, "action", a.Action)
-		rep.Actions = append(rep.Actions, a)
-	}
 
 	for _, n := range cfg.Nodes {
 		if err := convergeNode(ctx, cfg, n.Name, conns[n.Name], act); err != nil {
 			return rep, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	for _, n := range cfg.Nodes {
+		script, err := ensureCapture(ctx, cfg, n, conns[n.Name], act)
+		if err != nil {
+			return rep, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		if script != "" {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("DDL capture is off on %s until a superuser runs there (ddl.capture: auto; or set ddl.capture: manual and use pgmesh ddl):\n%s", n.Name, script))
 		}
 	}
 	links := topology.FullMesh(cfg.NodeNames())
