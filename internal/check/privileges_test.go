@@ -36,7 +36,9 @@ func TestPrivilegeFindings(t *testing.T) {
 			[]string{`FAIL pg_logical_emit_message: GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean,text,text) TO "mesh";`}},
 		// PUBLIC may emit: any role could forge DDL and seen messages, even
 		// when pgmesh runs as a superuser.
-		{"emit open to PUBLIC", with(func(p *privileges) { p.Superuser, p.PublicEmit = true, []string{"pg_logical_emit_message(boolean,text,text)"} }),
+		{"emit open to PUBLIC", with(func(p *privileges) {
+			p.Superuser, p.PublicEmit = true, []string{"pg_logical_emit_message(boolean,text,text)"}
+		}),
 			[]string{`FAIL pg_logical_emit_message: REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean,text,text) FROM PUBLIC;`,
 				"WARN role mesh: create a role for pgmesh as the README's Security section shows (pgmesh setup-sql prints the SQL), and use it in the DSN"}},
 		{"session_replication_role", with(func(p *privileges) { p.SetReplicationRole = false }),

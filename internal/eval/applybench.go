@@ -161,7 +161,7 @@ func (b *applyBench) prepare(ctx context.Context) error {
 		return err
 	}
 	b.meshCfg = &config.Config{
-		Cluster:   "bench",
+		Cluster: "bench",
 		Nodes: []config.Node{
 			{Name: n1, DSN: b.cl.DSNAs(n1, "mesh", sandbox.Pgmesh), AdminDSN: b.cl.DSNAs(n1, "mesh", sandbox.Admin), ID: 1},
 			{Name: n2, DSN: b.cl.DSNAs(n2, "mesh", sandbox.Pgmesh), AdminDSN: b.cl.DSNAs(n2, "mesh", sandbox.Admin), ID: 2},
