@@ -739,7 +739,7 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     v_id pg_catalog.text;
-    who  pg_catalog.text := pg_catalog.coalesce(pg_catalog.nullif(p_role, ''), current_user::pg_catalog.text);
+    who  pg_catalog.text := CASE WHEN p_role IS NULL OR p_role OPERATOR(pg_catalog.=) '' THEN current_user::pg_catalog.text ELSE p_role END;
     prev pg_catalog.text := pg_catalog.current_setting('role');
 BEGIN
     PERFORM pg_catalog.set_config('pgmesh.in_ddl', 'on', true);
