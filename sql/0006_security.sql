@@ -405,7 +405,8 @@ $$;
 -- the columns, and the functions behind the operators they use. A function
 -- is trusted when it is SECURITY DEFINER (it runs as its owner and cannot
 -- change role) or owned by a superuser. Any other would let the role that
--- owns it act as pgmesh on this node: `check` FAILs on it, the capture
+-- owns it act as pgmesh on this node (a function of pgmesh's own role,
+-- the owner of schema pgmesh, is pgmesh's code): `check` FAILs on it, the capture
 -- event trigger refuses DDL that creates it, and the applier refuses to
 -- apply to such a table.
 CREATE FUNCTION pgmesh.untrusted_code(rels oid[])
@@ -476,6 +477,7 @@ SELECT DISTINCT f.root::regclass, p.oid::regprocedure, r.rolname, f.via
   JOIN pg_proc p ON p.oid = f.fn
   JOIN pg_roles r ON r.oid = p.proowner
  WHERE NOT p.prosecdef AND NOT r.rolsuper
+   AND p.proowner <> (SELECT n.nspowner FROM pg_namespace n WHERE n.nspname = 'pgmesh')
  ORDER BY 1, 2, 4
 $$;
 

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgmesh/pgmesh/internal/conflict"
+	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 	"github.com/pgmesh/pgmesh/internal/setup"
 	"github.com/pgmesh/pgmesh/internal/stream"
@@ -35,10 +36,13 @@ func newEnv(t testing.TB) *testEnv {
 	// writer of a row after its origin (origin_node: the origin's name
 	// when it is not pgmesh_<node>), so the upstream of the test's
 	// appliers is called like the origin, a valid node name.
-	e := &testEnv{dsn: env.DSNs[0], origin: fmt.Sprintf("at_%08x", crc32.ChecksumIEEE([]byte(env.DB))), db: env.Conn(t, 0)}
+	// pgmesh's role, which owns schema pgmesh and (here) the test tables,
+	// with public on the search_path for the tests' own SQL.
+	e := &testEnv{dsn: env.DSNs[0], origin: fmt.Sprintf("at_%08x", crc32.ChecksumIEEE([]byte(env.DB))), db: env.Pgmesh(t, 0)}
 	if _, err := setup.Migrate(context.Background(), e.db); err != nil {
 		t.Fatal(err)
 	}
+	e.exec(t, "SET search_path = public")
 	e.exec(t, "INSERT INTO pgmesh.local_node (cluster, name) VALUES ('test', 'n2')")
 	if err := conflict.SyncNodes(context.Background(), e.db, []string{e.origin, "n2"}); err != nil {
 		t.Fatal(err)
@@ -53,6 +57,8 @@ func newEnv(t testing.TB) *testEnv {
 	return e
 }
 
+// connect opens a session of pgmesh's role with the role's own search_path,
+// for the tests' own SQL.
 func connect(t testing.TB, dsn string) *pgx.Conn {
 	t.Helper()
 	conn, err := pgx.Connect(context.Background(), dsn)
@@ -73,7 +79,12 @@ func (e *testEnv) exec(t testing.TB, sql string, args ...any) {
 // applier starts an Applier on its own connection, closed at cleanup.
 func (e *testEnv) applier(t testing.TB, o Options) *Applier {
 	t.Helper()
-	conn := connect(t, e.dsn)
+	// As the agent opens it: search_path pinned (pg.SearchPath).
+	conn, err := pg.Connect(context.Background(), "n2", e.dsn, "pgmesh apply test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
 	o.Upstream, o.Origin = e.origin, e.origin
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))

@@ -34,7 +34,10 @@ func newFixture(t testing.TB, ddl ...string) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	env := sandboxtest.New(t, 1)
-	f := &fixture{t: t, env: env, conn: env.Conn(t, 0)}
+	// pgmesh's role, which owns schema pgmesh and (here) the test tables,
+	// with public on the search_path for the tests' own SQL.
+	f := &fixture{t: t, env: env, conn: env.Pgmesh(t, 0)}
+	f.exec("SET search_path = public")
 	// The embedded migrations, run directly rather than through
 	// internal/setup, whose other dependencies are irrelevant here.
 	ms, err := migrations.All()
@@ -57,6 +60,9 @@ func newFixture(t testing.TB, ddl ...string) *fixture {
 	for _, d := range ddl {
 		f.exec(d)
 	}
+	// Local sessions of the tests (the owner's, the application's) write
+	// the test tables too.
+	f.exec("GRANT ALL ON ALL TABLES IN SCHEMA public TO app_owner, app")
 	tables, err := pg.ReplicatedTables(ctx, f.conn, []string{"public"}, nil)
 	if err != nil {
 		t.Fatal(err)
