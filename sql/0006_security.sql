@@ -415,7 +415,7 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 WITH RECURSIVE
-targets AS (
+targets AS MATERIALIZED (
     -- pg_partition_tree has no row for a table that is not partitioned.
     SELECT r AS root, r AS rel FROM unnest(rels) r
     UNION
@@ -429,7 +429,7 @@ doms AS (
     SELECT d.root, t.typbasetype FROM doms d JOIN pg_type t ON t.oid = d.typ
      WHERE t.typbasetype <> 0 AND EXISTS (SELECT FROM pg_type b WHERE b.oid = t.typbasetype AND b.typtype = 'd')
 ),
-objs AS (
+objs AS MATERIALIZED (
     SELECT tg.root, 'pg_trigger'::regclass AS classid, t.oid AS objid,
            format('trigger %I on %s (enabled %s)', t.tgname, t.tgrelid::regclass,
                   CASE t.tgenabled WHEN 'A' THEN 'always' ELSE 'replica' END) AS via
@@ -462,7 +462,8 @@ objs AS (
     SELECT d.root, 'pg_type'::regclass, d.typ, format('default of domain %s', d.typ::regtype)
       FROM doms d
 ),
-funcs AS (
+-- MATERIALIZED: inlined, funcs would run once per row of pg_proc.
+funcs AS MATERIALIZED (
     SELECT o.root, t.tgfoid AS fn, o.via
       FROM objs o JOIN pg_trigger t ON o.classid = 'pg_trigger'::regclass AND t.oid = o.objid
     UNION ALL

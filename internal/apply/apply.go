@@ -109,6 +109,10 @@ type Applier struct {
 	err     error            // first failure; the Applier is dead afterwards
 
 	rels    map[uint32]*relInfo // by upstream relation id
+	// checked maps the tables checked for code that would run as pgmesh
+	// ("schema.table") to the refusal, "" when the table is fine
+	// (checkTrusted); cleared with rels.
+	checked map[string]string
 	stmts   map[string]string   // SQL → prepared statement name
 	params  [][]byte            // scratch: parameters of the statement being queued
 	shape   []byte              // scratch: statement shape key
@@ -188,6 +192,7 @@ func New(ctx context.Context, conn *pgconn.PgConn, o Options) (*Applier, error) 
 		o:         o,
 		log:       o.Logger.With("upstream", o.Upstream, "origin", o.Origin),
 		rels:      map[uint32]*relInfo{},
+		checked:   map[string]string{},
 		stmts:     map[string]string{},
 		conflicts: map[string]uint64{},
 		received:  map[string]time.Time{},
@@ -299,6 +304,7 @@ func (a *Applier) Message(ctx context.Context, m stream.Message) error {
 		return a.fail(fmt.Errorf("upstream %s: message %q at %s: %w", a.o.Upstream, m.Prefix, m.LSN, err))
 	}
 	clear(a.rels)
+	clear(a.checked)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package apply
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -81,14 +82,8 @@ func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, err
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", a.o.Upstream, err)
 	}
-	// Triggers that fire in apply sessions, constraints, defaults, index
-	// expressions… run with the apply session's privileges: a function of
-	// another role among them would let that role act as pgmesh. The
-	// capture trigger refuses DDL that adds one; this catches the rest
-	// (ddl.capture: manual, a superuser demoted since).
-	var ok string
-	if err := (connQuerier{a.conn}).QueryRow(ctx, "SELECT pgmesh.check_untrusted_code(ARRAY[$1::regclass::oid])::text", ri.ident).Scan(&ok); err != nil {
-		return nil, fmt.Errorf("upstream %s: table %s: %w", a.o.Upstream, ri.name, err)
+	if err := a.checkTrusted(ctx, ri); err != nil {
+		return nil, err
 	}
 	types := make(map[string]string, len(local.Columns))
 	for i, c := range local.Columns {
@@ -146,6 +141,53 @@ func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, err
 		ri.delta = append(ri.delta, remote[d])
 	}
 	return ri, nil
+}
+
+// checkTrusted refuses to apply to a table whose triggers (those that fire
+// in apply sessions), constraints, defaults, index expressions… call a
+// function that would run with the apply session's privileges while its
+// owner is another role: that role could act as pgmesh. The capture event
+// trigger refuses DDL that adds such a function; this catches the rest
+// (ddl.capture: manual, a superuser demoted since). Every replicated table
+// is checked in one query, once per session and again after a DDL message
+// (which clears the mappings, see Message).
+func (a *Applier) checkTrusted(ctx context.Context, ri *relInfo) error {
+	if _, ok := a.checked[ri.name]; !ok {
+		var bad, checked []byte
+		err := connQuerier{a.conn}.QueryRow(ctx, `
+WITH t AS MATERIALIZED (SELECT pg_catalog.array_append(pgmesh.replicated_tables(), $1::regclass::oid) AS rels)
+SELECT (SELECT coalesce(json_object_agg(n.nspname || '.' || c.relname,
+                 pg_catalog.format('function %s (owner %s) would run with pgmesh''s privileges when pgmesh applies changes to it (%s): make it run as its owner: ALTER FUNCTION %s SECURITY DEFINER; (or have a superuser own it)',
+                                   u.func, u.owner, u.via, u.func)), '{}')::text
+          FROM t, pgmesh.untrusted_code(t.rels) u
+          JOIN pg_catalog.pg_class c ON c.oid = u.rel JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace),
+       (SELECT coalesce(json_agg(n.nspname || '.' || c.relname), '[]')::text
+          FROM t, unnest(t.rels) r
+          JOIN pg_catalog.pg_class c ON c.oid = r JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)`, ri.ident).Scan(&bad, &checked)
+		if err != nil {
+			return fmt.Errorf("upstream %s: table %s: look for code that would run as pgmesh: %w", a.o.Upstream, ri.name, err)
+		}
+		var msgs map[string]string
+		var names []string
+		if err := json.Unmarshal(bad, &msgs); err != nil {
+			return fmt.Errorf("upstream %s: table %s: look for code that would run as pgmesh: %w", a.o.Upstream, ri.name, err)
+		}
+		if err := json.Unmarshal(checked, &names); err != nil {
+			return fmt.Errorf("upstream %s: table %s: look for code that would run as pgmesh: %w", a.o.Upstream, ri.name, err)
+		}
+		for _, n := range names {
+			a.checked[n] = msgs[n]
+		}
+		// A table the catalog query could not see (dropped meanwhile) is
+		// looked up again next time.
+		if _, ok := a.checked[ri.name]; !ok {
+			return nil
+		}
+	}
+	if msg := a.checked[ri.name]; msg != "" {
+		return fmt.Errorf("upstream %s: table %s: %s", a.o.Upstream, ri.name, msg)
+	}
+	return nil
 }
 
 // queueChange queues the statement of one change (preparing it first if

@@ -363,6 +363,11 @@ func (h *harness) prepare(ctx context.Context) error {
 	if _, err := setup.Init(ctx, h.cfg, h.o.Logger); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
+	for _, n := range h.cfg.Nodes {
+		if err := execAll(ctx, n.DSN, oracleSchema); err != nil {
+			return fmt.Errorf("node %s: create the checker's function: %w", n.Name, err)
+		}
+	}
 	// Proxy of link up → down: what down's agent dials to reach up.
 	proxied := map[string]string{}
 	for _, up := range h.cfg.Nodes {
@@ -382,13 +387,17 @@ func (h *harness) prepare(ctx context.Context) error {
 			proxied[name] = listen
 		}
 	}
+	passfile, err := h.proxyPassfile(proxied)
+	if err != nil {
+		return err
+	}
 	h.progress("starting one agent per node, every link through its proxy")
 	for _, down := range h.cfg.Nodes {
 		view := *h.cfg
 		view.Nodes = slices.Clone(h.cfg.Nodes)
 		for i, up := range view.Nodes {
 			if up.Name != down.Name {
-				view.Nodes[i].DSN = redirect(up.DSN, proxied[netfault.LinkName(up.Name, down.Name)])
+				view.Nodes[i].DSN = redirect(up.DSN, proxied[netfault.LinkName(up.Name, down.Name)], passfile)
 			}
 		}
 		a := &nodeAgent{node: down.Name, cfg: &view, bin: h.o.AgentBinary, dir: h.dir, logger: h.o.Logger}
@@ -612,11 +621,40 @@ func hostPort(dsn string) (string, error) {
 	return net.JoinHostPort(c.Host, strconv.Itoa(int(c.Port))), nil
 }
 
-// redirect makes a key/value DSN connect to addr instead: in libpq
-// key/value strings a later keyword overrides an earlier one.
-func redirect(dsn, addr string) string {
+// redirect makes a key/value DSN connect to addr instead, with the
+// passwords of passfile: in libpq key/value strings a later keyword
+// overrides an earlier one.
+func redirect(dsn, addr, passfile string) string {
 	host, port, _ := net.SplitHostPort(addr)
-	return dsn + " host=" + host + " port=" + port
+	return dsn + " host=" + host + " port=" + port + " passfile='" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(passfile) + "'"
+}
+
+// proxyPassfile writes, in the harness's private directory, a password
+// file (mode 0600) that gives each proxy address of proxied (link → the
+// address that stands for its upstream) the password of pgmesh's role on
+// the upstream: passwords are looked up by address.
+func (h *harness) proxyPassfile(proxied map[string]string) (string, error) {
+	var b strings.Builder
+	for _, up := range h.cfg.Nodes {
+		pc, err := pgconn.ParseConfig(up.DSN)
+		if err != nil {
+			return "", fmt.Errorf("node %s: parse DSN: invalid DSN", up.Name)
+		}
+		for _, down := range h.cfg.Nodes {
+			addr, ok := proxied[netfault.LinkName(up.Name, down.Name)]
+			if !ok {
+				continue
+			}
+			host, port, _ := net.SplitHostPort(addr)
+			esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`).Replace
+			fmt.Fprintf(&b, "%s:%s:*:%s:%s\n", host, port, esc(pc.User), esc(pc.Password))
+		}
+	}
+	path := filepath.Join(h.dir, "passfile")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		return "", fmt.Errorf("write the proxies' password file: %w", err)
+	}
+	return path, nil
 }
 
 func queryRow(ctx context.Context, dsn, sql string, dest ...any) error {
