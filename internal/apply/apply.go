@@ -108,16 +108,16 @@ type Applier struct {
 	spare   [][]item         // emptied flights, reused
 	err     error            // first failure; the Applier is dead afterwards
 
-	rels    map[uint32]*relInfo // by upstream relation id
+	rels map[uint32]*relInfo // by upstream relation id
 	// checked maps the tables checked for code that would run as pgmesh
 	// ("schema.table") to the refusal, "" when the table is fine
 	// (checkTrusted); cleared with rels.
 	checked map[string]string
-	stmts   map[string]string   // SQL → prepared statement name
-	params  [][]byte            // scratch: parameters of the statement being queued
-	shape   []byte              // scratch: statement shape key
-	txn     *txn                // current remote transaction, nil between transactions
-	lastEnd stream.LSN          // EndLSN of the last remote transaction queued for commit
+	stmts   map[string]string // SQL → prepared statement name
+	params  [][]byte          // scratch: parameters of the statement being queued
+	shape   []byte            // scratch: statement shape key
+	txn     *txn              // current remote transaction, nil between transactions
+	lastEnd stream.LSN        // EndLSN of the last remote transaction queued for commit
 
 	// Seen messages: what the upstream had applied of other nodes, to be
 	// recorded at the start of its next transaction (received), and the

@@ -172,7 +172,9 @@ func TestBaseline(t *testing.T) {
 	}
 	// A disabled conflict log: every loss it accounted for becomes silent.
 	for i := range 3 {
-		env.Exec(t, i, `DELETE FROM pgmesh.conflict_log`)
+		if _, err := env.Pgmesh(t, i).Exec(ctx, `DELETE FROM pgmesh.conflict_log`); err != nil {
+			t.Fatal(err)
+		}
 	}
 	inv := check()
 	if inv.UnloggedLosses != res.Report.LossesLogged || inv.LossesLogged != 0 || len(inv.Failures()) == 0 {
