@@ -37,9 +37,11 @@ type EmitOptions struct {
 	SearchPath string
 }
 
-// DefaultSearchPath is PostgreSQL's default search_path, for `pgmesh ddl`:
-// pgmesh's own sessions pin theirs to pg.SearchPath.
-const DefaultSearchPath = `"$user", public`
+// DefaultSearchPath is the search_path of `pgmesh ddl` unless told: public,
+// as PostgreSQL's default ("$user", public) would mean schema pgmesh for
+// pgmesh's role, whose name it shares. pgmesh's own sessions pin theirs to
+// pg.SearchPath.
+const DefaultSearchPath = "public"
 
 // ErrPending is returned by Emit when an earlier DDL is not applied
 // everywhere yet.

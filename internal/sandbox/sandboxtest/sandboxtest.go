@@ -437,6 +437,20 @@ func (e *Env) Pgmesh(t testing.TB, node int) *pgx.Conn {
 	return e.ConnAs(t, node, sandbox.Pgmesh)
 }
 
+// Inspect opens a connection for a test's assertions: pgmesh's role (it
+// reads schema pgmesh and, as a member of the owner, every table) with
+// public on its search_path, for the test's unqualified table names.
+func (e *Env) Inspect(t testing.TB, node int) *pgx.Conn {
+	t.Helper()
+	conn := e.ConnAs(t, node, sandbox.Pgmesh)
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	if _, err := conn.Exec(ctx, "SET search_path = public"); err != nil {
+		t.Fatalf("sandboxtest: n%d: %v", node+1, err)
+	}
+	return conn
+}
+
 // Admin opens a superuser connection to the test database on node: for
 // what a DBA does (and for inspecting what no other role may read).
 func (e *Env) Admin(t testing.TB, node int) *pgx.Conn {
