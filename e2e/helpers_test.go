@@ -7,9 +7,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -78,9 +81,10 @@ func mustCLI(t testing.TB, args ...string) string {
 
 // agentProc is a `pgmesh run` process.
 type agentProc struct {
-	t   testing.TB
-	cmd *exec.Cmd
-	out *syncBuffer
+	t    testing.TB
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	addr string // HTTP address, with startAgentListening
 }
 
 type syncBuffer struct {
@@ -119,6 +123,48 @@ func startAgent(t testing.TB, cfgPath string, args ...string) *agentProc {
 		}
 	})
 	return a
+}
+
+// startAgentListening starts `pgmesh run -c cfg` with its HTTP endpoint on
+// a free local port, like startAgent.
+func startAgentListening(t testing.TB, cfgPath string) *agentProc {
+	t.Helper()
+	cmd := exec.Command(pgmeshBin(t), "run", "-c", cfgPath, "--listen", "127.0.0.1:0", "--log-level", "debug")
+	buf := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = buf, buf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start agent: %v", err)
+	}
+	a := &agentProc{t: t, cmd: cmd, out: buf}
+	t.Cleanup(func() {
+		a.stop()
+		if t.Failed() {
+			t.Logf("agent log (pid %d):\n%s", cmd.Process.Pid, tail(buf.String(), 60))
+		}
+	})
+	eventually(t, 30*time.Second, "agent HTTP listening", func() (bool, string) {
+		m := regexp.MustCompile(`agent HTTP listening"? addr=(\S+)`).FindStringSubmatch(buf.String())
+		if m != nil {
+			a.addr = m[1]
+		}
+		return m != nil, tail(buf.String(), 5)
+	})
+	return a
+}
+
+// get fetches path from the agent's HTTP endpoint and returns the body.
+func (a *agentProc) get(t testing.TB, path string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + a.addr + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return string(b)
 }
 
 // kill sends SIGKILL: no chance to clean up, as in a crash.
