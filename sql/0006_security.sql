@@ -26,10 +26,16 @@ CREATE INDEX ddl_log_statement_key ON pgmesh.ddl_log (statement_key) WHERE state
 -- without it), and it refuses to run for another table than the one its
 -- first argument names, so no trigger can write a tombstone for a row of a
 -- table other than the one a row was deleted from.
+--
+-- The key is rendered as apply sessions render it, whatever the deleting
+-- session's settings: every setting that changes the text of a value is
+-- pinned (a float key under extra_float_digits = 0, a bytea key under
+-- bytea_output = escape… would make a tombstone nobody finds).
 CREATE OR REPLACE FUNCTION pgmesh.record_delete() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET timezone = 'UTC' SET intervalstyle = 'postgres'
+SET timezone = 'UTC' SET intervalstyle = 'postgres' SET datestyle = 'ISO, MDY'
+SET extra_float_digits = 3 SET bytea_output = 'hex'
 AS $$
 DECLARE
     img jsonb;
@@ -52,6 +58,14 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- to_jsonb_utc (0003) with the same settings as record_delete.
+CREATE OR REPLACE FUNCTION pgmesh.to_jsonb_utc(anyelement) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+SET timezone = 'UTC' SET intervalstyle = 'postgres' SET datestyle = 'ISO, MDY'
+SET extra_float_digits = 3 SET bytea_output = 'hex'
+AS $$ SELECT to_jsonb($1) $$;
 
 -- snowflake_nextval (0002), now SECURITY DEFINER: application roles read
 -- neither pgmesh.sequence_config nor may they setval. Its one job is to
