@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"embed"
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -239,17 +240,27 @@ func (b *builder) Holds(alias string, cols []column) string {
 }
 
 // KeyJSON is the changed row's identity as jsonb, as pgmesh.record_delete
-// stores it in tombstones. Key types whose text depends on TimeZone or
-// IntervalStyle are rendered under fixed settings, as the trigger does.
+// stores it in tombstones: that trigger renders a key under TimeZone UTC
+// and IntervalStyle postgres, and so must the statements, or the tombstone
+// of a key is never found again. pgmesh.to_jsonb_utc does, but its SET
+// clause costs about as much as a plain INSERT at every execution, so keys
+// whose every column is of a type that renders the same under any setting
+// (settingFree) use plain to_jsonb; any other type — timestamptz and
+// interval, but also ranges, domains and composites over them — the
+// function.
 func (b *builder) KeyJSON() string {
 	fn := "to_jsonb"
 	for _, c := range b.Ident {
-		if strings.Contains(c.Type, "with time zone") || strings.HasPrefix(c.Type, "interval") {
+		if !settingFree.MatchString(c.Type) {
 			fn = "pgmesh.to_jsonb_utc"
 		}
 	}
 	return jsonOf(fn, b.Ident)
 }
+
+// settingFree matches the types (as format_type prints them, and arrays of
+// them) whose to_jsonb depends on no session setting.
+var settingFree = regexp.MustCompile(`^(smallint|integer|bigint|numeric(\(\d+(,\d+)?\))?|text|character varying(\(\d+\))?|character(\(\d+\))?|uuid|boolean|date|timestamp(\(\d\))? without time zone)(\[\])*$`)
 
 // RowJSON is the remote row image (Row) as jsonb, for the log.
 func (b *builder) RowJSON() string { return jsonOf("to_jsonb", b.Row) }
