@@ -55,8 +55,9 @@ import (
 //
 // The claim is recorded in the downstream's own pgmesh.peer_seen too (peer
 // = itself), which the conflict statements use to tell an update or delete
-// of a row whose insert is still in flight from a conflict (see
-// internal/conflict, classifyCTE); it commits with the transaction.
+// of a row whose insert is still in flight from a conflict (see the
+// causality CTEs in internal/conflict/templates/full.sql.tmpl); it commits
+// with the transaction.
 //
 // Receiving side: a seen message from the upstream is queued and its
 // entries are upserted at the start of the upstream's next remote

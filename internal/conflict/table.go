@@ -6,14 +6,18 @@
 // statements. The statement first tries the common case in a small plan:
 // write the row if it was last written by the remote node (or by one the
 // remote had seen) and nothing else is in the way; otherwise it runs the
-// full statement (build.go), which locks the local row by key, reads its
-// last writer with pg_xact_commit_timestamp_origin(xmin), decides, applies,
-// writes tombstones and the conflict log (fast.go says why and how).
+// full statement, which locks the local row by key, reads its last writer
+// with pg_xact_commit_timestamp_origin(xmin), decides, applies, writes
+// tombstones and the conflict log (statements.go says why and how). The
+// statements are templates (templates/*.sql.tmpl) that read as the SQL they
+// produce; testdata/ holds the SQL for representative tables.
 //
 // Order of writes is (commit time, node rank): the later commit wins, ties go
 // to the node that comes first in the config (lower rank); an unknown local
 // commit time (frozen row, commit timestamp no longer kept, or a row written
-// earlier in the same remote transaction) is the oldest.
+// earlier in the same remote transaction) is the oldest. The order is one
+// SQL function, pgmesh.orders_after, and so is "P had seen L up to T",
+// pgmesh.had_seen: both statements decide with them.
 //
 // Exact concurrency: a remote change from peer P on a row last written by
 // node L ≠ P is concurrent only if the row's commit time is later than what P
@@ -28,10 +32,10 @@
 //
 // Links are independent, so causally related changes may arrive out of
 // order: P's update of a row that P received from L can arrive before L's
-// insert. Two more rules keep that from being logged (classifyCTE): a
-// change that the local version's writer (another node W) had seen —
-// peer_seen(W, P) at or after its commit time — is superseded and not
-// logged (under last_update_wins the outcome is still decided by commit time
+// insert. Two more rules keep that from being logged (the causality CTEs of
+// templates/full.sql.tmpl): a change that the local version's writer
+// (another node W) had seen — peer_seen(W, P) at or after its commit time —
+// is superseded and not logged (under last_update_wins the outcome is still decided by commit time
 // and rank; under the other policies it is skipped without asking the
 // policy); and an update or delete of a row that is missing without a
 // tombstone is no conflict when P had applied changes of some node that

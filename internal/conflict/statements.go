@@ -1,0 +1,81 @@
+package conflict
+
+// Parameters of the statements built here. Every value is sent as text with
+// an unspecified type; the statement casts each parameter to its column's
+// type, always with the same cast, so the server infers one type per
+// parameter (text for every parameter of InsertSQL/UpdateSQL/DeleteSQL of
+// a table with a key). A NULL value is a NULL parameter.
+//
+//	$1  remote commit time (timestamptz)
+//	$2  remote origin node name (text): "n1", never "pgmesh_n1"
+//	$3  remote commit LSN (pg_lsn)
+//
+//	InsertSQL(t)       $4…  the new row: one value per t.Columns, in order
+//	UpdateSQL(t, set)  $4…  the old identity: the t.Key values in order (all
+//	                        t.Columns when t.Key is empty); when the key did
+//	                        not change (no old tuple in the message), the
+//	                        new key values;
+//	                   then the new values of set, in order;
+//	                   then the old values of the t.DeltaColumns that are
+//	                        in set, in t.DeltaColumns order
+//	DeleteSQL(t)       $4…  the old identity, as for UpdateSQL
+//
+// Each statement returns exactly one row (kind text, resolution text): kind
+// NULL when the change met no conflict, else one of the kinds above with how
+// it was resolved. Under policy error a conflict raises an exception
+// (SQLSTATE P0001) naming the table, key and kind instead.
+const (
+	paramCommitTime = 1
+	paramOrigin     = 2
+	paramLSN        = 3
+	firstValue      = 4
+)
+
+// Why two statements per change. The full statement (templates/full.sql.tmpl)
+// decides every case in one plan of ~100 nodes with five write nodes, and
+// PostgreSQL initialises all of them at every execution, even a cached
+// generic plan: that start-up alone cost more than four plain UPDATEs. But
+// almost every remote change meets no conflict: the row is there (or, for
+// an insert, absent) and was last written by the same node, or by a node the
+// remote had seen. So the statement the applier runs is a small one
+// (templates/fast.sql.tmpl) that does just that — one write whose WHERE
+// clause holds only when the full statement would apply the change without
+// a conflict, with no log and no other write — and, only when that write
+// matched no row, hands the change to the full statement through
+// pgmesh.resolve_change. Whenever the fast path writes, the full statement
+// would have written the same row and returned (NULL, NULL); whenever it
+// does not, the full statement runs on a fresh snapshot exactly as it would
+// have alone, so the decision, the log and the tombstones stay those of the
+// full statement.
+//
+// The fast write evaluates its conditions on the row version it updates:
+// if a local transaction changed the row concurrently, the UPDATE/DELETE
+// waits for it and re-checks the conditions on the committed version
+// (EvalPlanQual), like the full statement's FOR UPDATE does.
+
+// InsertSQL is the statement that applies a remote INSERT to t.
+func InsertSQL(t Table) string { return statement(t, opInsert, t.Columns) }
+
+// UpdateSQL is the statement that applies a remote UPDATE to t. set are the
+// columns whose new values came with the change (all of t.Columns but the
+// unchanged TOAST ones), a subset of t.Columns.
+func UpdateSQL(t Table, set []string) string { return statement(t, opUpdate, set) }
+
+// DeleteSQL is the statement that applies a remote DELETE to t.
+func DeleteSQL(t Table) string { return statement(t, opDelete, nil) }
+
+// statement is the fast statement of a change with the full one as its
+// fallback; for updates and deletes of a table without a key, the full
+// statement alone.
+func statement(t Table, op string, set []string) string {
+	if len(t.Key) == 0 && op != opInsert {
+		return full(t, op, set, direct)
+	}
+	b := newBuilder(t, op, set, fast)
+	b.Fallback = full(t, op, set, slow)
+	return b.render(op + "_fast")
+}
+
+func full(t Table, op string, set []string, m mode) string {
+	return newBuilder(t, op, set, m).render(op + "_full")
+}
