@@ -338,6 +338,11 @@ func (a *Applier) Message(ctx context.Context, m stream.Message) error {
 		}
 	}
 	if err := a.o.OnMessage(ctx, m); err != nil {
+		if m.Transactional && a.txn != nil {
+			b := a.txn.begin
+			return a.fail(&TxnError{Upstream: a.o.Upstream, CommitLSN: b.FinalLSN, CommitTime: b.CommitTime, XID: b.XID,
+				What: fmt.Sprintf("message %q at %s", m.Prefix, m.LSN), Err: err})
+		}
 		return a.fail(fmt.Errorf("upstream %s: message %q at %s: %w", a.o.Upstream, m.Prefix, m.LSN, err))
 	}
 	clear(a.rels)
