@@ -18,15 +18,21 @@ func (a *Agent) handler() http.Handler {
 	return mux
 }
 
-// healthz answers 200 when every link of this agent is streaming, 503
-// otherwise, with the link states as JSON either way.
+// healthz answers 200 when every link of this agent applies what its
+// upstream sends (streaming or catching up), 503 otherwise, with the link
+// states as JSON either way.
 func (a *Agent) healthz(w http.ResponseWriter, r *http.Request) {
+	view, _, _ := a.mon.snapshot()
+	views := map[string]LinkView{}
+	for _, lv := range view.Links {
+		views[lv.Link] = lv
+	}
 	states := map[string]string{}
 	healthy := true
 	for _, l := range a.links {
-		s := l.snapshot()
-		states[l.Name()] = s.state
-		if s.state != StateStreaming {
+		h := a.health(l, views)
+		states[l.Name()] = h
+		if h != HealthStreaming && h != HealthCatchingUp {
 			healthy = false
 		}
 	}

@@ -22,7 +22,7 @@ func linkDesc(name, help string, extra ...string) *prometheus.Desc {
 // monitor's last round (Options.SampleInterval).
 var (
 	descLinkUp = linkDesc("pgmesh_link_up",
-		"1 when the link has a streaming session (health streaming or catching_up), else 0.")
+		"1 when the link applies what its upstream sends (state streaming or catching_up), else 0.")
 	descLinkState = linkDesc("pgmesh_link_state",
 		"1 for the link's current health, 0 for the others: connecting, streaming, catching_up, retrying, blocked, unreachable, stopped.", "state")
 	descLagSeconds = linkDesc("pgmesh_link_lag_seconds",
@@ -123,11 +123,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ls := []string{l.Name(), l.Up, l.Down}
 		s := l.snapshot()
 		lv, sampled := views[l.Name()]
-		h := health(s.state, true, l.blockedTxn() != nil, false, true, 0)
-		if sampled {
-			h = lv.Health
-		}
-		gauge(descLinkUp, b2f(s.state == StateStreaming), ls...)
+		h := c.a.health(l, views)
+		gauge(descLinkUp, b2f(h == HealthStreaming || h == HealthCatchingUp), ls...)
 		for _, st := range Healths {
 			if st != HealthNoAgent {
 				gauge(descLinkState, b2f(st == h), append(ls, st)...)
@@ -186,6 +183,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	c.a.mu.Unlock()
 	gauge(descReloadOK, b2f(ok))
 	gauge(descReloadAt, unixOrZero(at))
+}
+
+// health is a link's health as of the monitor's last round; before the
+// first round, what the agent knows alone.
+func (a *Agent) health(l *link, views map[string]LinkView) string {
+	if lv, ok := views[l.Name()]; ok {
+		return lv.Health
+	}
+	return health(l.snapshot().state, true, l.blockedTxn() != nil, false, true, 0)
 }
 
 func b2f(b bool) float64 {

@@ -385,9 +385,10 @@ func health(state string, mine, blocked, unreachable, slotActive bool, lagBytes 
 // ddlCounts compares the upstream's own DDL with the downstream's
 // ddl_log; known is false when either could not be read.
 func (m *monitor) ddlCounts(tl topology.Link) (known bool, pending, failed int, oldest *time.Time) {
-	_, ok1 := m.ddlLogs[tl.Up]
-	_, ok2 := m.ddlLogs[tl.Down]
-	if !ok1 || !ok2 {
+	if _, ok := m.ddlLogs[tl.Up]; !ok {
+		return false, 0, 0, nil
+	}
+	if _, ok := m.ddlLogs[tl.Down]; !ok {
 		return false, 0, 0, nil
 	}
 	p := m.pendingDDL(tl)
@@ -407,7 +408,11 @@ func (m *monitor) ddlCounts(tl topology.Link) (known bool, pending, failed int, 
 // downstream has neither applied nor skipped. A DDL that did not replicate
 // (CONCURRENTLY) is the operator's to run and is not tracked.
 func (m *monitor) pendingDDL(tl topology.Link) []PendingDDL {
-	upLog, downLog := m.ddlLogs[tl.Up], m.ddlLogs[tl.Down]
+	upLog, ok1 := m.ddlLogs[tl.Up]
+	downLog, ok2 := m.ddlLogs[tl.Down]
+	if !ok1 || !ok2 {
+		return nil
+	}
 	down := map[string]ddlRow{}
 	for _, r := range downLog {
 		down[r.id] = r

@@ -115,7 +115,7 @@ func buildPage(v View, hist map[string][]Sample, conflicts []ConflictSample, int
 		if n.Up {
 			pn.Offset = signedMillis(n.ClockOffsetSeconds)
 		}
-		if n.Tombstones != nil {
+		if n.Up && n.Tombstones != nil {
 			pn.Tombstones, pn.ConflictLog = fmt.Sprint(*n.Tombstones), fmt.Sprint(*n.ConflictLogRows)
 		}
 		p.Nodes = append(p.Nodes, pn)
