@@ -217,6 +217,8 @@ func (l *link) run(ctx context.Context) {
 		streamed, err := l.session(ctx)
 		if ctx.Err() != nil {
 			l.setState(StateStopped, nil)
+			s := l.snapshot()
+			l.log.Info("link stopped", "applied_up_to", s.lastEndLSN.String(), "applied_transactions", s.txns)
 			return
 		}
 		l.mu.Lock()
