@@ -245,11 +245,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.prune(ctx)
 	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		a.mon.run(ctx)
-	}()
+	// The monitor feeds /metrics and the status page only.
+	if a.opts.Listen != "-" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.mon.run(ctx)
+		}()
+	}
 	a.log.Info("agent: running", "links", len(a.links))
 	wg.Wait()
 	a.log.Info("agent: stopped")

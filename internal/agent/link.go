@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgmesh/pgmesh/internal/apply"
@@ -170,7 +171,7 @@ func (l *link) noteFailure(err error, streamed bool) {
 		l.before.restarts++
 	}
 	var te *apply.TxnError
-	if !errors.As(err, &te) {
+	if !errors.As(err, &te) || !refused(te.Err) {
 		return
 	}
 	if l.blocked != nil && l.blocked.lsn == te.CommitLSN {
@@ -182,6 +183,27 @@ func (l *link) noteFailure(err error, streamed bool) {
 		Link: l.Name(), Upstream: l.Up, Downstream: l.Down, CommitLSN: te.CommitLSN.String(), CommitTime: te.CommitTime, XID: te.XID,
 		What: te.What, Table: te.Table, Key: te.Key, Error: err.Error(), Since: time.Now(), Attempts: 1, lsn: te.CommitLSN,
 	}
+}
+
+// refused tells whether the downstream refused a statement for a reason
+// that retrying alone does not fix (a constraint, a trigger, a missing
+// table, a failed DDL), as opposed to the connection or the server going
+// away, a deadlock or a cancel: only such a failure blocks a link on its
+// transaction.
+func refused(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Severity != "ERROR" || len(pe.Code) != 5 {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "08", // connection exception
+		"40", // transaction rollback: deadlock, serialization failure
+		"53", // insufficient resources
+		"57", // operator intervention: cancel, shutdown
+		"58": // system error
+		return false
+	}
+	return pe.Code != "55P03" // lock not available
 }
 
 // addStats adds one session's applier statistics to s.

@@ -114,11 +114,14 @@ type PendingDDL struct {
 
 // Sample is one point of a link's history.
 type Sample struct {
-	At         time.Time `json:"at"`
-	LagSeconds float64   `json:"lag_seconds"`
-	LagBytes   int64     `json:"lag_bytes"`
-	Txns       uint64    `json:"applied_transactions"` // cumulative
-	Health     string    `json:"health"`
+	At time.Time `json:"at"`
+	// LagKnown is false when the upstream could not be read: the lag is
+	// unknown, not 0.
+	LagKnown   bool    `json:"lag_known"`
+	LagSeconds float64 `json:"lag_seconds"`
+	LagBytes   int64   `json:"lag_bytes"`
+	Txns       uint64  `json:"applied_transactions"` // cumulative
+	Health     string  `json:"health"`
 }
 
 // ConflictSample is the agent's conflict counters by kind at one moment.
@@ -293,7 +296,7 @@ func (m *monitor) sample(ctx context.Context) {
 			if dt := now.Sub(m.view.At).Seconds(); ok && dt > 0 && lv.AppliedTxns >= p.AppliedTxns {
 				lv.TxnsPerSecond = float64(lv.AppliedTxns-p.AppliedTxns) / dt
 			}
-			m.history[tl.Name()] = push(m.history[tl.Name()], Sample{At: now, LagSeconds: lv.LagSeconds, LagBytes: lv.LagBytes, Txns: lv.AppliedTxns, Health: lv.Health})
+			m.history[tl.Name()] = push(m.history[tl.Name()], Sample{At: now, LagKnown: lv.SlotRead, LagSeconds: lv.LagSeconds, LagBytes: lv.LagBytes, Txns: lv.AppliedTxns, Health: lv.Health})
 			if b := l.blockedTxn(); b != nil {
 				v.Blocked = append(v.Blocked, *b)
 			}
@@ -366,10 +369,10 @@ func health(state string, mine, blocked, unreachable, slotActive bool, lagBytes 
 	switch {
 	case state == StateStopped:
 		return HealthStopped
-	case blocked:
-		return HealthBlocked
 	case unreachable:
 		return HealthUnreachable
+	case blocked:
+		return HealthBlocked
 	case state == StateNoAgent || !mine && state == StateStreaming && !slotActive:
 		return HealthNoAgent
 	case state == StateRetrying:

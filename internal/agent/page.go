@@ -300,7 +300,9 @@ func buildCharts(v View, hist map[string][]Sample, conflicts []ConflictSample, n
 	for _, name := range links {
 		h := hist[name]
 		for i, s := range h {
-			lag[name] = append(lag[name], point{s.At, s.LagSeconds})
+			if s.LagKnown {
+				lag[name] = append(lag[name], point{s.At, s.LagSeconds})
+			}
 			if i > 0 {
 				dt := s.At.Sub(h[i-1].At).Seconds()
 				if dt > 0 && s.Txns >= h[i-1].Txns {
@@ -330,9 +332,9 @@ func buildCharts(v View, hist map[string][]Sample, conflicts []ConflictSample, n
 		}
 	}
 	return []chart{
-		lineChart("chart-lag", "Lag per link", links, lag, start, now, humanSeconds),
-		lineChart("chart-rate", "Applied transactions per second, per link", links, rate, start, now, perSecond),
-		lineChart("chart-conflicts", "Conflicts per second, by kind", kinds, perKind, start, now, perSecond),
+		lineChart("chart-lag", "Lag per link", links, lag, start, now, humanSeconds, niceSeconds),
+		lineChart("chart-rate", "Applied transactions per second, per link", links, rate, start, now, perSecond, niceCeil),
+		lineChart("chart-conflicts", "Conflicts per second, by kind", kinds, perKind, start, now, perSecond, niceCeil),
 	}
 }
 
@@ -343,7 +345,7 @@ func perSecond(v float64) string {
 	return fmt.Sprintf("%.0f/s", v)
 }
 
-func lineChart(id, title string, names []string, data map[string][]point, start, end time.Time, format func(float64) string) chart {
+func lineChart(id, title string, names []string, data map[string][]point, start, end time.Time, format func(float64) string, nice func(float64) float64) chart {
 	c := chart{ID: id, Title: title, W: 560, H: 180, X0: 64, X1: 545, Y0: 12, Y1: 152}
 	top := 0.0
 	for _, n := range names {
@@ -351,7 +353,7 @@ func lineChart(id, title string, names []string, data map[string][]point, start,
 			top = max(top, p.v)
 		}
 	}
-	top = niceCeil(top)
+	top = nice(top)
 	span := end.Sub(start).Seconds()
 	if span <= 0 {
 		span = 1
@@ -377,6 +379,20 @@ func lineChart(id, title string, names []string, data map[string][]point, start,
 	c.XTicks = []tick{{c.X0, "−" + humanSeconds(span)}, {c.X1, "now"}}
 	sort.SliceStable(c.Series, func(i, j int) bool { return c.Series[i].Name < c.Series[j].Name })
 	return c
+}
+
+// niceSeconds rounds a duration in seconds up to one whose half reads
+// well in ms, s, min or h.
+func niceSeconds(v float64) float64 {
+	if v < 60 {
+		return niceCeil(v)
+	}
+	for _, s := range []float64{120, 240, 600, 1200, 1800, 3600, 7200, 4 * 3600, 12 * 3600, 86400} {
+		if v <= s {
+			return s
+		}
+	}
+	return math.Ceil(v/86400) * 86400
 }
 
 // niceCeil rounds v up to 1, 2 or 5 times a power of ten (1 for 0).
