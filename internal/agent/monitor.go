@@ -444,7 +444,7 @@ func (m *monitor) pendingDDL(tl topology.Link) []PendingDDL {
 func (p *nodeProbe) probe(ctx context.Context, all []topology.Link, downstream, count bool) probeResult {
 	r := probeResult{links: map[string]LinkStatus{}, linkErrs: map[string]string{}}
 	if p.conn == nil || p.conn.IsClosed() {
-		c, err := pg.Connect(ctx, p.node.Name, p.node.DSN, "pgmesh monitor")
+		c, err := pg.Connect(ctx, p.node.Name, p.node.DSN, "pgmesh agent monitor")
 		if err != nil {
 			r.problem = err.Error()
 			return r

@@ -24,8 +24,9 @@ import (
 // wrong at once, watched by an agent that runs every link:
 //   - n1 and n2 inserted the same key before the links ran: a conflict on
 //     each of them, logged with both row images;
-//   - n2 refuses a row of n1 (a CHECK constraint only n2 has): link
-//     n1->n2 is blocked on that transaction;
+//   - n2 refuses a row of n1 (a CHECK constraint only n2 has, which looks
+//     the value up in a list of banned values of n2's): link n1->n2 is
+//     blocked on that transaction;
 //   - a DDL of n2 fails on n1 (the index exists there already): link
 //     n2->n1 is blocked on it and the DDL is pending, failed;
 //   - n3 is cut off (its server unreachable, as if stopped) after its links
@@ -42,7 +43,10 @@ func newBrokenMesh(t *testing.T) *brokenMesh {
 	table := `CREATE TABLE t (id int PRIMARY KEY, v text)`
 	initMesh(t, env, [][]string{
 		{table, `CREATE INDEX t_v ON t (v)`},
-		{table, `ALTER TABLE t ADD CONSTRAINT no_poison CHECK (v IS DISTINCT FROM 'poison')`},
+		{table, `CREATE SCHEMA local`, `CREATE TABLE local.banned (v text PRIMARY KEY)`, `INSERT INTO local.banned VALUES ('poison')`,
+			`CREATE FUNCTION local.allowed(text) RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+			 AS $$ SELECT NOT EXISTS (SELECT FROM local.banned b WHERE b.v = $1) $$`,
+			`ALTER TABLE t ADD CONSTRAINT no_poison CHECK (local.allowed(v))`},
 		{table},
 	})
 	env.Exec(t, 0, `INSERT INTO t VALUES (1, 'one from n1')`)
@@ -225,6 +229,25 @@ func TestBrokenMeshIsVisible(t *testing.T) {
 			if err := os.WriteFile(dst, b, 0o644); err != nil {
 				t.Fatal(err)
 			}
+		}
+	})
+
+	// Last: it changes the mesh. The cause fixed on n2, the blocked
+	// transaction applies at the next attempt and the link streams again.
+	t.Run("unblocked", func(t *testing.T) {
+		m.env.Exec(t, 1, `DELETE FROM local.banned`)
+		eventually(t, 60*time.Second, "n1->n2 streaming, not blocked", func() (bool, string) {
+			v := statusOf(t, m.base)
+			for _, b := range v.Blocked {
+				if b.Link == "n1->n2" {
+					return false, "still blocked: " + b.Error
+				}
+			}
+			return healths(v)["n1->n2"] == HealthStreaming, fmtHealths(v)
+		})
+		var v string
+		if err := m.env.Conn(t, 1).QueryRow(context.Background(), `SELECT v FROM t WHERE id = 2`).Scan(&v); err != nil || v != "poison" {
+			t.Errorf("n2: row 2 is %q (%v), want the once refused row", v, err)
 		}
 	})
 }
