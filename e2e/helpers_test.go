@@ -108,7 +108,12 @@ func (s *syncBuffer) String() string {
 // cleanup and its log is printed when the test failed.
 func startAgent(t testing.TB, cfgPath string, args ...string) *agentProc {
 	t.Helper()
-	all := append([]string{"run", "-c", cfgPath, "--listen", "-", "--log-level", "debug"}, args...)
+	return startPgmesh(t, append([]string{"run", "-c", cfgPath, "--listen", "-", "--log-level", "debug"}, args...)...)
+}
+
+// startPgmesh starts pgmesh with exactly args, as startAgent does.
+func startPgmesh(t testing.TB, all ...string) *agentProc {
+	t.Helper()
 	cmd := exec.Command(pgmeshBin(t), all...)
 	buf := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = buf, buf

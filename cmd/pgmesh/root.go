@@ -24,6 +24,10 @@ type globals struct {
 
 var g globals
 
+// logLevel is the level of the default logger's handler; `run` lets the
+// agent change it (agent.log_level, on SIGHUP) unless --log-level was given.
+var logLevel = new(slog.LevelVar)
+
 // exitError carries a specific exit code (2 = invalid config, 1 = failure or
 // findings). Its message is printed by main unless empty.
 type exitError struct {
@@ -76,7 +80,8 @@ func setupLogging(w io.Writer) error {
 	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
 		return exitCode(2, fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel))
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	logLevel.Set(level)
+	opts := &slog.HandlerOptions{Level: logLevel}
 	switch g.logFormat {
 	case "text":
 		slog.SetDefault(slog.New(slog.NewTextHandler(w, opts)))

@@ -9,10 +9,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/pg"
@@ -28,8 +30,25 @@ type Options struct {
 	Listen string
 	// SpoolDir holds spooled streamed transactions (default: a temp dir).
 	SpoolDir string
-	Logger   *slog.Logger
+	// Logger receives every log line; the lines of a link carry its name
+	// (link=n1->n2), the agent's own lines start with "agent".
+	Logger *slog.Logger
+	// LogLevel, when set, is the level of Logger's handler: the agent sets
+	// it from agent.log_level of the config at start and on Reload. nil
+	// leaves the level alone (a --log-level flag pins it).
+	LogLevel *slog.LevelVar
+	// SampleInterval is how often the agent reads the nodes for the
+	// metrics and the status page (lag, slots, clocks, recent conflicts);
+	// CountInterval how often it counts tombstones, conflict_log rows and
+	// pending DDL. Defaults DefaultSampleInterval, DefaultCountInterval.
+	SampleInterval, CountInterval time.Duration
 }
+
+// Default sampling intervals (see Options).
+const (
+	DefaultSampleInterval = 2 * time.Second
+	DefaultCountInterval  = 30 * time.Second
+)
 
 // Agent runs links.
 type Agent struct {
@@ -40,8 +59,14 @@ type Agent struct {
 
 	httpAddr chan string // the bound HTTP address, once
 
+	applyTime *prometheus.HistogramVec // per link: seconds per applied transaction
+	mon       *monitor
+
 	mu          sync.Mutex
 	conflictCfg *config.Config // last good read of the config file, under mu
+	// The outcome of the last Reload, under mu.
+	reloadOK bool
+	reloadAt time.Time
 }
 
 // reloadConflicts reads the config file again for its conflict settings
@@ -56,7 +81,7 @@ func (a *Agent) reloadConflicts() *config.Config {
 	}
 	cfg, err := config.Load(a.cfg.Path)
 	if err != nil {
-		a.log.Warn("re-reading the config for conflict settings failed, keeping the previous ones", "path", a.cfg.Path, "err", err)
+		a.log.Warn("agent: re-reading the config for conflict settings failed, keeping the previous ones", "path", a.cfg.Path, "err", err)
 		return a.conflictCfg
 	}
 	a.conflictCfg = cfg
@@ -79,7 +104,15 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if opts.SpoolDir == "" {
 		opts.SpoolDir = filepath.Join(os.TempDir(), "pgmesh-spool-"+cfg.Cluster)
 	}
-	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, httpAddr: make(chan string, 1), conflictCfg: cfg}
+	if opts.SampleInterval <= 0 {
+		opts.SampleInterval = DefaultSampleInterval
+	}
+	if opts.CountInterval <= 0 {
+		opts.CountInterval = DefaultCountInterval
+	}
+	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, httpAddr: make(chan string, 1), conflictCfg: cfg,
+		applyTime: newApplyTimeHistogram(), reloadOK: true, reloadAt: time.Now()}
+	a.setLogLevel(cfg)
 	for _, l := range topology.FullMesh(cfg.NodeNames()) {
 		if opts.Node != "" && l.Down != opts.Node {
 			continue
@@ -87,15 +120,71 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		up, _ := cfg.NodeByName(l.Up)
 		down, _ := cfg.NodeByName(l.Down)
 		a.links = append(a.links, &link{
-			Link: l, up: up, down: down, log: a.log, conflicts: a.reloadConflicts,
-			spoolDir: filepath.Join(opts.SpoolDir, l.Slot()),
-			state:    StateConnecting,
+			Link: l, up: up, down: down, log: a.log.With("link", l.Name()), conflicts: a.reloadConflicts,
+			spoolDir:  filepath.Join(opts.SpoolDir, l.Slot()),
+			state:     StateConnecting,
+			applyTime: a.applyTime.WithLabelValues(l.Name(), l.Up, l.Down),
 		})
 	}
 	if len(a.links) == 0 {
 		return nil, errors.New("no links to run: the cluster needs at least two nodes")
 	}
+	a.mon = newMonitor(a)
 	return a, nil
+}
+
+// setLogLevel applies agent.log_level of cfg, when the agent owns the
+// level and the config sets one.
+func (a *Agent) setLogLevel(cfg *config.Config) {
+	if a.opts.LogLevel == nil || cfg.Agent.LogLevel == "" {
+		return
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(cfg.Agent.LogLevel)); err == nil {
+		a.opts.LogLevel.Set(lv)
+	}
+}
+
+// Reload reads the config file again (SIGHUP). What changes without a
+// restart: the conflict settings (policies, delta_columns, delete_wins),
+// applied by restarting the sessions of the links whose settings changed
+// (at a transaction boundary: see link.session); the retention windows,
+// used from the next prune round; agent.log_level. The nodes, their DSNs,
+// the cluster name and agent.listen need a restart of the agent: a change
+// to them is reported and ignored. A file that does not load leaves
+// everything as it was and is returned as the error.
+func (a *Agent) Reload() error {
+	if a.cfg.Path == "" {
+		return errors.New("agent: reload: the config was not read from a file")
+	}
+	cfg, err := config.Load(a.cfg.Path)
+	a.mu.Lock()
+	a.reloadOK = err == nil
+	if err == nil {
+		a.conflictCfg, a.reloadAt = cfg, time.Now()
+	}
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Error("agent: config reload failed, keeping the running config", "path", a.cfg.Path, "err", err)
+		return fmt.Errorf("agent: reload %s: %w", a.cfg.Path, err)
+	}
+	var restart []string
+	if cfg.Cluster != a.cfg.Cluster || !reflect.DeepEqual(cfg.Nodes, a.cfg.Nodes) || cfg.Agent.Listen != a.cfg.Agent.Listen {
+		restart = append(restart, "nodes, cluster or agent.listen")
+	}
+	if !reflect.DeepEqual(cfg.Replicate, a.cfg.Replicate) || cfg.DDL != a.cfg.DDL || cfg.Sequences != a.cfg.Sequences {
+		restart = append(restart, "replicate, ddl or sequences (run pgmesh init)")
+	}
+	a.setLogLevel(cfg)
+	var restarted []string
+	for _, l := range a.links {
+		if l.restart(cfg) {
+			restarted = append(restarted, l.Name())
+		}
+	}
+	a.log.Info("agent: config reloaded", "path", a.cfg.Path, "log_level", cfg.Agent.LogLevel,
+		"links_restarted_for_conflict_settings", restarted, "changes_needing_a_restart", restart)
+	return nil
 }
 
 // HTTPAddr returns the address the HTTP endpoint listens on, once it does.
@@ -127,7 +216,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				a.log.Error("agent HTTP stopped", "err", err)
+				a.log.Error("agent: HTTP stopped", "err", err)
 			}
 		}()
 		go func() {
@@ -136,7 +225,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			defer c()
 			_ = srv.Shutdown(shut)
 		}()
-		a.log.Info("agent HTTP listening", "addr", ln.Addr().String())
+		a.log.Info("agent: HTTP listening", "addr", ln.Addr().String())
 	}
 
 	for _, l := range a.links {
@@ -156,9 +245,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		a.prune(ctx)
 	}()
-	a.log.Info("agent running", "links", len(a.links))
+	// The monitor feeds /metrics and the status page only.
+	if a.opts.Listen != "-" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.mon.run(ctx)
+		}()
+	}
+	a.log.Info("agent: running", "links", len(a.links))
 	wg.Wait()
-	a.log.Info("agent stopped")
+	a.log.Info("agent: stopped")
 	return nil
 }
 
@@ -179,7 +276,7 @@ func (a *Agent) recordStates(ctx context.Context) {
 			}
 			if err := w.write(ctx, l, snap); err != nil {
 				if ctx.Err() == nil {
-					a.log.Debug("record link state", "link", l.Name(), "err", err)
+					l.log.Debug("record link state", "err", err)
 				}
 				continue
 			}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgmesh/pgmesh/internal/apply"
 	"github.com/pgmesh/pgmesh/internal/config"
@@ -26,7 +29,8 @@ import (
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
 
-// Link states, as shown by `pgmesh status` and in pgmesh.link_state.
+// Link states, as recorded in pgmesh.link_state for `pgmesh status`: what
+// the link's supervisor is doing.
 const (
 	StateConnecting = "connecting"
 	StateStreaming  = "streaming"
@@ -42,37 +46,71 @@ type link struct {
 	// config file is read again each time, so that a policy changed by the
 	// operator (e.g. away from `error`) takes effect on the next retry.
 	conflicts func() *config.Config
-	log       *slog.Logger
+	log       *slog.Logger // every line carries the link
 	spoolDir  string
 	backoff   backoff
+	applyTime prometheus.Observer // seconds per applied remote transaction
 
 	mu      sync.Mutex
 	state   string
 	lastErr string
 	applier *apply.Applier // current session's applier, nil between sessions
 	before  linkSnapshot   // totals of the sessions that ended
-	// conflictsBefore counts the conflicts of the sessions that ended, by kind.
-	conflictsBefore map[string]uint64
+	// conflictsBefore counts the conflicts of the sessions that ended.
+	conflictsBefore map[apply.ConflictKey]uint64
+	blocked         *BlockedTxn // the remote transaction the link fails on, if any
+	// sessionConflicts are the conflict settings the running session
+	// started with; endSession cancels it (config reload), and reload
+	// tells run that the session ended for that reason.
+	sessionConflicts config.Conflicts
+	endSession       context.CancelFunc
+	reload           bool
 }
 
-// linkSnapshot is what the agent knows of a link at one moment.
+// linkSnapshot is what the agent knows of a link at one moment. It is
+// comparable: recordStates writes pgmesh.link_state only when it changes.
 type linkSnapshot struct {
 	state, lastErr string
-	txns           uint64 // applied since the agent started
+	txns, changes  uint64 // applied since the agent started
 	lastEndLSN     stream.LSN
 	lastCommitTime time.Time
+	// retries counts the sessions that failed, restarts the streaming
+	// sessions that ended and were started again.
+	retries, restarts uint64
+	lastErrAt         time.Time
 }
 
-// conflictCounts returns the conflicts met since the agent started, by kind.
-func (l *link) conflictCounts() map[string]uint64 {
+// BlockedTxn is a remote transaction that failed to apply: the link
+// retries it, and nothing behind it applies, until it goes through (the
+// cause fixed on the downstream) or is dealt with by the operator. It is
+// identified by its commit LSN upstream, which an operator action on it
+// must match.
+type BlockedTxn struct {
+	Link       string    `json:"link"`
+	Upstream   string    `json:"upstream"`
+	Downstream string    `json:"downstream"`
+	CommitLSN  string    `json:"commit_lsn"`
+	CommitTime time.Time `json:"commit_time"`
+	XID        uint32    `json:"xid"`
+	What       string    `json:"what"`            // the failed request
+	Table      string    `json:"table,omitempty"` // "schema.table"
+	Key        string    `json:"key,omitempty"`
+	Error      string    `json:"error"`
+	Since      time.Time `json:"since"` // its first failure
+	Attempts   int       `json:"attempts"`
+	lsn        stream.LSN
+}
+
+// conflictCounts returns the conflicts met since the agent started.
+func (l *link) conflictCounts() map[apply.ConflictKey]uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out := maps.Clone(l.conflictsBefore)
 	if out == nil {
-		out = map[string]uint64{}
+		out = map[apply.ConflictKey]uint64{}
 	}
 	if l.applier != nil {
-		for k, n := range l.applier.Stats().Conflicts {
+		for k, n := range l.applier.Stats().ConflictsBy {
 			out[k] += n
 		}
 	}
@@ -85,6 +123,7 @@ func (l *link) setState(state string, err error) {
 	l.state = state
 	if err != nil {
 		l.lastErr = err.Error()
+		l.before.lastErrAt = time.Now()
 	} else if state == StateStreaming {
 		l.lastErr = ""
 	}
@@ -101,35 +140,130 @@ func (l *link) snapshot() linkSnapshot {
 	return snap
 }
 
+// blockedTxn returns the transaction the link is blocked on, or nil. A
+// blocked transaction is forgotten once the link applied past it.
+func (l *link) blockedTxn() *BlockedTxn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.blocked == nil {
+		return nil
+	}
+	applied := l.before.lastEndLSN
+	if l.applier != nil {
+		applied = max(applied, l.applier.Stats().LastEndLSN)
+	}
+	if applied > l.blocked.lsn {
+		l.blocked = nil
+		return nil
+	}
+	b := *l.blocked
+	return &b
+}
+
+// noteFailure counts a failed session and, when a remote transaction
+// failed, remembers it as blocking the link (the same one again: one more
+// attempt).
+func (l *link) noteFailure(err error, streamed bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.before.retries++
+	if streamed {
+		l.before.restarts++
+	}
+	var te *apply.TxnError
+	if !errors.As(err, &te) || !refused(te.Err) {
+		return
+	}
+	if l.blocked != nil && l.blocked.lsn == te.CommitLSN {
+		l.blocked.Attempts++
+		l.blocked.Error = err.Error()
+		return
+	}
+	l.blocked = &BlockedTxn{
+		Link: l.Name(), Upstream: l.Up, Downstream: l.Down, CommitLSN: te.CommitLSN.String(), CommitTime: te.CommitTime, XID: te.XID,
+		What: te.What, Table: te.Table, Key: te.Key, Error: err.Error(), Since: time.Now(), Attempts: 1, lsn: te.CommitLSN,
+	}
+}
+
+// refused tells whether the downstream refused a statement for a reason
+// that retrying alone does not fix (a constraint, a trigger, a missing
+// table, a failed DDL), as opposed to the connection or the server going
+// away, a deadlock or a cancel: only such a failure blocks a link on its
+// transaction.
+func refused(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Severity != "ERROR" || len(pe.Code) != 5 {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "08", // connection exception
+		"40", // transaction rollback: deadlock, serialization failure
+		"53", // insufficient resources
+		"57", // operator intervention: cancel, shutdown
+		"58": // system error
+		return false
+	}
+	return pe.Code != "55P03" // lock not available
+}
+
 // addStats adds one session's applier statistics to s.
 func addStats(s *linkSnapshot, st apply.Stats) {
 	s.txns += st.Txns
+	s.changes += st.Changes
 	if st.LastEndLSN > s.lastEndLSN {
 		s.lastEndLSN, s.lastCommitTime = st.LastEndLSN, st.LastCommitTime
 	}
 }
 
+// restart ends the running session so that the link starts a new one at
+// once, with the conflict settings of cfg, if they differ from the
+// session's. It reports whether it did.
+func (l *link) restart(cfg *config.Config) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.endSession == nil || reflect.DeepEqual(l.sessionConflicts, cfg.Conflicts) {
+		return false
+	}
+	l.reload = true
+	l.endSession()
+	return true
+}
+
 // run keeps the link streaming until ctx is done: a failed session is
-// logged with the link name and retried with exponential backoff, so one
-// bad link never stops the others.
+// logged and retried with exponential backoff, so one bad link never stops
+// the others. A session ended for a config reload starts again at once.
 func (l *link) run(ctx context.Context) {
 	for {
 		l.setState(StateConnecting, nil)
 		started := time.Now()
-		err := l.session(ctx)
+		streamed, err := l.session(ctx)
 		if ctx.Err() != nil {
 			l.setState(StateStopped, nil)
+			s := l.snapshot()
+			l.log.Info("link stopped", "applied_up_to", s.lastEndLSN.String(), "applied_transactions", s.txns)
 			return
+		}
+		l.mu.Lock()
+		reload := l.reload
+		l.reload = false
+		l.mu.Unlock()
+		if reload {
+			l.mu.Lock()
+			l.before.restarts++
+			l.mu.Unlock()
+			l.log.Info("link restarting with the reloaded conflict settings")
+			continue
 		}
 		// A session that streamed for a while was healthy: start over
 		// with a short delay instead of the long one reached earlier.
 		if time.Since(started) > time.Minute {
 			l.backoff.reset()
 		}
+		l.noteFailure(err, streamed)
 		l.recordDDLFailure(ctx, err)
 		wait := l.backoff.next()
 		l.setState(StateRetrying, err)
-		l.log.Warn("link failed, retrying", "link", l.Name(), "in", wait.String(), "err", err)
+		l.log.Warn("link failed, retrying", "in", wait.String(), "err", err)
 		select {
 		case <-ctx.Done():
 			l.setState(StateStopped, nil)
@@ -140,14 +274,22 @@ func (l *link) run(ctx context.Context) {
 }
 
 // session is one connection of the link: downstream apply session, resume
-// point from the origin, upstream replication stream.
-func (l *link) session(ctx context.Context) error {
+// point from the origin, upstream replication stream. streamed tells
+// whether it got as far as streaming.
+//
+// When ctx is cancelled (SIGTERM) or the session is ended for a reload,
+// the stream stops and the applier is closed: transactions whose COMMIT was
+// queued commit, an unfinished one is rolled back, and the origin's
+// progress says where the next session resumes, so nothing is applied twice
+// or lost. closeTimeout bounds that: past it the connection is dropped and
+// the server rolls back what is open.
+func (l *link) session(ctx context.Context) (streamed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	applyConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh apply "+l.Name())
 	if err != nil {
-		return fmt.Errorf("link %s: %w", l.Name(), err)
+		return false, fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	defer applyConn.Close(context.WithoutCancel(ctx))
 
@@ -155,7 +297,7 @@ func (l *link) session(ctx context.Context) error {
 	// the upstream while the apply connection is busy with a pipeline.
 	monConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh monitor "+l.Name())
 	if err != nil {
-		return fmt.Errorf("link %s: %w", l.Name(), err)
+		return false, fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	defer monConn.Close(context.WithoutCancel(ctx))
 
@@ -163,16 +305,17 @@ func (l *link) session(ctx context.Context) error {
 	// the apply connection is busy with a pipeline when they come up.
 	ddlConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh ddl "+l.Name())
 	if err != nil {
-		return fmt.Errorf("link %s: %w", l.Name(), err)
+		return false, fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	defer ddlConn.Close(context.WithoutCancel(ctx))
 
-	ddlExec := &ddl.Executor{Node: l.Down, Logger: l.log.With("link", l.Name())}
+	ddlExec := &ddl.Executor{Node: l.Down, Logger: l.log}
+	cfg := l.conflicts()
 	applier, err := apply.New(ctx, applyConn.PgConn(), apply.Options{
 		Upstream: l.Up,
 		Origin:   l.Origin(),
-		Logger:   l.log.With("link", l.Name()),
-		Config:   l.conflicts(),
+		Logger:   l.log,
+		Config:   cfg,
 		Node:     l.Down,
 		Claim:    true,
 		OnMessage: func(ctx context.Context, m stream.Message) error {
@@ -181,44 +324,55 @@ func (l *link) session(ctx context.Context) error {
 		IgnoreColumn: func(ctx context.Context, table, column string) (bool, error) {
 			return l.ddlInFlight(ctx, ddlConn, table, column)
 		},
+		OnApplied: func(ap apply.Applied) { l.applyTime.Observe(ap.Duration.Seconds()) },
 	})
 	if err != nil {
-		return fmt.Errorf("link %s: start apply session on %s: %w", l.Name(), l.Down, err)
+		return false, fmt.Errorf("link %s: start apply session on %s: %w", l.Name(), l.Down, err)
 	}
-	defer applier.Close(context.WithoutCancel(ctx))
+	l.mu.Lock()
+	l.applier = applier
+	l.sessionConflicts = cfg.Conflicts
+	l.endSession = cancel
+	l.mu.Unlock()
+	// Runs after Close (deferred below), so that what Close commits is
+	// counted.
+	defer func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		st := applier.Stats()
+		addStats(&l.before, st)
+		if l.conflictsBefore == nil {
+			l.conflictsBefore = map[apply.ConflictKey]uint64{}
+		}
+		for k, n := range st.ConflictsBy {
+			l.conflictsBefore[k] += n
+		}
+		l.applier, l.endSession = nil, nil
+	}()
+	defer func() {
+		closeCtx, c := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
+		defer c()
+		if cerr := applier.Close(closeCtx); cerr != nil && ctx.Err() == nil {
+			l.log.Debug("close apply session", "err", cerr)
+		}
+	}()
 	start, err := applier.Progress(ctx)
 	if err != nil {
-		return fmt.Errorf("link %s: read origin progress on %s: %w", l.Name(), l.Down, err)
+		return false, fmt.Errorf("link %s: read origin progress on %s: %w", l.Name(), l.Down, err)
 	}
 
 	replConn, err := pg.ConnectReplication(ctx, l.Up, l.up.DSN, "pgmesh "+l.Name())
 	if err != nil {
-		return fmt.Errorf("link %s: %w", l.Name(), err)
+		return false, fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	defer replConn.Close(context.WithoutCancel(ctx))
 	major, err := majorVersion(replConn.ParameterStatus("server_version"))
 	if err != nil {
-		return fmt.Errorf("link %s: upstream %s: %w", l.Name(), l.Up, err)
+		return false, fmt.Errorf("link %s: upstream %s: %w", l.Name(), l.Up, err)
 	}
 
-	l.mu.Lock()
-	l.applier = applier
-	l.mu.Unlock()
-	defer func() {
-		l.mu.Lock()
-		st := applier.Stats()
-		addStats(&l.before, st)
-		if l.conflictsBefore == nil {
-			l.conflictsBefore = map[string]uint64{}
-		}
-		for k, n := range st.Conflicts {
-			l.conflictsBefore[k] += n
-		}
-		l.applier = nil
-		l.mu.Unlock()
-	}()
 	l.setState(StateStreaming, nil)
-	l.log.Info("link streaming", "link", l.Name(), "slot", l.Slot(), "origin", l.Origin(), "resume_after", start.String(), "upstream_major", major)
+	l.log.Info("link streaming", "slot", l.Slot(), "origin", l.Origin(), "resume_after", start.String(), "upstream_major", major)
 
 	origin := l.Origin()
 	flushed := func(ctx context.Context) (stream.LSN, error) {
@@ -231,12 +385,12 @@ func (l *link) session(ctx context.Context) error {
 		StartLSN:    start,
 		OriginNone:  major >= 16,
 		SpoolDir:    l.spoolDir,
-		Logger:      l.log.With("link", l.Name()),
+		Logger:      l.log,
 	}, applier, flushed)
 	if err != nil {
-		return fmt.Errorf("link %s: %w", l.Name(), err)
+		return true, fmt.Errorf("link %s: %w", l.Name(), err)
 	}
-	return errors.New("link " + l.Name() + ": stream ended")
+	return true, errors.New("link " + l.Name() + ": stream ended")
 }
 
 // ddlInFlight tells whether a column that the upstream sends but this node
@@ -272,7 +426,7 @@ func (l *link) recordDDLFailure(ctx context.Context, err error) {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if rerr := ddl.RecordFailure(ctx, conn, ae); rerr != nil {
-		l.log.Warn("record failed DDL", "link", l.Name(), "err", rerr)
+		l.log.Warn("record failed DDL", "err", rerr)
 	}
 }
 
@@ -305,6 +459,10 @@ func majorVersion(v string) (int, error) {
 	}
 	return n, nil
 }
+
+// closeTimeout bounds the end of an apply session: committing what was
+// queued, rolling back an unfinished transaction, releasing the origin.
+const closeTimeout = 10 * time.Second
 
 // maxBackoff caps the wait between reconnections: a healed partition or a
 // restarted server should be noticed within seconds, and a failed attempt

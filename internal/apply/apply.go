@@ -70,7 +70,45 @@ type Options struct {
 	// values are left out until it arrives. False (or no hook) keeps it an
 	// apply error that names the column.
 	IgnoreColumn func(ctx context.Context, table, column string) (bool, error)
+	// OnApplied, when set, is called on the Applier's goroutine for every
+	// remote transaction whose COMMIT the server confirmed. It must return
+	// quickly (it runs between pipeline results).
+	OnApplied func(Applied)
 }
+
+// Applied describes one committed remote transaction.
+type Applied struct {
+	CommitLSN stream.LSN // FinalLSN of the remote transaction
+	Changes   uint64
+	// Duration runs from its BEGIN being queued on the apply connection to
+	// its COMMIT being confirmed: execution, plus the wait behind the
+	// transactions pipelined before it.
+	Duration time.Duration
+}
+
+// ConflictKey names a conflict counter.
+type ConflictKey struct{ Table, Kind, Resolution string }
+
+// TxnError is the failure of one remote transaction: which transaction,
+// and the request of it that failed. The Applier is dead afterwards; the
+// transaction was rolled back on the downstream.
+type TxnError struct {
+	Upstream   string
+	CommitLSN  stream.LSN // FinalLSN: the LSN of its commit record upstream
+	CommitTime time.Time
+	XID        uint32
+	What       string // the failed request: "insert public.t", "COMMIT"…
+	Table      string // "schema.table" when the request concerned one table
+	Key        string // the changed row's key, when a row change failed
+	Err        error
+	hint       string
+}
+
+func (e *TxnError) Error() string {
+	return fmt.Sprintf("upstream %s: apply remote transaction %s: %s: %v%s", e.Upstream, e.CommitLSN, e.What, e.Err, e.hint)
+}
+
+func (e *TxnError) Unwrap() error { return e.Err }
 
 // Stats is a snapshot of what an Applier has applied (confirmed by the
 // server).
@@ -80,9 +118,11 @@ type Stats struct {
 	Flights        uint64     // pipeline flights sent (round trips)
 	LastCommitTime time.Time  // remote commit time of the last committed transaction
 	LastEndLSN     stream.LSN // its EndLSN
-	// Conflicts counts the conflicts met (and resolved) by kind
-	// (conflict.InsertExists…), as logged in pgmesh.conflict_log.
+	// Conflicts counts the conflicts of the committed transactions by kind
+	// (conflict.InsertExists…): what pgmesh.conflict_log received.
 	Conflicts map[string]uint64
+	// ConflictsBy counts the same conflicts by table, kind and resolution.
+	ConflictsBy map[ConflictKey]uint64
 }
 
 // Applier applies one link's stream onto the downstream. It implements
@@ -130,7 +170,7 @@ type Applier struct {
 	txns, changes, flights, lastEndLSN atomic.Uint64
 	lastCommit                         atomic.Int64 // unix nanoseconds, 0 = none
 	mu                                 sync.Mutex
-	conflicts                          map[string]uint64 // under mu
+	conflicts                          map[ConflictKey]uint64 // under mu
 }
 
 // txn is one remote transaction.
@@ -143,6 +183,8 @@ type txn struct {
 	started               bool // BEGIN queued
 	skip                  bool // already applied before (at or before the origin's progress)
 	changes               uint64
+	queuedAt              time.Time              // when its BEGIN was queued
+	conflicts             map[ConflictKey]uint64 // met so far, counted in Stats once it commits
 }
 
 // Fixed statements, prepared once per session.
@@ -194,7 +236,7 @@ func New(ctx context.Context, conn *pgconn.PgConn, o Options) (*Applier, error) 
 		rels:      map[uint32]*relInfo{},
 		checked:   map[string]string{},
 		stmts:     map[string]string{},
-		conflicts: map[string]uint64{},
+		conflicts: map[ConflictKey]uint64{},
 		received:  map[string]time.Time{},
 	}
 	if o.Claim && o.Node == "" {
@@ -301,6 +343,11 @@ func (a *Applier) Message(ctx context.Context, m stream.Message) error {
 		}
 	}
 	if err := a.o.OnMessage(ctx, m); err != nil {
+		if m.Transactional && a.txn != nil {
+			b := a.txn.begin
+			return a.fail(&TxnError{Upstream: a.o.Upstream, CommitLSN: b.FinalLSN, CommitTime: b.CommitTime, XID: b.XID,
+				What: fmt.Sprintf("message %q at %s", m.Prefix, m.LSN), Err: err})
+		}
 		return a.fail(fmt.Errorf("upstream %s: message %q at %s: %w", a.o.Upstream, m.Prefix, m.LSN, err))
 	}
 	clear(a.rels)
@@ -389,8 +436,12 @@ func (a *Applier) Stats() Stats {
 		s.LastCommitTime = time.Unix(0, ns)
 	}
 	a.mu.Lock()
-	s.Conflicts = maps.Clone(a.conflicts)
+	s.ConflictsBy = maps.Clone(a.conflicts)
 	a.mu.Unlock()
+	s.Conflicts = map[string]uint64{}
+	for k, n := range s.ConflictsBy {
+		s.Conflicts[k.Kind] += n
+	}
 	return s
 }
 

@@ -214,19 +214,21 @@ func TestApplyFailureStopsLaterTransactions(t *testing.T) {
 		maxFlight int
 		bad       func(tr *stream.Relation) *stream.Change
 		wantErr   []string
+		// What the TxnError names: the failed request, its table and key.
+		wantWhat, wantTable, wantKey string
 	}{
 		{"statement fails, same flight", 0,
 			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "∅") },
-			[]string{"insert into public.t", "null value"}},
+			[]string{"insert into public.t", "null value"}, "insert into public.t", "public.t", "id=3"},
 		{"statement fails, later flights in the air", 3,
 			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "∅") },
-			[]string{"insert into public.t", "null value"}},
+			[]string{"insert into public.t", "null value"}, "insert into public.t", "public.t", "id=3"},
 		{"commit fails", 0,
 			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "-1") },
-			[]string{"deferred constraints", "v must not be negative"}},
+			[]string{"deferred constraints", "v must not be negative"}, "deferred constraints", "", ""},
 		{"commit fails, later flights in the air", 4,
 			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "-1") },
-			[]string{"deferred constraints", "v must not be negative"}},
+			[]string{"deferred constraints", "v must not be negative"}, "deferred constraints", "", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -239,9 +241,11 @@ func TestApplyFailureStopsLaterTransactions(t *testing.T) {
 			e.exec(t, `CREATE CONSTRAINT TRIGGER v_check AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED
 				FOR EACH ROW EXECUTE FUNCTION v_check()`)
 			e.exec(t, `ALTER TABLE t ENABLE ALWAYS TRIGGER v_check`)
-			a := e.applier(t, Options{MaxFlight: tc.maxFlight})
+			var applied []Applied
+			a := e.applier(t, Options{MaxFlight: tc.maxFlight, OnApplied: func(ap Applied) { applied = append(applied, ap) }})
 			r := newRemote()
 			tr := rel(1, "t", 'd', "*id", "v")
+			var begins []stream.Begin
 			var commits []stream.Commit
 			var err error
 			ctx := context.Background()
@@ -251,7 +255,7 @@ func TestApplyFailureStopsLaterTransactions(t *testing.T) {
 					ch = tc.bad(tr)
 				}
 				b, c := r.next()
-				commits = append(commits, c)
+				begins, commits = append(begins, b), append(commits, c)
 				if err = a.Begin(ctx, b); err != nil {
 					break
 				}
@@ -272,6 +276,19 @@ func TestApplyFailureStopsLaterTransactions(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not mention %q", err, w)
 				}
+			}
+			var te *TxnError
+			if !errors.As(err, &te) {
+				t.Fatalf("error %q is not a *TxnError", err)
+			}
+			got := [...]any{te.CommitLSN, te.CommitTime, te.XID, te.What, te.Table, te.Key}
+			want := [...]any{begins[2].FinalLSN, begins[2].CommitTime, begins[2].XID, tc.wantWhat, tc.wantTable, tc.wantKey}
+			if got != want {
+				t.Errorf("TxnError names %v, want %v", got, want)
+			}
+			if len(applied) != 2 || applied[0].CommitLSN != begins[0].FinalLSN || applied[1].CommitLSN != begins[1].FinalLSN ||
+				applied[0].Changes != 1 || applied[0].Duration <= 0 {
+				t.Errorf("OnApplied saw %+v, want transactions 1 and 2, one change each, with their durations", applied)
 			}
 			if _, err2 := a.Progress(ctx); !errors.Is(err2, err) {
 				t.Errorf("applier still usable after an error: Progress returned %v", err2)
@@ -321,6 +338,14 @@ func TestApplyConflictsGoOn(t *testing.T) {
 	if !maps.Equal(st.Conflicts, wantC) {
 		t.Errorf("conflicts %v, want %v", st.Conflicts, wantC)
 	}
+	wantBy := map[ConflictKey]uint64{
+		{"public.t", conflict.InsertExists, conflict.KeepLocal}:    1,
+		{"public.t", conflict.UpdateMissing, conflict.ApplyRemote}: 2,
+		{"public.t", conflict.DeleteMissing, conflict.Skip}:        1,
+	}
+	if !maps.Equal(st.ConflictsBy, wantBy) {
+		t.Errorf("conflicts by table, kind and resolution %v, want %v", st.ConflictsBy, wantBy)
+	}
 	if st.Txns != 1 {
 		t.Errorf("txns = %d, want 1", st.Txns)
 	}
@@ -342,6 +367,30 @@ func TestApplyConflictsGoOn(t *testing.T) {
 		if !strings.Contains(log.String(), w) {
 			t.Errorf("log lacks %s:\n%s", w, log.String())
 		}
+	}
+}
+
+// The conflicts of a transaction that fails are rolled back with its
+// conflict_log rows: they are not counted, so that applying it again later
+// counts them once.
+func TestApplyConflictsCountedAtCommit(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)`)
+	e.exec(t, `INSERT INTO t VALUES (1, 'local')`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id", "v")
+	ctx := context.Background()
+	r.feed(t, a, ins(tr, "1", "remote"), ins(tr, "2", "∅"))
+	if err := a.Idle(ctx); err == nil {
+		t.Fatal("no error for a NULL in a NOT NULL column")
+	}
+	if st := a.Stats(); len(st.Conflicts) != 0 || len(st.ConflictsBy) != 0 {
+		t.Errorf("conflicts of a rolled back transaction counted: %v %v", st.Conflicts, st.ConflictsBy)
+	}
+	if got := e.rows(t, "SELECT count(*) FROM pgmesh.conflict_log"); !slices.Equal(got, []string{"0"}) {
+		t.Errorf("conflict_log rows %q, want none", got)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -56,6 +57,7 @@ func (a *Applier) startTxn(ctx context.Context) {
 	a.pipe.SendQueryPrepared(stmtBegin, nil, nil, nil)
 	a.pending = append(a.pending, item{kind: itemBegin, txn: a.txn})
 	a.txn.started = true
+	a.txn.queuedAt = time.Now()
 	// What the upstream had seen when it committed this transaction,
 	// recorded before its changes are judged and committed with them.
 	a.queueReceived()
@@ -188,11 +190,24 @@ func (a *Applier) handleResult(it *item, res any) error {
 		a.changes.Add(t.changes)
 		a.lastEndLSN.Store(uint64(t.end.EndLSN))
 		a.lastCommit.Store(t.end.CommitTime.UnixNano())
+		if len(t.conflicts) > 0 {
+			a.mu.Lock()
+			for k, n := range t.conflicts {
+				a.conflicts[k] += n
+			}
+			a.mu.Unlock()
+		}
+		if a.o.OnApplied != nil {
+			a.o.OnApplied(Applied{CommitLSN: t.begin.FinalLSN, Changes: t.changes, Duration: time.Since(t.queuedAt)})
+		}
 	case itemChange:
 		if kind != "" {
-			a.mu.Lock()
-			a.conflicts[kind]++
-			a.mu.Unlock()
+			// Counted when the transaction commits: a transaction rolled
+			// back and applied again must not count its conflicts twice.
+			if it.txn.conflicts == nil {
+				it.txn.conflicts = map[ConflictKey]uint64{}
+			}
+			it.txn.conflicts[ConflictKey{Table: it.rel.name, Kind: kind, Resolution: resolution}]++
 			a.log.Info("conflict", "kind", kind, "resolution", resolution, "table", it.rel.name,
 				"key", it.rel.keyText(it.change), "commit_lsn", it.txn.begin.FinalLSN.String())
 		}
@@ -234,5 +249,15 @@ func (a *Applier) describe(it *item, err error) error {
 	if it.txn == nil {
 		return fmt.Errorf("upstream %s: apply: %s: %w%s", a.o.Upstream, what, err, hint)
 	}
-	return fmt.Errorf("upstream %s: apply remote transaction %s: %s: %w%s", a.o.Upstream, it.txn.begin.FinalLSN, what, err, hint)
+	te := &TxnError{Upstream: a.o.Upstream, CommitLSN: it.txn.begin.FinalLSN, CommitTime: it.txn.begin.CommitTime,
+		XID: it.txn.begin.XID, What: what, Err: err, hint: hint}
+	if it.rel != nil {
+		te.Table = it.rel.name
+	} else if it.kind == itemTruncate {
+		te.Table = it.tables
+	}
+	if it.kind == itemChange {
+		te.Key = it.rel.keyText(it.change)
+	}
+	return te
 }

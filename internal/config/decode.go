@@ -40,6 +40,9 @@ var Policies = []Policy{LastUpdateWins, FirstUpdateWins, KeepLocal, ApplyRemote,
 // SequenceStrategies lists the accepted sequences.strategy values.
 var SequenceStrategies = []string{"snowflake", "step", "range", "none"}
 
+// LogLevels lists the accepted agent.log_level values.
+var LogLevels = []string{"debug", "info", "warn", "error"}
+
 // DDLCaptures lists the accepted ddl.capture values.
 var DDLCaptures = []string{"auto", "manual"}
 
@@ -101,15 +104,23 @@ func (p *parser) config(data []byte) *Config {
 			}
 		case "agent":
 			for _, f := range p.entries(e.val, "agent", e.line) {
-				if f.key != "listen" {
-					p.unknown(f, "agent", "listen")
-					continue
-				}
-				if s, ok := p.str(f, "agent.listen"); ok {
-					if err := checkListen(s); err != nil {
-						p.errorf(f.line, "agent.listen: %q: %v", s, err)
+				switch f.key {
+				case "listen":
+					if s, ok := p.str(f, "agent.listen"); ok {
+						if err := checkListen(s); err != nil {
+							p.errorf(f.line, "agent.listen: %q: %v", s, err)
+						}
+						cfg.Agent.Listen = s
 					}
-					cfg.Agent.Listen = s
+				case "log_level":
+					if s, ok := p.str(f, "agent.log_level"); ok {
+						if !slices.Contains(LogLevels, s) {
+							p.errorf(f.line, "agent.log_level: %q is not one of %s", s, strings.Join(LogLevels, ", "))
+						}
+						cfg.Agent.LogLevel = s
+					}
+				default:
+					p.unknown(f, "agent", "listen", "log_level")
 				}
 			}
 		default:

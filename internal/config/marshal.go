@@ -58,6 +58,9 @@ func (c *Config) Marshal() []byte {
 	fmt.Fprintf(&b, "sequences:\n  strategy: %s\n  max_nodes: %d\n", q(c.Sequences.Strategy), c.Sequences.MaxNodes)
 	fmt.Fprintf(&b, "ddl:\n  capture: %s\n", q(c.DDL.Capture))
 	fmt.Fprintf(&b, "agent:\n  listen: %s\n", q(c.Agent.Listen))
+	if c.Agent.LogLevel != "" {
+		fmt.Fprintf(&b, "  log_level: %s\n", q(c.Agent.LogLevel))
+	}
 	return b.Bytes()
 }
 

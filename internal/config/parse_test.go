@@ -40,7 +40,7 @@ var parseErrorTests = []struct {
 	{"unknown sequences key", twoNodes + "sequences: {strategy: step, nodes: 4}\n", 7,
 		`sequences: unknown key "nodes"`},
 	{"unknown ddl key", twoNodes + "ddl:\n  mode: auto\n", 8, `ddl: unknown key "mode" (known: capture)`},
-	{"unknown agent key", twoNodes + "agent:\n  port: 9187\n", 8, `agent: unknown key "port" (known: listen)`},
+	{"unknown agent key", twoNodes + "agent:\n  port: 9187\n", 8, `agent: unknown key "port" (known: listen, log_level)`},
 	{"duplicate top key", twoNodes + "cluster: other\n", 7, `duplicate key "cluster" (first at line 1)`},
 	{"duplicate node name", twoNodes + "  - name: paris\n    dsn: y\n", 7,
 		`duplicate node name "paris" (first at line 3)`},
@@ -94,6 +94,7 @@ var parseErrorTests = []struct {
 	{"step id beyond max_nodes", twoNodes + "  - name: berlin\n    dsn: z\n    id: 9\nsequences: {strategy: step, max_nodes: 4}\n", 7,
 		`node "berlin": id 9 exceeds sequences.max_nodes 4, which strategy step needs`},
 	{"bad ddl capture", twoNodes + "ddl: {capture: always}\n", 7, `ddl.capture: "always" is not one of auto, manual`},
+	{"bad log level", twoNodes + "agent:\n  log_level: verbose\n", 8, `agent.log_level: "verbose" is not one of debug, info, warn, error`},
 	{"listen without port", twoNodes + "agent:\n  listen: localhost\n", 8, `agent.listen: "localhost": want host:port`},
 	{"listen bad port", twoNodes + "agent:\n  listen: \"127.0.0.1:http\"\n", 8, `agent.listen: "127.0.0.1:http": port "http" is not a number`},
 	{"bad duration", twoNodes + "conflicts:\n  log_retention: 30 days\n", 8,
@@ -235,7 +236,7 @@ conflicts:
       delete_wins: true
 sequences: { strategy: step, max_nodes: 8 }
 ddl: { capture: manual }
-agent: { listen: ":9200" }
+agent: { listen: ":9200", log_level: warn }
 `
 
 func TestParseFull(t *testing.T) {
@@ -268,7 +269,7 @@ func TestParseFull(t *testing.T) {
 		},
 		Sequences: Sequences{Strategy: "step", MaxNodes: 8},
 		DDL:       DDL{Capture: "manual"},
-		Agent:     Agent{Listen: ":9200"},
+		Agent:     Agent{Listen: ":9200", LogLevel: "warn"},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)

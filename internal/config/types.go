@@ -77,6 +77,9 @@ type DDL struct {
 // Agent configures `pgmesh run`.
 type Agent struct {
 	Listen string // default 127.0.0.1:9187
+	// LogLevel is the agent's log level (debug, info, warn, error; "" =
+	// the --log-level flag). Unlike Listen it is applied again on SIGHUP.
+	LogLevel string
 }
 
 // NodeByName returns the node called name.
