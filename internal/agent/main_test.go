@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -36,8 +37,9 @@ func initMesh(t *testing.T, env *sandboxtest.Env, ddl [][]string) {
 
 // throughProxy returns a copy of cfg in which node reaches its server
 // through a netfault proxy called node, so that the test can cut it.
-func throughProxy(t *testing.T, cfg *config.Config, node string) (*config.Config, *netfault.Net) {
+func throughProxy(t *testing.T, env *sandboxtest.Env, node string) (*config.Config, *netfault.Net) {
 	t.Helper()
+	cfg := env.Config
 	out := *cfg
 	out.Nodes = append([]config.Node(nil), cfg.Nodes...)
 	net := netfault.New()
@@ -56,7 +58,12 @@ func throughProxy(t *testing.T, cfg *config.Config, node string) (*config.Config
 			t.Fatal(err)
 		}
 		_, p, _ := strings.Cut(addr, ":")
-		out.Nodes[i].DSN = port.ReplaceAllString(n.DSN, "port="+p)
+		// The proxy's address needs its own password file entries.
+		passfile := filepath.Join(t.TempDir(), "passfile")
+		if err := env.Cluster.AliasPassfile(passfile, map[string]string{addr: env.Cluster.Nodes[i].Name}); err != nil {
+			t.Fatal(err)
+		}
+		out.Nodes[i].DSN = port.ReplaceAllString(n.DSN, "port="+p) + " passfile=" + passfile
 	}
 	return &out, net
 }

@@ -52,7 +52,7 @@ func newBrokenMesh(t *testing.T) *brokenMesh {
 	env.Exec(t, 0, `INSERT INTO t VALUES (1, 'one from n1')`)
 	env.Exec(t, 1, `INSERT INTO t VALUES (1, 'one from n2')`)
 
-	cfg, net := throughProxy(t, env.Config, "n3")
+	cfg, net := throughProxy(t, env, "n3")
 	a, base := startAgent(t, cfg, Options{SampleInterval: 200 * time.Millisecond, CountInterval: 200 * time.Millisecond})
 	eventually(t, 60*time.Second, "every link streaming and both conflicts logged", func() (bool, string) {
 		v := statusOf(t, base)

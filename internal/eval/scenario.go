@@ -630,29 +630,20 @@ func redirect(dsn, addr, passfile string) string {
 }
 
 // proxyPassfile writes, in the harness's private directory, a password
-// file (mode 0600) that gives each proxy address of proxied (link → the
-// address that stands for its upstream) the password of pgmesh's role on
-// the upstream: passwords are looked up by address.
+// file that gives each proxy (link → the address that stands for its
+// upstream) the passwords of its upstream: they are looked up by address.
 func (h *harness) proxyPassfile(proxied map[string]string) (string, error) {
-	var b strings.Builder
+	aliases := map[string]string{}
 	for _, up := range h.cfg.Nodes {
-		pc, err := pgconn.ParseConfig(up.DSN)
-		if err != nil {
-			return "", fmt.Errorf("node %s: parse DSN: invalid DSN", up.Name)
-		}
 		for _, down := range h.cfg.Nodes {
-			addr, ok := proxied[netfault.LinkName(up.Name, down.Name)]
-			if !ok {
-				continue
+			if addr, ok := proxied[netfault.LinkName(up.Name, down.Name)]; ok {
+				aliases[addr] = up.Name
 			}
-			host, port, _ := net.SplitHostPort(addr)
-			esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`).Replace
-			fmt.Fprintf(&b, "%s:%s:*:%s:%s\n", host, port, esc(pc.User), esc(pc.Password))
 		}
 	}
 	path := filepath.Join(h.dir, "passfile")
-	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
-		return "", fmt.Errorf("write the proxies' password file: %w", err)
+	if err := h.cl.AliasPassfile(path, aliases); err != nil {
+		return "", fmt.Errorf("the proxies' password file: %w", err)
 	}
 	return path, nil
 }

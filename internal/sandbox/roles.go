@@ -11,8 +11,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -94,6 +97,35 @@ func (c *Cluster) writePassfile(pw map[Role]string) error {
 		return err
 	}
 	return os.Rename(tmp, c.Passfile())
+}
+
+// AliasPassfile writes to path (mode 0600) the passwords of every role for
+// each address of aliases (host:port → the name of the node it leads to,
+// e.g. a TCP proxy in front of it), so that a DSN that points at the alias
+// and names path as its passfile authenticates. Passwords are looked up by
+// address, and the sandbox's own file names the servers' addresses only.
+func (c *Cluster) AliasPassfile(path string, aliases map[string]string) error {
+	pw, err := c.readPasswords()
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	for _, addr := range slices.Sorted(maps.Keys(aliases)) {
+		if _, err := c.Node(aliases[addr]); err != nil {
+			return err
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return fmt.Errorf("alias %q: %w", addr, err)
+		}
+		for _, r := range Roles {
+			fmt.Fprintf(&b, "%s:%s:*:%s:%s\n", host, port, r, pw[r])
+		}
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("write password file %s: %w", path, err)
+	}
+	return nil
 }
 
 // readPasswords reads the passwords back from the password file.
