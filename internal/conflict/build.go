@@ -138,7 +138,7 @@ func updateFull(t Table, set []string, m mode) string {
 		var cmp []string
 		for i, c := range set {
 			if !slices.Contains(t.DeltaColumns, c) && !slices.Contains(t.Key, c) {
-				cmp = append(cmp, fmt.Sprintf("(s.img).%s::text IS DISTINCT FROM (%s)::text", pg.Ident(c), newv[i]))
+				cmp = append(cmp, fmt.Sprintf("%s IS DISTINCT FROM %s", asText("(s.img)."+pg.Ident(c), b.types[c]), asText(newv[i], b.types[c])))
 			}
 		}
 		if len(cmp) == 0 {
@@ -323,6 +323,18 @@ func (b *builder) identOf(cols, exprs []string) []string {
 var noEquality = map[string]bool{"json": true, "xml": true, "point": true, "line": true, "lseg": true,
 	"box": true, "path": true, "polygon": true, "circle": true}
 
+// asText is expr of type typ as text, the way the type prints it: that is
+// the form values travel in. The cast to text is the same for every type
+// but xml, whose cast keeps the bytes stored, while its output drops an
+// XML declaration that says nothing (version 1.0 alone): a value received
+// from a peer lacks the declaration that the writer's copy may keep.
+func asText(expr, typ string) string {
+	if typ == "xml" {
+		return fmt.Sprintf("pg_catalog.textin(pg_catalog.xml_out(%s))", expr)
+	}
+	return "(" + expr + ")::text"
+}
+
 // match is the condition "row alias has this identity". A key is NOT NULL
 // and compared with =; a whole-row identity (no key) may hold NULLs.
 func (b *builder) match(alias string, exprs []string) string {
@@ -333,7 +345,7 @@ func (b *builder) match(alias string, exprs []string) string {
 		case !b.keyless:
 			conds[i] = col + " = " + exprs[i]
 		case noEquality[strings.TrimSuffix(b.types[c], "[]")]:
-			conds[i] = fmt.Sprintf("%s::text IS NOT DISTINCT FROM (%s)::text", col, exprs[i])
+			conds[i] = fmt.Sprintf("%s IS NOT DISTINCT FROM %s", asText(col, b.types[c]), asText(exprs[i], b.types[c]))
 		default:
 			conds[i] = col + " IS NOT DISTINCT FROM " + exprs[i]
 		}

@@ -120,7 +120,7 @@ func UpdateSQL(t Table, set []string) string {
 		var same []string
 		for i, c := range set {
 			if !slices.Contains(t.DeltaColumns, c) && !slices.Contains(t.Key, c) {
-				same = append(same, fmt.Sprintf("pgmesh_t.%s::text IS NOT DISTINCT FROM (%s)::text", pg.Ident(c), newv[i]))
+				same = append(same, fmt.Sprintf("%s IS NOT DISTINCT FROM %s", asText("pgmesh_t."+pg.Ident(c), b.types[c]), asText(newv[i], b.types[c])))
 			}
 		}
 		if len(same) == 0 {
