@@ -34,9 +34,9 @@ WITH RECURSIVE m(oid) AS (
      WHERE t.typbasetype = m.oid OR t.typelem = m.oid
         OR (t.typrelid <> 0 AND t.typrelid IN (SELECT a.attrelid FROM pg_catalog.pg_attribute a
                                                 WHERE a.atttypid = m.oid AND a.attnum > 0 AND NOT a.attisdropped)))
-SELECT pg_catalog.format('%s.%s', c.name, pg_catalog.quote_ident(a.attname))
-  FROM pg_catalog.unnest($1::pg_catalog.text[]) AS c(name)
-  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.name::pg_catalog.regclass
+SELECT c.shown || '.' || pg_catalog.quote_ident(a.attname)
+  FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS c(ident, shown)
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.ident::pg_catalog.regclass
  WHERE a.attnum > 0 AND NOT a.attisdropped AND a.atttypid IN (SELECT oid FROM m)
  ORDER BY 1`
 
@@ -57,11 +57,11 @@ func checkMoney(ctx context.Context, _ *run, nodes []*Node) ([]Finding, error) {
 		if err != nil {
 			return nil, fmt.Errorf("node %s: format money: %w", n.Name, err)
 		}
-		names := make([]string, len(n.Tables))
+		idents, shown := make([]string, len(n.Tables)), make([]string, len(n.Tables))
 		for i, t := range n.Tables {
-			names[i] = pg.Ident(t.Schema, t.Name)
+			idents[i], shown[i] = pg.Ident(t.Schema, t.Name), t.QualifiedName()
 		}
-		rows, err := n.Conn.Query(ctx, moneyColumnsSQL, names)
+		rows, err := n.Conn.Query(ctx, moneyColumnsSQL, idents, shown)
 		if err != nil {
 			return nil, fmt.Errorf("node %s: find money columns: %w", n.Name, err)
 		}
