@@ -120,6 +120,10 @@ type Applier struct {
 	// newest remote commit time claimed in the downstream's WAL (claimed).
 	received map[string]time.Time // by origin
 	claimed  time.Time
+	// held is the LSN of the last non-transactional message handled: the
+	// origin's progress must pass it (see saveMessages) before the stream
+	// may confirm it to the upstream.
+	held stream.LSN
 
 	closed bool
 
@@ -275,6 +279,9 @@ func (a *Applier) Message(ctx context.Context, m stream.Message) error {
 	if a.err != nil {
 		return a.err
 	}
+	if !m.Transactional {
+		a.held = max(a.held, m.LSN)
+	}
 	if m.Prefix == conflict.SeenPrefix {
 		a.receiveSeen(m)
 		return nil
@@ -335,12 +342,16 @@ func (a *Applier) Commit(ctx context.Context, c stream.Commit) error {
 
 // Idle sends what is queued and waits for every answer: the stream has
 // nothing else for us, so this is the moment to make the work visible and
-// to surface errors.
+// to surface errors. Messages received since the last remote transaction
+// are saved then (saveMessages).
 func (a *Applier) Idle(ctx context.Context) error {
 	if a.err != nil {
 		return a.err
 	}
-	return a.drain(ctx)
+	if err := a.drain(ctx); err != nil {
+		return err
+	}
+	return a.saveMessages(ctx)
 }
 
 // Progress is the origin's progress: the EndLSN of the last remote

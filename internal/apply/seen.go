@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -61,7 +62,12 @@ import (
 // Receiving side: a seen message from the upstream is queued and its
 // entries are upserted at the start of the upstream's next remote
 // transaction, after BEGIN and before its changes, so they commit
-// atomically with the origin progress (a crash replays both).
+// atomically with the origin progress (a crash replays both). When the
+// link goes idle first, they are saved at once with the origin progress
+// set to the message (saveMessages): the stream confirms a message to the
+// upstream only once the origin's durable progress has passed it, so a
+// claim is never confirmed, and dropped by the upstream, while it is only
+// in memory here.
 
 // claim queues the seen claim of remote transaction t, unless it announces
 // nothing new.
@@ -116,9 +122,45 @@ func (a *Applier) receiveSeen(m stream.Message) {
 // last remote transaction, in the transaction just begun.
 func (a *Applier) queueReceived() {
 	for _, origin := range slices.Sorted(maps.Keys(a.received)) {
-		params := [][]byte{[]byte(a.o.Upstream), []byte(origin), []byte(a.received[origin].UTC().Format(time.RFC3339Nano))}
-		a.pipe.SendQueryPrepared(stmtSeen, params, nil, nil)
+		a.pipe.SendQueryPrepared(stmtSeen, a.seenParams(origin), nil, nil)
 		a.pending = append(a.pending, item{kind: itemSeen, txn: a.txn})
 	}
 	clear(a.received)
+}
+
+func (a *Applier) seenParams(origin string) [][]byte {
+	return [][]byte{[]byte(a.o.Upstream), []byte(origin), []byte(a.received[origin].UTC().Format(time.RFC3339Nano))}
+}
+
+// saveMessages commits, between remote transactions, what the messages
+// received since the last one say (the seen entries) together with the
+// origin's progress set to the last message's LSN: from then on the stream
+// may confirm them, and a restart resumes after them. Nothing is done when
+// a remote transaction committed after them already carried both.
+func (a *Applier) saveMessages(ctx context.Context) error {
+	if a.txn != nil || a.held <= a.lastEnd {
+		return nil
+	}
+	type step struct {
+		what, name string
+		params     [][]byte
+	}
+	steps := []step{{"BEGIN", stmtBegin, nil}}
+	for _, origin := range slices.Sorted(maps.Keys(a.received)) {
+		steps = append(steps, step{"record peer_seen", stmtSeen, a.seenParams(origin)})
+	}
+	// The commit time is only the origin's bookkeeping here: the
+	// transaction writes no replicated row.
+	steps = append(steps,
+		step{"origin setup", stmtXact, [][]byte{[]byte(a.held.String()), []byte(formatTime(time.Now()))}},
+		step{"COMMIT", stmtCommit, nil})
+	for _, st := range steps {
+		if _, err := a.conn.ExecPrepared(ctx, st.name, st.params, nil, nil).Close(); err != nil {
+			// Close rolls the transaction back.
+			return a.fail(fmt.Errorf("upstream %s: save the messages received up to %s: %s: %w", a.o.Upstream, a.held, st.what, err))
+		}
+	}
+	clear(a.received)
+	a.lastEnd = a.held
+	return nil
 }

@@ -274,8 +274,9 @@ func (r *receiver) status(ctx context.Context) error {
 	return nil
 }
 
-// caughtUp tells whether every transaction received so far has been handled
-// and its effect is durable downstream (flush is the durable position). Then,
+// caughtUp tells whether every transaction and message received so far has
+// been handled and its effect is durable downstream (flush is the durable
+// position). Then,
 // as the native apply worker does, the last received position may be
 // confirmed: without it a link whose upstream writes only WAL that is not
 // replicated (other databases, transactions dropped by origin, pgmesh's
@@ -327,7 +328,10 @@ type consumer struct {
 type consumerProgress struct {
 	processed atomic.Uint64 // items fully handled
 	busy      atomic.Bool   // inside a transaction or holding spooled ones
-	needFlush atomic.Uint64 // EndLSN of the last transaction handed to the Handler
+	// needFlush is the EndLSN of the last transaction, or the LSN of the
+	// last non-transactional message, handed to the Handler: the position
+	// Flushed must reach before anything received may be confirmed.
+	needFlush atomic.Uint64
 }
 
 func (c *consumer) run(ctx context.Context, p *pipe) error {
@@ -535,6 +539,10 @@ func (c *consumer) message(ctx context.Context, m Message) error {
 		if err := c.h.Message(ctx, m); err != nil {
 			return fmt.Errorf("handler message %q at %s: %w", m.Prefix, m.LSN, err)
 		}
+		// Confirming the message before the Handler has made what it says
+		// durable would lose it in a restart: the upstream does not send
+		// it again.
+		c.progress.needFlush.Store(max(c.progress.needFlush.Load(), uint64(m.LSN)))
 		return nil
 	}
 	switch c.state {
