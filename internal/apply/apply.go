@@ -122,8 +122,10 @@ type Applier struct {
 	claimed  time.Time
 	// held is the LSN of the last non-transactional message handled: the
 	// origin's progress must pass it (see saveMessages) before the stream
-	// may confirm it to the upstream.
-	held stream.LSN
+	// may confirm it to the upstream. heldSince is when the first message
+	// not yet saved arrived.
+	held      stream.LSN
+	heldSince time.Time
 
 	closed bool
 
@@ -280,6 +282,9 @@ func (a *Applier) Message(ctx context.Context, m stream.Message) error {
 		return a.err
 	}
 	if !m.Transactional {
+		if a.held <= a.lastEnd {
+			a.heldSince = time.Now()
+		}
 		a.held = max(a.held, m.LSN)
 	}
 	if m.Prefix == conflict.SeenPrefix {
@@ -342,8 +347,8 @@ func (a *Applier) Commit(ctx context.Context, c stream.Commit) error {
 
 // Idle sends what is queued and waits for every answer: the stream has
 // nothing else for us, so this is the moment to make the work visible and
-// to surface errors. Messages received since the last remote transaction
-// are saved then (saveMessages).
+// to surface errors. Messages that no remote transaction has carried for
+// a while are saved then (saveMessages).
 func (a *Applier) Idle(ctx context.Context) error {
 	if a.err != nil {
 		return a.err

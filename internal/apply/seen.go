@@ -62,12 +62,16 @@ import (
 // Receiving side: a seen message from the upstream is queued and its
 // entries are upserted at the start of the upstream's next remote
 // transaction, after BEGIN and before its changes, so they commit
-// atomically with the origin progress (a crash replays both). When the
-// link goes idle first, they are saved at once with the origin progress
-// set to the message (saveMessages): the stream confirms a message to the
-// upstream only once the origin's durable progress has passed it, so a
-// claim is never confirmed, and dropped by the upstream, while it is only
-// in memory here.
+// atomically with the origin progress (a crash replays both). The stream
+// confirms a message to the upstream only once the origin's durable
+// progress has passed it, so a claim is never confirmed, and dropped by the
+// upstream, while it is only in memory here. An upstream that relays its
+// peers' changes but writes nothing itself sends claims and no
+// transaction: when none has come for saveDelay, the claims are saved in a
+// transaction of their own that sets the origin's progress to the last
+// message (saveMessages), and the upstream may forget them. (Not at once:
+// a busy upstream sends a claim after nearly every transaction it applies,
+// and its own next transaction carries them for free.)
 
 // claim queues the seen claim of remote transaction t, unless it announces
 // nothing new.
@@ -132,13 +136,18 @@ func (a *Applier) seenParams(origin string) [][]byte {
 	return [][]byte{[]byte(a.o.Upstream), []byte(origin), []byte(a.received[origin].UTC().Format(time.RFC3339Nano))}
 }
 
+// saveDelay is how long messages wait for a remote transaction to carry
+// them before saveMessages commits them on their own.
+const saveDelay = time.Second
+
 // saveMessages commits, between remote transactions, what the messages
 // received since the last one say (the seen entries) together with the
 // origin's progress set to the last message's LSN: from then on the stream
 // may confirm them, and a restart resumes after them. Nothing is done when
-// a remote transaction committed after them already carried both.
+// a remote transaction committed after them already carried both, or
+// while one may still come to do it.
 func (a *Applier) saveMessages(ctx context.Context) error {
-	if a.txn != nil || a.held <= a.lastEnd {
+	if a.txn != nil || a.held <= a.lastEnd || time.Since(a.heldSince) < saveDelay {
 		return nil
 	}
 	type step struct {

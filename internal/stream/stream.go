@@ -341,11 +341,17 @@ func (c *consumer) run(ctx context.Context, p *pipe) error {
 			if err := c.h.Idle(ctx); err != nil {
 				return fmt.Errorf("handler idle: %w", err)
 			}
+			// Idle again every StatusInterval while nothing arrives: the
+			// Handler may save late what it kept (see Handler).
+			t := time.NewTimer(c.o.StatusInterval)
 			select {
 			case <-p.ready:
+			case <-t.C:
 			case <-ctx.Done():
+				t.Stop()
 				return ctx.Err()
 			}
+			t.Stop()
 			continue
 		}
 		if err := c.process(ctx, it); err != nil {

@@ -110,9 +110,9 @@ type Message struct {
 // its EndLSN, and a non-transactional message once Flushed has reached the
 // message's LSN; until then nothing received after them is confirmed
 // either. A Handler that keeps what a message says makes it durable before
-// its flushed position passes the message (the Applier saves both in one
-// transaction when it is idle): a restart then resumes after the message,
-// or else receives it again.
+// its flushed position passes the message (the Applier saves both with the
+// next transaction, or in one of their own when the link stays idle): a
+// restart then resumes after the message, or else receives it again.
 type Handler interface {
 	Begin(ctx context.Context, b Begin) error
 	Change(ctx context.Context, c *Change) error
@@ -120,6 +120,6 @@ type Handler interface {
 	Commit(ctx context.Context, c Commit) error
 	// Idle is called when no message is waiting to be processed, so that a
 	// pipelining handler can send what it has queued instead of waiting for
-	// more.
+	// more, and again every StatusInterval while none arrives.
 	Idle(ctx context.Context) error
 }
