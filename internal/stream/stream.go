@@ -276,14 +276,13 @@ func (r *receiver) status(ctx context.Context) error {
 
 // caughtUp tells whether every transaction and message received so far has
 // been handled and its effect is durable downstream (flush is the durable
-// position). Then,
-// as the native apply worker does, the last received position may be
-// confirmed: without it a link whose upstream writes only WAL that is not
-// replicated (other databases, transactions dropped by origin, pgmesh's
-// own bookkeeping) would never advance its slot, and the upstream would keep
-// that WAL forever. It is safe because a transaction not yet received
-// commits after the received position, so the upstream sends it again after
-// a restart.
+// position). Then, as the native apply worker does, the last received
+// position may be confirmed: without it a link whose upstream writes only
+// WAL that is not replicated (other databases, transactions dropped by
+// origin, pgmesh's own bookkeeping) would never advance its slot, and the
+// upstream would keep that WAL forever. It is safe because a transaction
+// not yet received commits after the received position, so the upstream
+// sends it again after a restart.
 func (r *receiver) caughtUp(flush LSN) bool {
 	return r.consumer.processed.Load() == r.pushed &&
 		!r.consumer.busy.Load() &&
