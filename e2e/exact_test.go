@@ -18,7 +18,7 @@ import (
 // exactColumns are the columns of the exact-values table after id and ver,
 // with their types; rows are written with the value sets below.
 var exactColumns = []struct{ name, typ string }{
-	{"f8", "float8"}, {"f4", "real"}, {"num", "numeric"},
+	{"f8", "float8"}, {"f4", "real"}, {"f8arr", "float8[]"}, {"num", "numeric"},
 	{"d", "date"}, {"ts", "timestamp"}, {"tstz", "timestamptz"}, {"tm", "time"}, {"ttz", "timetz"}, {"iv", "interval"},
 	{"b", "bytea"}, {"txt", "text"}, {"tarr", "text[]"}, {"iarr", "int[]"}, {"tzarr", "timestamptz[]"}, {"ivarr", "interval[]"},
 	{"e", "app.mood"}, {"earr", "app.mood[]"}, {"dom", "app.posint"},
@@ -34,7 +34,7 @@ var exactColumns = []struct{ name, typ string }{
 // (ISO 8601 forms, explicit offsets, ARRAY constructors, XMLPARSE).
 var exactValues = [][]string{
 	{
-		`'NaN'`, `'-Infinity'`, `'NaN'`,
+		`'NaN'`, `'-Infinity'`, `ARRAY['Infinity', '-0', 'NaN', '1e-310']::float8[]`, `'NaN'`,
 		`'infinity'`, `'-infinity'`, `'infinity'`, `'24:00:00'`, `'00:00:00+15:59'`, `'P-1Y2M-3DT-4H5M6.789S'`,
 		`'\x00ff5c27'::bytea`, `E'tab\there "q" \\ back ''s é'`,
 		`ARRAY['a"b', 'c\d', NULL, '', 'NULL', ' x ', '{}', ',', 'é']`, `ARRAY[1, NULL, -3]`,
@@ -46,7 +46,7 @@ var exactValues = [][]string{
 		`'(0.1,-0)'`, `'app.mood'`, `'a:1A fat:2B,4C cat:5'`, `XMLPARSE(CONTENT '<a b="1">x &amp; y</a>tail')`,
 	},
 	{
-		`'-0'`, `'1.17549435e-38'`, `('0.' || repeat('0', 999) || '1')::numeric`,
+		`'-0'`, `'1.17549435e-38'`, `ARRAY[NULL, 1.7976931348623157e308]::float8[]`, `('0.' || repeat('0', 999) || '1')::numeric`,
 		`'4713-01-01 BC'`, `'0044-03-15 12:34:56.789012 BC'`, `'1900-01-01 00:00:00+00'`, `'00:00:00.000001'`, `'23:59:59.999999-15:59'`, `'P1DT-1S'`,
 		`''::bytea`, `''`,
 		`ARRAY[]::text[]`, `ARRAY[NULL]::int[]`,
@@ -58,7 +58,7 @@ var exactValues = [][]string{
 		`'(1e308,5e-324)'`, `'pg_catalog.int4'`, `''`, `XMLPARSE(CONTENT '')`,
 	},
 	{
-		`'0.30000000000000004'`, `'3.4028235e38'`, `'-123456789012345678901234567890.123456789'`,
+		`'0.30000000000000004'`, `'3.4028235e38'`, `ARRAY[0.1, 1/3.0]::float8[]`, `'-123456789012345678901234567890.123456789'`,
 		`'2024-02-29'`, `'2024-02-29 23:59:59.999999'`, `'2024-03-31 02:30:00+01'`, `'12:34:56.789'`, `'12:00:00+05:30'`, `'P0D'`,
 		`'\x5c6e'::bytea`, `E'line\nbreak\r\n'`,
 		`ARRAY['"', '\', '\\', E'\n']`, `ARRAY[-2147483648, 2147483647]`,
