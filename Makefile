@@ -43,9 +43,10 @@ bench: deps build
 	PGMESH_PG_BIN=$(PG15_BIN) ./bin/pgmesh bench apply
 
 # Fault scenarios on fresh 3-node sandboxes (baseline, latency, partition,
-# crash, burst): reports in eval-out/<scenario>/report.html, a summary in
-# eval-out/summary.json; exits 1 when an invariant fails.
-EVALFLAGS ?= --duration 60s
+# crash, burst) at 150 transactions per second per node: reports in
+# eval-out/<scenario>/report.html, a summary in eval-out/summary.json; exits
+# 1 when an invariant fails.
+EVALFLAGS ?= --duration 60s --rate 150
 eval: deps build
 	PGMESH_PG_BIN=$(PG15_BIN) ./bin/pgmesh eval --scenario all --out eval-out $(EVALFLAGS)
 

@@ -384,3 +384,29 @@ func TestCheckSchemaDrift(t *testing.T) {
 		t.Fatalf("after the suggested fixes: %+v", fs)
 	}
 }
+
+// TestCheckMoney: money columns of every shape (money, a domain over it, an
+// array of it, a composite type holding it) are found on every node, and
+// nodes that format money alike pass. (Nodes whose lc_monetary format money
+// differently FAIL: see check.TestMoneyFindings; this machine may have no
+// second monetary locale to try.)
+func TestCheckMoney(t *testing.T) {
+	env := sandboxtest.New(t, 2)
+	for i := range 2 {
+		env.Exec(t, i, `CREATE DOMAIN price AS money CHECK (VALUE >= '0'::money);
+CREATE TYPE order_line AS (qty int, amounts money[]);
+CREATE TABLE orders (id int PRIMARY KEY, total money, net price, parts money[], lines order_line[], note numeric);
+CREATE TABLE other (id int PRIMARY KEY, n numeric)`)
+	}
+	fs, code := checkJSON(t, env.ConfigPath)
+	if code != 0 {
+		t.Fatalf("check: exit %d, FAILs:\n%s", code, failures(fs))
+	}
+	f, ok := findingWith(fs, "PASS", "", "money", "formats money alike")
+	if !ok {
+		t.Fatalf("no money PASS: %+v", fs)
+	}
+	if want := "public.orders.lines, public.orders.net, public.orders.parts, public.orders.total"; f.Object != want {
+		t.Errorf("money columns %q, want %q", f.Object, want)
+	}
+}

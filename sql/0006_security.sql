@@ -29,13 +29,15 @@ CREATE INDEX ddl_log_statement_key ON pgmesh.ddl_log (statement_key) WHERE state
 --
 -- The key is rendered as apply sessions render it, whatever the deleting
 -- session's settings: every setting that changes the text of a value is
--- pinned (a float key under extra_float_digits = 0, a bytea key under
--- bytea_output = escape… would make a tombstone nobody finds).
+-- pinned, with the values apply sessions run with (internal/pg
+-- ValueSettings): a float key under extra_float_digits = 0, a bytea key
+-- under bytea_output = escape, a money key under another lc_monetary…
+-- would make a tombstone nobody finds.
 CREATE OR REPLACE FUNCTION pgmesh.record_delete() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET timezone = 'UTC' SET intervalstyle = 'postgres' SET datestyle = 'ISO, MDY'
-SET extra_float_digits = 3 SET bytea_output = 'hex'
+SET timezone = 'UTC' SET intervalstyle = 'postgres' SET datestyle = 'ISO, YMD'
+SET extra_float_digits = 3 SET bytea_output = 'hex' SET lc_monetary = 'C'
 AS $$
 DECLARE
     img jsonb;
@@ -63,8 +65,8 @@ $$;
 CREATE OR REPLACE FUNCTION pgmesh.to_jsonb_utc(anyelement) RETURNS jsonb
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-SET timezone = 'UTC' SET intervalstyle = 'postgres' SET datestyle = 'ISO, MDY'
-SET extra_float_digits = 3 SET bytea_output = 'hex'
+SET timezone = 'UTC' SET intervalstyle = 'postgres' SET datestyle = 'ISO, YMD'
+SET extra_float_digits = 3 SET bytea_output = 'hex' SET lc_monetary = 'C'
 AS $$ SELECT to_jsonb($1) $$;
 
 -- snowflake_nextval (0002), now SECURITY DEFINER: application roles read

@@ -287,7 +287,7 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	applyConn, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh apply "+l.Name())
+	applyConn, err := pg.ConnectExact(ctx, l.Down, l.down.DSN, "pgmesh apply "+l.Name())
 	if err != nil {
 		return false, fmt.Errorf("link %s: %w", l.Name(), err)
 	}

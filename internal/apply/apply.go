@@ -164,6 +164,12 @@ type Applier struct {
 	// newest remote commit time claimed in the downstream's WAL (claimed).
 	received map[string]time.Time // by origin
 	claimed  time.Time
+	// held is the LSN of the last non-transactional message handled: the
+	// origin's progress must pass it (see saveMessages) before the stream
+	// may confirm it to the upstream. heldSince is when the first message
+	// not yet saved arrived.
+	held      stream.LSN
+	heldSince time.Time
 
 	closed bool
 
@@ -322,6 +328,12 @@ func (a *Applier) Message(ctx context.Context, m stream.Message) error {
 	if a.err != nil {
 		return a.err
 	}
+	if !m.Transactional {
+		if a.held <= a.lastEnd {
+			a.heldSince = time.Now()
+		}
+		a.held = max(a.held, m.LSN)
+	}
 	if m.Prefix == conflict.SeenPrefix {
 		a.receiveSeen(m)
 		return nil
@@ -388,12 +400,16 @@ func (a *Applier) Commit(ctx context.Context, c stream.Commit) error {
 
 // Idle sends what is queued and waits for every answer: the stream has
 // nothing else for us, so this is the moment to make the work visible and
-// to surface errors.
+// to surface errors. Messages that no remote transaction has carried for
+// a while are saved then (saveMessages).
 func (a *Applier) Idle(ctx context.Context) error {
 	if a.err != nil {
 		return a.err
 	}
-	return a.drain(ctx)
+	if err := a.drain(ctx); err != nil {
+		return err
+	}
+	return a.saveMessages(ctx)
 }
 
 // Progress is the origin's progress: the EndLSN of the last remote

@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -62,7 +63,16 @@ import (
 // Receiving side: a seen message from the upstream is queued and its
 // entries are upserted at the start of the upstream's next remote
 // transaction, after BEGIN and before its changes, so they commit
-// atomically with the origin progress (a crash replays both).
+// atomically with the origin progress (a crash replays both). The stream
+// confirms a message to the upstream only once the origin's durable
+// progress has passed it, so a claim is never confirmed, and dropped by the
+// upstream, while it is only in memory here. An upstream that relays its
+// peers' changes but writes nothing itself sends claims and no
+// transaction: when none has come for saveDelay, the claims are saved in a
+// transaction of their own that sets the origin's progress to the last
+// message (saveMessages), and the upstream may forget them. (Not at once:
+// a busy upstream sends a claim after nearly every transaction it applies,
+// and its own next transaction carries them for free.)
 
 // claim queues the seen claim of remote transaction t, unless it announces
 // nothing new.
@@ -117,9 +127,50 @@ func (a *Applier) receiveSeen(m stream.Message) {
 // last remote transaction, in the transaction just begun.
 func (a *Applier) queueReceived() {
 	for _, origin := range slices.Sorted(maps.Keys(a.received)) {
-		params := [][]byte{[]byte(a.o.Upstream), []byte(origin), []byte(a.received[origin].UTC().Format(time.RFC3339Nano))}
-		a.pipe.SendQueryPrepared(stmtSeen, params, nil, nil)
+		a.pipe.SendQueryPrepared(stmtSeen, a.seenParams(origin), nil, nil)
 		a.pending = append(a.pending, item{kind: itemSeen, txn: a.txn})
 	}
 	clear(a.received)
+}
+
+func (a *Applier) seenParams(origin string) [][]byte {
+	return [][]byte{[]byte(a.o.Upstream), []byte(origin), []byte(a.received[origin].UTC().Format(time.RFC3339Nano))}
+}
+
+// saveDelay is how long messages wait for a remote transaction to carry
+// them before saveMessages commits them on their own.
+const saveDelay = time.Second
+
+// saveMessages commits, between remote transactions, what the messages
+// received since the last one say (the seen entries) together with the
+// origin's progress set to the last message's LSN: from then on the stream
+// may confirm them, and a restart resumes after them. Nothing is done when
+// a remote transaction committed after them already carried both, or
+// while one may still come to do it.
+func (a *Applier) saveMessages(ctx context.Context) error {
+	if a.txn != nil || a.held <= a.lastEnd || time.Since(a.heldSince) < saveDelay {
+		return nil
+	}
+	type step struct {
+		what, name string
+		params     [][]byte
+	}
+	steps := []step{{"BEGIN", stmtBegin, nil}}
+	for _, origin := range slices.Sorted(maps.Keys(a.received)) {
+		steps = append(steps, step{"record peer_seen", stmtSeen, a.seenParams(origin)})
+	}
+	// The commit time is only the origin's bookkeeping here: the
+	// transaction writes no replicated row.
+	steps = append(steps,
+		step{"origin setup", stmtXact, [][]byte{[]byte(a.held.String()), []byte(formatTime(time.Now()))}},
+		step{"COMMIT", stmtCommit, nil})
+	for _, st := range steps {
+		if _, err := a.conn.ExecPrepared(ctx, st.name, st.params, nil, nil).Close(); err != nil {
+			// Close rolls the transaction back.
+			return a.fail(fmt.Errorf("upstream %s: save the messages received up to %s: %s: %w", a.o.Upstream, a.held, st.what, err))
+		}
+	}
+	clear(a.received)
+	a.lastEnd = a.held
+	return nil
 }

@@ -74,6 +74,7 @@ var (
 		{"tables", checkPresence},
 		{"schema", checkDrift},
 		{"sequences", checkSequences},
+		{"money", checkMoney},
 	}
 )
 

@@ -27,6 +27,7 @@ var templateFiles embed.FS
 
 var statements = template.Must(template.New("statements").Funcs(template.FuncMap{
 	"ident":  func(name string) string { return pg.Ident(name) },
+	"astext": asText,
 	"idents": func(cols []column) string { return join(cols, func(c column) string { return pg.Ident(c.Name) }) },
 	"values": func(cols []column) string { return join(cols, func(c column) string { return c.Value }) },
 	// The kinds and resolutions, as literals: {{InsertExists}} is
@@ -217,6 +218,18 @@ func (b *builder) checkedUniques(withKey bool) [][]column {
 var noEquality = map[string]bool{"json": true, "xml": true, "point": true, "line": true, "lseg": true,
 	"box": true, "path": true, "polygon": true, "circle": true}
 
+// asText is expr of type typ as text, the way the type prints it: that is
+// the form values travel in. The cast to text is the same for every type
+// but xml, whose cast keeps the bytes stored, while its output drops an
+// XML declaration that says nothing (version 1.0 alone): a value received
+// from a peer lacks the declaration that the writer's copy may keep.
+func asText(expr, typ string) string {
+	if typ == "xml" {
+		return fmt.Sprintf("pg_catalog.textin(pg_catalog.xml_out(%s))", expr)
+	}
+	return "(" + expr + ")::text"
+}
+
 // Match is the condition "row alias has the changed row's identity". A key
 // is NOT NULL and compared with =; a whole-row identity (no key) may hold
 // NULLs, and columns of types without equality.
@@ -227,7 +240,7 @@ func (b *builder) Match(alias string) string {
 	return list(b.Ident, " AND ", func(c column) string {
 		col := alias + "." + pg.Ident(c.Name)
 		if noEquality[strings.TrimSuffix(c.Type, "[]")] {
-			return fmt.Sprintf("%s::text IS NOT DISTINCT FROM (%s)::text", col, c.Value)
+			return asText(col, c.Type) + " IS NOT DISTINCT FROM " + asText(c.Value, c.Type)
 		}
 		return col + " IS NOT DISTINCT FROM " + c.Value
 	})

@@ -356,8 +356,12 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 			inv.LossesLogged++
 		default:
 			inv.UnloggedLosses++
-			inv.example(fmt.Sprintf("unlogged loss: %s of eval.accounts id %d (value %q) on %s at %s is not in the final state, was not overwritten by a write that had seen it, and is in no conflict log",
-				w.Op, w.Key, w.Value, w.Node, stamp(w.At)))
+			doubt := ""
+			if w.inDoubt {
+				doubt = " (its COMMIT got no answer; the server says it committed)"
+			}
+			inv.example(fmt.Sprintf("unlogged loss: %s of eval.accounts id %d (value %q) on %s at %s%s is not in the final state, was not overwritten by a write that had seen it, and is in no conflict log",
+				w.Op, w.Key, w.Value, w.Node, stamp(w.At), doubt))
 		}
 	}
 	return nil

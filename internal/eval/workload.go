@@ -340,6 +340,18 @@ func (w *workload) accountWrite(ctx context.Context, tx pgx.Tx, node string, op 
 // settles the writes in doubt: kept if committed, dropped if not. A write
 // whose COMMIT succeeded but that the server does not know as committed is
 // an error (a durability bug, not something to paper over).
+//
+// A write in doubt is identified by its xid, which alone does not tell:
+// a server that crashes hands out again, after its restart, the xids of
+// transactions whose WAL it lost (nothing of them was written), so that
+// the xid of a write in doubt that never committed may belong to a later
+// transaction, local or applied, that did. Such a write would count as
+// committed at that transaction's commit time: a write that never
+// happened, found in no final state and no conflict log. A write in doubt
+// is therefore kept only if its xid committed here, locally (no
+// replication origin), and no later than its client saw the COMMIT fail:
+// a transaction that reuses the xid starts after the restart, which comes
+// after the failure.
 func (w *workload) resolve(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -361,9 +373,14 @@ func (w *workload) resolve(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("node %s: read commit times: %w", n.name, err)
 		}
+		// pg_xact_status fails on an xid not handed out yet (one lost in
+		// a crash and not reused since): not committed.
 		rows, err := conn.Query(ctx, `
-SELECT pg_xact_status(x::xid8), pg_xact_commit_timestamp(x::xid8::xid)
-  FROM unnest($1::text[]) WITH ORDINALITY AS u(x, i) ORDER BY i`, xids)
+SELECT CASE WHEN f.known THEN pg_xact_status(f.x) END, c.timestamp, c.roident
+  FROM unnest($1::text[]) WITH ORDINALITY AS u(x, i)
+  CROSS JOIN LATERAL (SELECT u.x::xid8 AS x, u.x::xid8 < pg_snapshot_xmax(pg_current_snapshot()) AS known) f
+  LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(f.x::xid) c ON f.known
+ ORDER BY u.i`, xids)
 		if err != nil {
 			conn.Close(ctx)
 			return fmt.Errorf("node %s: read commit times: %w", n.name, err)
@@ -372,17 +389,21 @@ SELECT pg_xact_status(x::xid8), pg_xact_commit_timestamp(x::xid8::xid)
 		for rows.Next() {
 			var status *string
 			var at *time.Time
-			if err := rows.Scan(&status, &at); err != nil {
+			var roident *uint32
+			if err := rows.Scan(&status, &at, &roident); err != nil {
 				rows.Close()
 				conn.Close(ctx)
 				return fmt.Errorf("node %s: read commit times: %w", n.name, err)
 			}
 			wr := &w.writes[idx[j]]
+			committed := status != nil && *status == "committed" && at != nil
 			switch {
-			case status != nil && *status == "committed" && at != nil:
+			case wr.inDoubt && committed && roident != nil && *roident == 0 && !at.After(wr.Wall):
 				wr.At = *at
 			case wr.inDoubt:
 				drop[idx[j]] = true
+			case committed:
+				wr.At = *at
 			default:
 				rows.Close()
 				conn.Close(ctx)

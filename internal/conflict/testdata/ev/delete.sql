@@ -3,7 +3,7 @@ WITH local_row AS MATERIALIZED (
         ct."timestamp" AS commit_time, pgmesh.origin_node(ct.roident) AS node
    FROM (SELECT pgmesh_l AS img, pgmesh_l.xmin, pgmesh_l.ctid AS tid, pgmesh_l.tableoid AS toid
            FROM "public"."ev" pgmesh_l
-          WHERE pgmesh_l."a" IS NOT DISTINCT FROM $4::integer AND pgmesh_l."b" IS NOT DISTINCT FROM $5::text AND pgmesh_l."doc"::text IS NOT DISTINCT FROM ($6::json)::text AND pgmesh_l."at" IS NOT DISTINCT FROM $7::timestamp with time zone
+          WHERE pgmesh_l."a" IS NOT DISTINCT FROM $4::integer AND pgmesh_l."b" IS NOT DISTINCT FROM $5::text AND (pgmesh_l."doc")::text IS NOT DISTINCT FROM ($6::json)::text AND pgmesh_l."at" IS NOT DISTINCT FROM $7::timestamp with time zone
           LIMIT 1
           FOR UPDATE OF pgmesh_l) locked,
         LATERAL pg_catalog.pg_xact_commit_timestamp_origin(locked.xmin) ct),

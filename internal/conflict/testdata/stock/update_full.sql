@@ -19,7 +19,7 @@ local_state AS MATERIALIZED (
   WHERE l.found OR NOT EXISTS (SELECT FROM "public"."stock" pgmesh_g WHERE pgmesh_g."id" = $4::integer)),
 compared AS MATERIALIZED (
  SELECT s.present, s.tomb, s.state_time, s.state_node,
-        coalesce(s.state_node = $2::text, false) OR NOT (NOT s.present OR (s.img)."name"::text IS DISTINCT FROM ($6::text)::text OR (s.img)."price"::text IS DISTINCT FROM ($8::numeric)::text) AS same,
+        coalesce(s.state_node = $2::text, false) OR NOT (NOT s.present OR ((s.img)."name")::text IS DISTINCT FROM ($6::text)::text OR ((s.img)."price")::text IS DISTINCT FROM ($8::numeric)::text) AS same,
         pgmesh.orders_after($1::timestamptz, $2::text, s.state_time, s.state_node) AS newer
    FROM local_state s),
 seen_by_remote AS MATERIALIZED (
