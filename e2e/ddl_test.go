@@ -353,3 +353,35 @@ func TestDDLFailedOnPeerSkipped(t *testing.T) {
 		t.Fatalf("ddl %s still pending after skip:\n%s", id, out)
 	}
 }
+
+// TestDDLReplayedUnderIssuerSettings: a literal in a captured DDL reads on
+// the peers as it read where it ran, whatever the DateStyle, IntervalStyle
+// and TimeZone of the issuer's session and of the peers' databases.
+func TestDDLReplayedUnderIssuerSettings(t *testing.T) {
+	env := sandboxtest.New(t, 2)
+	initMesh(t, env, 2, `CREATE TABLE items (id int PRIMARY KEY)`)
+	// n2's database reads dates the other way round.
+	if _, err := env.Admin(t, 1).Exec(context.Background(), fmt.Sprintf(
+		`ALTER DATABASE %s SET DateStyle = 'SQL, MDY'`, env.DB)); err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, env.ConfigPath)
+	owner := env.Conn(t, 0)
+	for _, q := range []string{
+		`SET DateStyle = 'SQL, DMY'`, `SET IntervalStyle = 'sql_standard'`, `SET TimeZone = 'Asia/Kolkata'`,
+		`ALTER TABLE items ADD COLUMN d date DEFAULT '01/02/2024', ADD COLUMN i interval DEFAULT '-1 2:03:04',
+			ADD COLUMN ts timestamptz DEFAULT '2024-02-01 10:00'`,
+	} {
+		sqlOn(t, owner, q)
+	}
+	cs := conns(t, env, 2)
+	const q = `SELECT string_agg(pg_get_expr(d.adbin, d.adrelid), ' | ' ORDER BY d.adnum)
+		FROM pg_attrdef d WHERE d.adrelid = 'public.items'::regclass`
+	for _, c := range cs {
+		sqlOn(t, c, `SET DateStyle = 'ISO'`)
+		sqlOn(t, c, `SET IntervalStyle = 'postgres'`)
+		sqlOn(t, c, `SET TimeZone = 'UTC'`)
+	}
+	want := `'2024-02-01'::date | '-1 days -02:03:04'::interval | '2024-02-01 04:30:00+00'::timestamp with time zone`
+	eventuallyAll(t, cs, "the defaults on every node", q, want)
+}

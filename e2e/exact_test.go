@@ -82,10 +82,10 @@ func nodeSettings(t *testing.T, env *sandboxtest.Env, node int, db, role map[str
 		t.Fatal(err)
 	}
 	for _, k := range slices.Sorted(mapKeys(db)) {
-		env.Exec(t, node, fmt.Sprintf("ALTER DATABASE %s SET %s = %s", pgx.Identifier{env.DB}.Sanitize(), k, quoteLit(db[k])))
+		env.AdminExec(t, node, fmt.Sprintf("ALTER DATABASE %s SET %s = %s", pgx.Identifier{env.DB}.Sanitize(), k, quoteLit(db[k])))
 	}
 	for _, k := range slices.Sorted(mapKeys(role)) {
-		env.Exec(t, node, fmt.Sprintf("ALTER ROLE %s IN DATABASE %s SET %s = %s", pgx.Identifier{cfg.User}.Sanitize(),
+		env.AdminExec(t, node, fmt.Sprintf("ALTER ROLE %s IN DATABASE %s SET %s = %s", pgx.Identifier{cfg.User}.Sanitize(),
 			pgx.Identifier{env.DB}.Sanitize(), k, quoteLit(role[k])))
 	}
 }

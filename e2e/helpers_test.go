@@ -148,7 +148,7 @@ func startAgentListening(t testing.TB, cfgPath string) *agentProc {
 		}
 	})
 	eventually(t, 30*time.Second, "agent HTTP listening", func() (bool, string) {
-		m := regexp.MustCompile(`agent HTTP listening"? addr=(\S+)`).FindStringSubmatch(buf.String())
+		m := regexp.MustCompile(`HTTP listening"? addr=(\S+)`).FindStringSubmatch(buf.String())
 		if m != nil {
 			a.addr = m[1]
 		}

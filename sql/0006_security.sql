@@ -616,16 +616,42 @@ BEGIN
 END
 $$;
 
--- ddl_announce (0004) with the statement key of a captured DDL.
+-- ddl_value_settings are the issuer's settings that change how the text of
+-- a value reads (a literal in the DDL: a date default under DMY, an
+-- interval under sql_standard…): the peers replay the DDL under them, not
+-- under the apply session's pinned ones (internal/pg ValueSettings).
+CREATE FUNCTION pgmesh.ddl_value_settings() RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_object_agg(s.name, current_setting(s.name))
+      FROM unnest(ARRAY['DateStyle', 'IntervalStyle', 'TimeZone', 'extra_float_digits', 'bytea_output',
+                        'lc_monetary', 'standard_conforming_strings', 'xmloption', 'array_nulls']) AS s(name)
+$$;
+
+-- ddl_announce (0004), with the statement key of a captured DDL (NULL for
+-- pgmesh ddl) and the issuer's value settings in the message (v 2).
 CREATE FUNCTION pgmesh.ddl_announce(p_sql text, p_search_path text, p_role text, p_status text, p_key text) RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_id text;
+    v_id   text := gen_random_uuid()::text;
+    origin text;
 BEGIN
-    v_id := pgmesh.ddl_announce(p_sql, p_search_path, p_role, p_status);
-    UPDATE pgmesh.ddl_log l SET statement_key = p_key WHERE l.id = v_id;
+    SELECT ln.name INTO origin FROM pgmesh.local_node ln;
+    IF origin IS NULL THEN
+        RAISE EXCEPTION 'pgmesh: this database is not a pgmesh node (pgmesh.local_node is empty)'
+              USING HINT = 'run pgmesh init';
+    END IF;
+    IF p_status = 'applied' THEN
+        PERFORM pg_logical_emit_message(true, 'pgmesh.ddl', jsonb_build_object(
+            'v', 2, 'id', v_id, 'origin', origin, 'sql', p_sql,
+            'search_path', p_search_path, 'role', p_role, 'emitted_at', now(),
+            'settings', pgmesh.ddl_value_settings())::text);
+    END IF;
+    INSERT INTO pgmesh.ddl_log (id, origin_node, sql, search_path, role, emitted_at, applied_at, status, statement_key)
+    VALUES (v_id, origin, p_sql, p_search_path, p_role, now(), CASE WHEN p_status = 'applied' THEN now() END, p_status, p_key);
     RETURN v_id;
 END
 $$;
@@ -707,7 +733,8 @@ $$;
 -- session user. session_replication_role is origin during the replay, as it
 -- was where the DDL ran. The issuer needs the TEMPORARY privilege on the
 -- database (PUBLIC has it by default).
-CREATE OR REPLACE FUNCTION pgmesh.ddl_apply(p_id text, p_origin text, p_sql text, p_search_path text, p_role text, p_emitted_at timestamptz) RETURNS text
+CREATE FUNCTION pgmesh.ddl_apply(p_id text, p_origin text, p_sql text, p_search_path text, p_role text, p_emitted_at timestamptz,
+                                  p_settings jsonb) RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -716,8 +743,10 @@ DECLARE
     who    text := CASE WHEN p_role = '' THEN session_user::text ELSE p_role END;
     member text := CASE WHEN current_setting('server_version_num')::int >= 160000 THEN 'SET' ELSE 'MEMBER' END;
     prev   text := current_setting('session_replication_role');
+    setup  text := '';
+    s      record;
 BEGIN
-    SELECT status INTO st FROM pgmesh.ddl_log WHERE id = p_id FOR UPDATE;
+    SELECT l.status INTO st FROM pgmesh.ddl_log l WHERE l.id = p_id FOR UPDATE;
     IF st IN ('applied', 'skipped') THEN
         RETURN st;
     END IF;
@@ -729,12 +758,20 @@ BEGIN
         RAISE EXCEPTION 'pgmesh''s role % may not act as role %, which ran the DDL', session_user, who
               USING HINT = format('as a superuser: GRANT %I TO %I; then restart the link, or skip the DDL with pgmesh ddl skip', who, session_user);
     END IF;
+    -- The issuer's value settings: only those ddl_value_settings sends.
+    FOR s IN SELECT e.key, e.value FROM jsonb_each_text(coalesce(p_settings, '{}')) e
+              WHERE e.key IN (SELECT jsonb_object_keys(pgmesh.ddl_value_settings())) LOOP
+        setup := setup || format('PERFORM pg_catalog.set_config(%L, %L, true); ', s.key, s.value);
+    END LOOP;
     PERFORM set_config('role', who, true);
     EXECUTE format('CREATE FUNCTION pg_temp.pgmesh_replay() RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS %L',
-                   format('BEGIN PERFORM pg_catalog.set_config(''search_path'', %L, true); EXECUTE %L; END', p_search_path, p_sql));
+                   format('BEGIN PERFORM pg_catalog.set_config(''search_path'', %L, true); %s EXECUTE %L; END', p_search_path, setup, p_sql));
     PERFORM set_config('role', 'none', true);
     PERFORM set_config('session_replication_role', 'origin', true);
     PERFORM pg_temp.pgmesh_replay();
+    -- The settings the replay made last until this function returns (its
+    -- SET clause opens a level that ends with it): restore them for the
+    -- rest of the function.
     PERFORM set_config('session_replication_role', prev, true);
     PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
     PERFORM set_config('role', who, true);
@@ -747,6 +784,12 @@ BEGIN
     RETURN 'applied';
 END
 $$;
+
+-- ddl_apply (0004)'s signature, for a message without settings (v 1).
+CREATE OR REPLACE FUNCTION pgmesh.ddl_apply(p_id text, p_origin text, p_sql text, p_search_path text, p_role text, p_emitted_at timestamptz) RETURNS text
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pgmesh.ddl_apply(p_id, p_origin, p_sql, p_search_path, p_role, p_emitted_at, NULL) $$;
 
 -- ddl_run (0004) with the role to run the DDL as (`pgmesh ddl --role`):
 -- the objects it creates belong to that role on every node, and the peers
@@ -762,7 +805,7 @@ DECLARE
     prev pg_catalog.text := pg_catalog.current_setting('role');
 BEGIN
     PERFORM pg_catalog.set_config('pgmesh.in_ddl', 'on', true);
-    v_id := pgmesh.ddl_announce(p_sql, pg_catalog.current_setting('search_path'), who, 'applied');
+    v_id := pgmesh.ddl_announce(p_sql, pg_catalog.current_setting('search_path'), who, 'applied', NULL);
     PERFORM pg_catalog.set_config('role', who, true);
     EXECUTE p_sql;
     PERFORM pg_catalog.set_config('role', prev, true);

@@ -492,7 +492,7 @@ func TestParsePayload(t *testing.T) {
 	tests := []struct{ name, content string }{
 		{"not JSON", `garbage`},
 		{"trailing data", ok + `{}`},
-		{"unknown version", strings.Replace(ok, `"v":1`, `"v":2`, 1)},
+		{"unknown version", strings.Replace(ok, `"v":1`, `"v":3`, 1)},
 		{"no id", strings.Replace(ok, `"id":"a"`, `"id":""`, 1)},
 		{"long id", strings.Replace(ok, `"id":"a"`, `"id":"`+strings.Repeat("a", 65)+`"`, 1)},
 		{"no origin", strings.Replace(ok, `"origin":"n1"`, `"origin":""`, 1)},

@@ -36,8 +36,8 @@ var otherValues = map[string]string{
 // the database owner and of a role administrator.
 func setEverywhere(t *testing.T, env *sandboxtest.Env, role, name, value string) {
 	t.Helper()
-	env.Exec(t, 0, fmt.Sprintf("ALTER DATABASE %s SET %s = %s", pg.Ident(env.DB), name, pg.QuoteLiteral(value)))
-	env.Exec(t, 0, fmt.Sprintf("ALTER ROLE %s IN DATABASE %s SET %s = %s", pg.Ident(role), pg.Ident(env.DB), name, pg.QuoteLiteral(value)))
+	env.AdminExec(t, 0, fmt.Sprintf("ALTER DATABASE %s SET %s = %s", pg.Ident(env.DB), name, pg.QuoteLiteral(value)))
+	env.AdminExec(t, 0, fmt.Sprintf("ALTER ROLE %s IN DATABASE %s SET %s = %s", pg.Ident(role), pg.Ident(env.DB), name, pg.QuoteLiteral(value)))
 }
 
 // TestValueSettingsWin: whatever the database, the role or the DSN say,

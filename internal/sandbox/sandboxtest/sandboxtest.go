@@ -458,6 +458,23 @@ func (e *Env) Admin(t testing.TB, node int) *pgx.Conn {
 	return e.ConnAs(t, node, sandbox.Admin)
 }
 
+// AdminExec runs sql as a superuser on the test database of node (0-based)
+// and fails the test on error: what a DBA does (ALTER DATABASE … SET,
+// ALTER ROLE, ALTER SYSTEM).
+func (e *Env) AdminExec(t testing.TB, node int, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	conn, err := e.connect(node, sandbox.Admin)
+	if err != nil {
+		t.Fatalf("sandboxtest: %v", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("sandboxtest: n%d (as a superuser): %s: %v", node+1, sql, err)
+	}
+}
+
 // DSNAs is the DSN of the test database on node (0-based) for role.
 func (e *Env) DSNAs(node int, role sandbox.Role) string {
 	if node < 0 || node >= len(e.DSNs) {
