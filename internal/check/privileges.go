@@ -35,6 +35,9 @@ type privileges struct {
 	// create objects in a replicated schema, that the role may not act as:
 	// it can neither publish their tables nor replay their DDL.
 	NotMember []string
+	// PublicCreate are replicated schemas in which every role may create
+	// objects (PUBLIC has CREATE, as on public before PostgreSQL 15).
+	PublicCreate []string
 	// NeedEventTriggers: ddl.capture is auto, init has run, and the capture
 	// event triggers do not exist (only a superuser can create them).
 	NeedEventTriggers bool
@@ -105,8 +108,20 @@ SELECT COALESCE(array_agg(DISTINCT o.rolname ORDER BY o.rolname), '{}')
                   JOIN pg_class c ON c.relnamespace = s.oid AND c.relname = r.rel
                  WHERE c.relowner = o.oid)
         OR EXISTS (SELECT FROM pg_namespace s
-                    WHERE s.nspname = ANY ($3) AND has_schema_privilege(o.oid, s.oid, 'CREATE')))`,
+                    WHERE s.nspname = ANY ($3)
+                      AND (s.nspowner = o.oid
+                           OR EXISTS (SELECT FROM aclexplode(s.nspacl) a
+                                       WHERE a.grantee = o.oid AND a.privilege_type = 'CREATE'))))`,
 		nsps, rels, r.cfg.Replicate.Schemas).Scan(&p.NotMember)
+	if err != nil {
+		return nil, fmt.Errorf("read owners of the replicated tables: %w", err)
+	}
+	err = n.Conn.QueryRow(ctx, `
+SELECT COALESCE(array_agg(s.nspname::text ORDER BY s.nspname), '{}')
+  FROM pg_namespace s
+ WHERE s.nspname = ANY ($1)
+   AND EXISTS (SELECT FROM aclexplode(s.nspacl) a WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')`,
+		r.cfg.Replicate.Schemas).Scan(&p.PublicCreate)
 	if err != nil {
 		return nil, fmt.Errorf("read owners of the replicated tables: %w", err)
 	}
@@ -200,6 +215,15 @@ func privilegeFindings(cfg *config.Config, node, db string, p privileges) []Find
 		"act as the roles that own replicated tables or create objects in replicated schemas"+missingList(p.NotMember)+
 			" (it publishes their tables and replays their DDL as them)",
 		strings.Join(grantsOf, "\n"))
+	if len(p.PublicCreate) > 0 {
+		var fix []string
+		for _, sch := range p.PublicCreate {
+			fix = append(fix, fmt.Sprintf("REVOKE CREATE ON SCHEMA %s FROM PUBLIC;", pg.Ident(sch)))
+		}
+		fs = append(fs, Finding{Status: Warn, Node: node, Check: "privileges", Object: "schema " + strings.Join(p.PublicCreate, ", "),
+			Message: "every role may create objects here: a DDL is replicated only if " + p.Role + " may act as its role, so most roles' DDL will be refused",
+			Fix:     strings.Join(fix, "\n") + "\n(then GRANT CREATE to the roles that change the schema, and those roles to " + role + ")"})
+	}
 	if p.NeedEventTriggers {
 		fs = append(fs, Finding{Status: Warn, Node: node, Check: "privileges", Object: "event triggers",
 			Message: "the DDL capture event triggers do not exist: DDL is not replicated until a superuser creates them (ddl.capture: auto)",

@@ -62,6 +62,9 @@ func TestPrivilegeFindings(t *testing.T) {
 			p.Untrusted = []untrusted{{Rel: "public.t", Func: "public.chk(integer)", Owner: "app_owner", Via: "constraint c1 on public.t"}}
 		}), []string{"FAIL code run by apply: ALTER FUNCTION public.chk(integer) SECURITY DEFINER;  -- owner app_owner, constraint c1 on public.t of table public.t\n" +
 			"(or have a superuser own them, or remove them from the replicated tables)"}},
+		{"PUBLIC may create in a replicated schema", with(func(p *privileges) { p.PublicCreate = []string{"public"} }),
+			[]string{"WARN schema public: " + `REVOKE CREATE ON SCHEMA "public" FROM PUBLIC;` + "\n" +
+				`(then GRANT CREATE to the roles that change the schema, and those roles to "mesh")`}},
 		{"several at once", with(func(p *privileges) { p.Replication, p.SetReplicationRole = false, false }),
 			[]string{`FAIL replication: ALTER ROLE "mesh" REPLICATION;`,
 				`FAIL session_replication_role: GRANT SET ON PARAMETER session_replication_role TO "mesh";`}},

@@ -16,8 +16,10 @@ import (
 // GrantsFor describes, for internal/grants, the node n as seen through conn
 // (any role that can read the catalog): pgmesh's role is the user of n's
 // DSN; the roles it must be a member of are those that own replicated
-// tables or may create objects in a replicated schema (they run the DDL
-// that peers replay as them), superusers and predefined roles left out.
+// tables, or own a replicated schema, or were granted CREATE on one (they
+// run the DDL that peers replay as them), superusers and predefined roles
+// left out. CREATE granted to PUBLIC counts for no role: check warns about
+// it instead.
 func GrantsFor(ctx context.Context, conn *pgx.Conn, cfg *config.Config, n config.Node) (grants.Node, error) {
 	pc, err := pgconn.ParseConfig(n.DSN)
 	if err != nil {
@@ -34,7 +36,10 @@ SELECT current_database(), current_setting('server_version_num')::int,
                  WHERE c.relowner = r.oid AND c.relkind IN ('r', 'p') AND NOT c.relispartition
                    AND s.nspname = ANY ($1) AND (s.nspname || '.' || c.relname) <> ALL ($2))
         OR EXISTS (SELECT FROM pg_namespace s
-                    WHERE s.nspname = ANY ($1) AND has_schema_privilege(r.oid, s.oid, 'CREATE')))`,
+                    WHERE s.nspname = ANY ($1)
+                      AND (s.nspowner = r.oid
+                           OR EXISTS (SELECT FROM aclexplode(s.nspacl) a
+                                       WHERE a.grantee = r.oid AND a.privilege_type = 'CREATE'))))`,
 		cfg.Replicate.Schemas, nonNil(cfg.Replicate.Exclude), g.Role).Scan(&g.DB, &version, &g.Owners)
 	if err != nil {
 		return grants.Node{}, fmt.Errorf("node %s: read the roles that own replicated tables: %w", n.Name, err)
