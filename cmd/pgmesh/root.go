@@ -68,6 +68,8 @@ are resolved by commit timestamp with every losing row logged.`,
 	for _, c := range verbs {
 		root.AddCommand(c())
 	}
+	// A bad flag is bad input, like an invalid config: exit code 2.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return exitCode(2, err) })
 	return root
 }
 
