@@ -26,6 +26,7 @@ const (
 	itemTruncate
 	itemSeen
 	itemClaim
+	itemPause
 	itemSync
 )
 
@@ -55,6 +56,8 @@ func (a *Applier) startTxn(ctx context.Context) {
 	}
 	a.pipe.SendQueryPrepared(stmtBegin, nil, nil, nil)
 	a.pending = append(a.pending, item{kind: itemBegin, txn: a.txn})
+	a.pipe.SendQueryPrepared(stmtPause, nil, nil, nil)
+	a.pending = append(a.pending, item{kind: itemPause, txn: a.txn})
 	a.txn.started = true
 	// What the upstream had seen when it committed this transaction,
 	// recorded before its changes are judged and committed with them.
@@ -222,6 +225,8 @@ func (a *Applier) describe(it *item, err error) error {
 		what = "record peer_seen"
 	case itemClaim:
 		what = "seen message"
+	case itemPause:
+		what = "wait for a joining node's snapshot (pause lock)"
 	case itemSync:
 		what = "sync"
 	}
