@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,15 +34,29 @@ type Options struct {
 
 // Agent runs links.
 type Agent struct {
-	cfg   *config.Config
-	opts  Options
-	log   *slog.Logger
-	links []*link
+	opts Options
+	log  *slog.Logger
 
 	httpAddr chan string // the bound HTTP address, once
 
 	mu          sync.Mutex
+	cfg         *config.Config // the nodes whose links run, under mu
+	links       []*link        // under mu
 	conflictCfg *config.Config // last good read of the config file, under mu
+}
+
+// config returns the config whose nodes the agent runs links of.
+func (a *Agent) config() *config.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
+// currentLinks returns the links the agent runs now.
+func (a *Agent) currentLinks() []*link {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.links)
 }
 
 // reloadConflicts reads the config file again for its conflict settings
@@ -80,22 +95,29 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 		opts.SpoolDir = filepath.Join(os.TempDir(), "pgmesh-spool-"+cfg.Cluster)
 	}
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, httpAddr: make(chan string, 1), conflictCfg: cfg}
-	for _, l := range topology.FullMesh(cfg.NodeNames()) {
-		if opts.Node != "" && l.Down != opts.Node {
-			continue
-		}
-		up, _ := cfg.NodeByName(l.Up)
-		down, _ := cfg.NodeByName(l.Down)
-		a.links = append(a.links, &link{
-			Link: l, up: up, down: down, log: a.log, conflicts: a.reloadConflicts,
-			spoolDir: filepath.Join(opts.SpoolDir, l.Slot()),
-			state:    StateConnecting,
-		})
-	}
+	a.links = a.wantLinks(cfg)
 	if len(a.links) == 0 {
 		return nil, errors.New("no links to run: the cluster needs at least two nodes")
 	}
 	return a, nil
+}
+
+// wantLinks returns the links of cfg this agent runs (new, not started).
+func (a *Agent) wantLinks(cfg *config.Config) []*link {
+	var out []*link
+	for _, l := range topology.FullMesh(cfg.NodeNames()) {
+		if a.opts.Node != "" && l.Down != a.opts.Node {
+			continue
+		}
+		up, _ := cfg.NodeByName(l.Up)
+		down, _ := cfg.NodeByName(l.Down)
+		out = append(out, &link{
+			Link: l, up: up, down: down, log: a.log, conflicts: a.reloadConflicts,
+			spoolDir: filepath.Join(a.opts.SpoolDir, l.Slot()),
+			state:    StateConnecting,
+		})
+	}
+	return out
 }
 
 // HTTPAddr returns the address the HTTP endpoint listens on, once it does.
@@ -139,12 +161,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("agent HTTP listening", "addr", ln.Addr().String())
 	}
 
-	for _, l := range a.links {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l.run(ctx)
-		}()
+	for _, l := range a.currentLinks() {
+		a.start(ctx, &wg, l)
 	}
 	wg.Add(1)
 	go func() {
@@ -154,12 +172,86 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		a.followMembers(ctx, &wg)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
 		a.prune(ctx)
 	}()
-	a.log.Info("agent running", "links", len(a.links))
+	a.log.Info("agent running", "links", len(a.currentLinks()))
 	wg.Wait()
 	a.log.Info("agent stopped")
 	return nil
+}
+
+// start runs l until ctx ends or l is stopped.
+func (a *Agent) start(ctx context.Context, wg *sync.WaitGroup, l *link) {
+	ctx, cancel := context.WithCancel(ctx)
+	l.stop = cancel
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		l.run(ctx)
+	}()
+}
+
+// MembersInterval is how often the agent reads the config file again for
+// nodes added (pgmesh node add) or removed (pgmesh node remove).
+const MembersInterval = 2 * time.Second
+
+// followMembers starts the links of nodes added to the config file and
+// stops those of nodes removed from it. A link of a node that is still
+// copying its data waits (see link.gate), so the file may list a node
+// before it is ready.
+func (a *Agent) followMembers(ctx context.Context, wg *sync.WaitGroup) {
+	path := a.config().Path
+	if path == "" {
+		return
+	}
+	tick := time.NewTicker(MembersInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cfg, err := config.Load(path)
+		if err != nil {
+			continue // reloadConflicts reports a broken file
+		}
+		a.mu.Lock()
+		if slices.Equal(cfg.Nodes, a.cfg.Nodes) {
+			a.mu.Unlock()
+			continue
+		}
+		want := a.wantLinks(cfg)
+		var keep, stop []*link
+		for _, l := range a.links {
+			if slices.ContainsFunc(want, func(w *link) bool { return w.Link == l.Link && w.up.DSN == l.up.DSN && w.down.DSN == l.down.DSN }) {
+				keep = append(keep, l)
+			} else {
+				stop = append(stop, l)
+			}
+		}
+		var started []*link
+		for _, w := range want {
+			if !slices.ContainsFunc(keep, func(l *link) bool { return l.Link == w.Link }) {
+				started = append(started, w)
+			}
+		}
+		a.cfg, a.links = cfg, append(keep, started...)
+		a.mu.Unlock()
+		for _, l := range stop {
+			a.log.Info("node left the config: stopping link", "link", l.Name())
+			l.stop()
+		}
+		for _, l := range started {
+			a.log.Info("node joined the config: starting link", "link", l.Name())
+			a.start(ctx, wg, l)
+		}
+	}
 }
 
 // recordStates writes each link's state into pgmesh.link_state on its
@@ -171,8 +263,13 @@ func (a *Agent) recordStates(ctx context.Context) {
 	written := map[string]linkSnapshot{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	promoted := time.Now()
 	for {
-		for _, l := range a.links {
+		if time.Since(promoted) >= PromoteInterval {
+			promoted = time.Now()
+			a.promote(ctx)
+		}
+		for _, l := range a.currentLinks() {
 			snap := l.snapshot()
 			if written[l.Name()] == snap {
 				continue
@@ -189,7 +286,7 @@ func (a *Agent) recordStates(ctx context.Context) {
 		case <-ctx.Done():
 			// Record "stopped" on the way out, with a short deadline.
 			stopCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			for _, l := range a.links {
+			for _, l := range a.currentLinks() {
 				snap := l.snapshot()
 				snap.state, snap.lastErr = StateStopped, ""
 				_ = w.write(stopCtx, l, snap)

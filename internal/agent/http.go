@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pgmesh/pgmesh/internal/joinstate"
 )
 
 // handler serves /metrics (Prometheus), /healthz and a status page at /.
@@ -27,7 +29,7 @@ func (a *Agent) handler() http.Handler {
 func (a *Agent) healthz(w http.ResponseWriter, r *http.Request) {
 	states := map[string]string{}
 	healthy := true
-	for _, l := range a.links {
+	for _, l := range a.currentLinks() {
 		s := l.snapshot()
 		states[l.Name()] = s.state
 		if s.state != StateStreaming {
@@ -45,9 +47,9 @@ func (a *Agent) healthz(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) linkStatuses(ctx context.Context) []LinkStatus {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	all, _ := Status(ctx, a.cfg)
+	all, _ := Status(ctx, a.config())
 	mine := map[string]bool{}
-	for _, l := range a.links {
+	for _, l := range a.currentLinks() {
 		mine[l.Name()] = true
 	}
 	var out []LinkStatus
@@ -70,7 +72,7 @@ var statusTmpl = template.Must(template.New("status").Parse(`<!doctype html>
 
 func (a *Agent) statusPage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	_ = statusTmpl.Execute(w, map[string]any{"Cluster": a.cfg.Cluster, "Links": a.linkStatuses(r.Context())})
+	_ = statusTmpl.Execute(w, map[string]any{"Cluster": a.config().Cluster, "Links": a.linkStatuses(r.Context())})
 }
 
 // collector exports link metrics at scrape time: counters from the running
@@ -84,16 +86,22 @@ var (
 	descLagSecs  = prometheus.NewDesc("pgmesh_link_lag_seconds", "Age of the last applied commit while the link is behind, else 0.", []string{"link"}, nil)
 	descRetained = prometheus.NewDesc("pgmesh_slot_retained_wal_bytes", "WAL retained on the upstream by the link's slot.", []string{"link", "slot"}, nil)
 	descConflict = prometheus.NewDesc("pgmesh_link_conflicts_total", "Conflicts met and resolved by this agent, by kind.", []string{"link", "kind"}, nil)
+	descNode     = prometheus.NewDesc("pgmesh_node_state", "1 for the node's state: ready, copying, catching_up, leaving, removed.", []string{"node", "state"}, nil)
+	descCopyRows = prometheus.NewDesc("pgmesh_join_copied_rows", "Rows copied so far into a joining node, per table.", []string{"node", "table"}, nil)
+	descCopyEst  = prometheus.NewDesc("pgmesh_join_estimated_rows", "Rows of the table on the source (planner estimate).", []string{"node", "table"}, nil)
+	descCopyB    = prometheus.NewDesc("pgmesh_join_copied_bytes", "Bytes copied so far into a joining node, per table.", []string{"node", "table"}, nil)
+	descCopyETA  = prometheus.NewDesc("pgmesh_join_eta_seconds", "Estimated time left to copy the table (0 when done).", []string{"node", "table"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descTxns, descLagBytes, descLagSecs, descRetained, descConflict} {
+	for _, d := range []*prometheus.Desc{descUp, descTxns, descLagBytes, descLagSecs, descRetained, descConflict,
+		descNode, descCopyRows, descCopyEst, descCopyB, descCopyETA} {
 		ch <- d
 	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	for _, l := range c.a.links {
+	for _, l := range c.a.currentLinks() {
 		s := l.snapshot()
 		up := 0.0
 		if s.state == StateStreaming {
@@ -103,6 +111,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descTxns, prometheus.CounterValue, float64(s.txns), l.Name())
 		for kind, n := range l.conflictCounts() {
 			ch <- prometheus.MustNewConstMetric(descConflict, prometheus.CounterValue, float64(n), l.Name(), kind)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, n := range NodeStatuses(ctx, c.a.config()) {
+		if n.Problem != "" {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(descNode, prometheus.GaugeValue, 1, n.Node, n.State)
+		for _, t := range n.Tables {
+			if n.State != joinstate.Copying {
+				break
+			}
+			ch <- prometheus.MustNewConstMetric(descCopyRows, prometheus.GaugeValue, float64(t.Rows), n.Node, t.Name)
+			ch <- prometheus.MustNewConstMetric(descCopyEst, prometheus.GaugeValue, float64(t.EstRows), n.Node, t.Name)
+			ch <- prometheus.MustNewConstMetric(descCopyB, prometheus.GaugeValue, float64(t.Bytes), n.Node, t.Name)
+			ch <- prometheus.MustNewConstMetric(descCopyETA, prometheus.GaugeValue, t.ETA().Seconds(), n.Node, t.Name)
 		}
 	}
 	for _, s := range c.a.linkStatuses(context.Background()) {

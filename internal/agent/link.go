@@ -21,6 +21,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/apply"
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/ddl"
+	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/stream"
 	"github.com/pgmesh/pgmesh/internal/topology"
@@ -32,7 +33,20 @@ const (
 	StateStreaming  = "streaming"
 	StateRetrying   = "retrying"
 	StateStopped    = "stopped"
+	// StateWaiting: one of the link's nodes is copying its data (pgmesh
+	// node add) or leaving the mesh; the link starts once it is ready.
+	StateWaiting = "waiting"
 )
+
+// waitPoll is how often a waiting link looks at its nodes' join state.
+const waitPoll = time.Second
+
+// holdError says why a link may not run yet.
+type holdError struct{ node, state string }
+
+func (e *holdError) Error() string {
+	return fmt.Sprintf("node %s is %s: the link waits until it is ready", e.node, e.state)
+}
 
 // link supervises one upstream → downstream edge.
 type link struct {
@@ -45,6 +59,7 @@ type link struct {
 	log       *slog.Logger
 	spoolDir  string
 	backoff   backoff
+	stop      context.CancelFunc // ends run, set by Agent.start
 
 	mu      sync.Mutex
 	state   string
@@ -126,6 +141,20 @@ func (l *link) run(ctx context.Context) {
 		if time.Since(started) > time.Minute {
 			l.backoff.reset()
 		}
+		var hold *holdError
+		if errors.As(err, &hold) {
+			if l.snapshot().state != StateWaiting {
+				l.log.Info("link waiting", "link", l.Name(), "node", hold.node, "state", hold.state)
+			}
+			l.setState(StateWaiting, err)
+			select {
+			case <-ctx.Done():
+				l.setState(StateStopped, nil)
+				return
+			case <-time.After(waitPoll):
+			}
+			continue
+		}
 		l.recordDDLFailure(ctx, err)
 		wait := l.backoff.next()
 		l.setState(StateRetrying, err)
@@ -150,6 +179,9 @@ func (l *link) session(ctx context.Context) error {
 		return fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	defer applyConn.Close(context.WithoutCancel(ctx))
+	if err := l.gate(ctx, applyConn); err != nil {
+		return err
+	}
 
 	// A second connection answers "what is durable" for the feedback to
 	// the upstream while the apply connection is busy with a pipeline.
@@ -237,6 +269,32 @@ func (l *link) session(ctx context.Context) error {
 		return fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	return errors.New("link " + l.Name() + ": stream ended")
+}
+
+// gate returns a holdError while either node of the link is copying its
+// data or leaving: the downstream's origin does not hold the resume point
+// before the copy is complete, and an upstream that is still copying has
+// no slot for the link yet.
+func (l *link) gate(ctx context.Context, down *pgx.Conn) error {
+	st, err := joinstate.StateOf(ctx, down)
+	if err != nil {
+		return fmt.Errorf("link %s: node %s: %w", l.Name(), l.Down, err)
+	}
+	if !joinstate.LinksAllowed(st) {
+		return &holdError{node: l.Down, state: st}
+	}
+	up, err := pg.Connect(ctx, l.Up, l.up.DSN, "pgmesh agent")
+	if err != nil {
+		return fmt.Errorf("link %s: %w", l.Name(), err)
+	}
+	defer up.Close(context.WithoutCancel(ctx))
+	if st, err = joinstate.StateOf(ctx, up); err != nil {
+		return fmt.Errorf("link %s: node %s: %w", l.Name(), l.Up, err)
+	}
+	if !joinstate.LinksAllowed(st) {
+		return &holdError{node: l.Up, state: st}
+	}
+	return nil
 }
 
 // ddlInFlight tells whether a column that the upstream sends but this node

@@ -1,0 +1,431 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
+)
+
+// The join tests' schema: money moves between accounts (balance is a delta
+// column, so concurrent transfers on different nodes all count and the
+// total stays 50000), every transfer appends a ledger row (a key-less
+// table: a transfer applied twice shows as a duplicate row, a lost one as a
+// missing row), and history holds rows written in many transactions of
+// different sizes before the join, whose commit times the copy must keep.
+var joinSchema = []string{
+	`CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)`,
+	`ALTER TABLE accounts REPLICA IDENTITY FULL`,
+	`CREATE TABLE ledger (node int NOT NULL, seq bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())`,
+	`ALTER TABLE ledger REPLICA IDENTITY FULL`,
+	`CREATE TABLE history (id int PRIMARY KEY, note text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())`,
+}
+
+const (
+	joinAccounts = 50
+	joinTotal    = joinAccounts * 1000
+)
+
+// joinEnv is a running 3-node mesh (n1..n3) and an empty fourth database
+// to add as n4.
+type joinEnv struct {
+	*sandboxtest.Env
+	path  string // the config file: n1..n3, n4 once added
+	cs    []*pgx.Conn
+	agent *agentProc
+}
+
+// newJoinEnv initialises n1..n3 with the join schema and the seed rows,
+// replicated by a running agent. On PostgreSQL 16+ the sandbox has no
+// pg_dump of that version, so n4 gets the schema from the test (node add
+// then compares it with the source's); on 15, node add restores it.
+func newJoinEnv(t *testing.T) *joinEnv {
+	t.Helper()
+	env := sandboxtest.New(t, 4)
+	cfg := *env.Config
+	cfg.Nodes = cfg.Nodes[:3]
+	cfg.Conflicts.Tables = map[string]config.TableConfig{"public.accounts": {DeltaColumns: []string{"balance"}}}
+	path := writeConfig(t, &cfg)
+	for i := range 3 {
+		for _, q := range joinSchema {
+			env.Exec(t, i, q)
+		}
+	}
+	if env.Major() > 15 {
+		for _, q := range joinSchema {
+			env.Exec(t, 3, q)
+		}
+	}
+	mustCLI(t, "init", "-c", path)
+	je := &joinEnv{Env: env, path: path, cs: conns(t, env, 4)}
+	je.agent = startAgent(t, path)
+	env.Exec(t, 0, `INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, $1::int) g`, joinAccounts)
+	// history: one big transaction, runs of 25, and single rows, on two
+	// nodes, so that the copy meets long and short runs of commit times
+	// and several origins.
+	env.Exec(t, 0, `INSERT INTO history (id, note) SELECT g, 'bulk' FROM generate_series(1, 3000) g`)
+	for k := range 40 {
+		env.Exec(t, 1, `INSERT INTO history (id, note) SELECT g, 'run' FROM generate_series($1::int, $1::int + 24) g`, 10000+k*25)
+	}
+	for k := range 150 {
+		env.Exec(t, 2, `INSERT INTO history (id, note) VALUES ($1, 'single')`, 20000+k)
+	}
+	waitConverged(t, env, je.cs[:3], "history", "id")
+	waitConverged(t, env, je.cs[:3], "accounts", "id")
+	return je
+}
+
+// transfers runs the transfer workload on some nodes until stopped.
+type transfers struct {
+	committed [4]atomic.Int64
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	mu        sync.Mutex
+	errs      []error
+}
+
+// startTransfers starts a writer on each of nodes (0-based).
+func (je *joinEnv) startTransfers(tr *transfers, nodes ...int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	prev := tr.cancel
+	tr.cancel = func() {
+		cancel()
+		if prev != nil {
+			prev()
+		}
+	}
+	for _, n := range nodes {
+		tr.wg.Go(func() {
+			if err := transferLoop(ctx, je.DSNs[n], n, &tr.committed[n]); err != nil && ctx.Err() == nil {
+				tr.mu.Lock()
+				tr.errs = append(tr.errs, fmt.Errorf("n%d: %w", n+1, err))
+				tr.mu.Unlock()
+			}
+		})
+	}
+}
+
+func (tr *transfers) stop(t *testing.T) {
+	t.Helper()
+	tr.cancel()
+	tr.wg.Wait()
+	for _, err := range tr.errs {
+		t.Error(err)
+	}
+}
+
+// transferLoop moves money between random accounts, one transfer per
+// transaction, and counts the committed ones. A connection lost to a server
+// restart is opened again.
+func transferLoop(ctx context.Context, dsn string, node int, committed *atomic.Int64) error {
+	rng := rand.New(rand.NewPCG(uint64(node), uint64(time.Now().UnixNano())))
+	var c *pgx.Conn
+	defer func() {
+		if c != nil {
+			c.Close(context.Background())
+		}
+	}()
+	for ctx.Err() == nil {
+		if c == nil || c.IsClosed() {
+			var err error
+			if c, err = pgx.Connect(ctx, dsn); err != nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(200 * time.Millisecond):
+				}
+				continue
+			}
+		}
+		// Accounts are updated in id order on every node, so that a
+		// transfer and an applied one do not deadlock.
+		a, b := 1+rng.IntN(joinAccounts), 1+rng.IntN(joinAccounts)
+		a, b = min(a, b), max(a, b)
+		amt := rng.IntN(101) - 50
+		seq := committed.Load() + 1
+		// Not cancelled midway: a commit that reached the server is counted.
+		tctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := pgx.BeginFunc(tctx, c, func(tx pgx.Tx) error {
+			ctx := tctx
+			if _, err := tx.Exec(ctx, `UPDATE accounts SET balance = balance - $1 WHERE id = $2`, amt, a); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE accounts SET balance = balance + $1 WHERE id = $2`, amt, b); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO ledger (node, seq) VALUES ($1, $2)`, node, seq)
+			return err
+		})
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil || c.IsClosed() {
+				continue
+			}
+			return err
+		}
+		committed.Add(1)
+		time.Sleep(3 * time.Millisecond)
+	}
+	return nil
+}
+
+// verify waits until the nodes are identical and checks the invariants:
+// the total, and every committed transfer in the ledger exactly once.
+func (je *joinEnv) verify(t *testing.T, tr *transfers, nodes int) {
+	t.Helper()
+	cs := je.cs[:nodes]
+	waitConverged(t, je.Env, cs, "ledger", "node, seq")
+	waitConverged(t, je.Env, cs, "accounts", "id")
+	waitConverged(t, je.Env, cs, "history", "id")
+	ctx := context.Background()
+	for i, c := range cs {
+		var total int64
+		if err := c.QueryRow(ctx, `SELECT sum(balance) FROM accounts`).Scan(&total); err != nil {
+			t.Fatal(err)
+		}
+		if total != joinTotal {
+			t.Errorf("n%d: total %d, want %d", i+1, total, joinTotal)
+		}
+		for n := range 4 {
+			var rows, distinct, maxSeq int64
+			if err := c.QueryRow(ctx, `SELECT count(*), count(DISTINCT seq), coalesce(max(seq), 0) FROM ledger WHERE node = $1`, n).
+				Scan(&rows, &distinct, &maxSeq); err != nil {
+				t.Fatal(err)
+			}
+			want := tr.committed[n].Load()
+			if rows != want || distinct != want || maxSeq != want {
+				t.Errorf("n%d: transfers of n%d: %d ledger rows, %d distinct, last %d; %d committed (missing or doubled)",
+					i+1, n+1, rows, distinct, maxSeq, want)
+			}
+		}
+	}
+	if out, code := runCLI(t, "diff", "-c", je.path); code != 0 || !strings.Contains(out, "identical") {
+		t.Errorf("pgmesh diff after the join: exit %d\n%s", code, out)
+	}
+}
+
+// commitStamps returns, per history row, its commit time and origin node.
+func commitStamps(t *testing.T, c *pgx.Conn) map[int]string {
+	t.Helper()
+	rows, err := c.Query(context.Background(), `
+SELECT h.id, coalesce(x."timestamp"::text, '?') || ' ' || coalesce(pgmesh.origin_node(x.roident), '?')
+  FROM history h, pg_xact_commit_timestamp_origin(h.xmin) x`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]string{}
+	var id int
+	var s string
+	if _, err := pgx.ForEachRow(rows, []any{&id, &s}, func() error { out[id] = s; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestJoinUnderLoad adds n4 while n1..n3 run transfers for the whole join,
+// then lets n4 write too: the four nodes end identical (pgmesh diff), the
+// total holds everywhere, every committed transfer is in every ledger once,
+// and every copied row kept the commit time and origin it has on the
+// source (so that later conflicts resolve on n4 as on the others).
+func TestJoinUnderLoad(t *testing.T) {
+	je := newJoinEnv(t)
+	tr := &transfers{}
+	je.startTransfers(tr, 0, 1, 2)
+	time.Sleep(time.Second)
+
+	out := mustCLI(t, "node", "add", "n4", "--dsn", je.DSNs[3], "-c", je.path)
+	for _, want := range []string{"added node n4 to", "source: n1", "pausing apply into n1", "n4 is ready"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("node add output lacks %q:\n%s", want, out)
+		}
+	}
+	st := mustCLI(t, "status", "-c", je.path)
+	if !strings.Contains(st, "n4") || !strings.Contains(st, "ready") {
+		t.Errorf("status after the join:\n%s", st)
+	}
+	je.startTransfers(tr, 3)
+	time.Sleep(time.Second)
+	tr.stop(t)
+	if tr.committed[3].Load() == 0 {
+		t.Fatal("n4 committed no transfer")
+	}
+	je.verify(t, tr, 4)
+
+	src, dst := commitStamps(t, je.cs[0]), commitStamps(t, je.cs[3])
+	if len(src) != 3000+1000+150 {
+		t.Fatalf("history has %d rows on n1", len(src))
+	}
+	for id, s := range src {
+		if dst[id] != s {
+			t.Fatalf("history %d: commit time and origin %q on n1, %q on n4", id, s, dst[id])
+		}
+	}
+	var logged int
+	if err := je.cs[3].QueryRow(context.Background(), `SELECT count(*) FROM pgmesh.conflict_log WHERE table_name <> 'public.accounts'`).Scan(&logged); err != nil {
+		t.Fatal(err)
+	}
+	if logged != 0 {
+		t.Errorf("n4 logged %d conflicts on tables no two nodes write concurrently", logged)
+	}
+}
+
+// TestJoinWritesAroundSnapshot writes on a third node (n3, not the source)
+// at the two moments that decide exactly-once: a transaction committed after
+// the slot n3 -> n4 exists and applied by the source before the snapshot is
+// both in the copy and in the slot (it must be applied once: skipped by the
+// link); one committed after the snapshot is in the slot only (it must not
+// be lost), as is one on the source itself.
+func TestJoinWritesAroundSnapshot(t *testing.T) {
+	je := newJoinEnv(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	tags := map[string]int{"duplicate": 1, "gap": 2, "gapsource": 3}
+	mark := func(node int, tag string) string {
+		je.Exec(t, node, `INSERT INTO ledger (node, seq) VALUES ($1, $2)`, 100, tags[tag])
+		je.Exec(t, node, `INSERT INTO history (id, note) VALUES ($1, $2)`, 50000+tags[tag], tag)
+		var lsn string
+		if err := je.cs[node].QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+			t.Fatal(err)
+		}
+		return lsn
+	}
+	// At the slots: the "duplicate" write, then wait until the source has
+	// applied it (the join would wait for less).
+	add := startNodeAdd(t, je, "slots,snapshot", dir)
+	add.waitHold(t, "slots")
+	dupLSN := mark(2, "duplicate")
+	eventually(t, 60*time.Second, "n1 has the duplicate write", func() (bool, string) {
+		var n int
+		err := je.cs[0].QueryRow(ctx, `SELECT count(*) FROM history WHERE note = 'duplicate'`).Scan(&n)
+		return err == nil && n == 1, fmt.Sprint(n, err)
+	})
+	add.release(t, "slots")
+	// At the snapshot: the "gap" writes, on n3 and on the source.
+	add.waitHold(t, "snapshot")
+	gapLSN := mark(2, "gap")
+	mark(0, "gapsource")
+	add.release(t, "snapshot")
+	add.wait(t)
+
+	// The positions prove which case each write was.
+	var slot3, prog3 string
+	if err := je.cs[3].QueryRow(ctx, `SELECT slot_lsn::text, progress::text FROM pgmesh.join_upstream WHERE upstream = 'n3'`).Scan(&slot3, &prog3); err != nil {
+		t.Fatal(err)
+	}
+	lsnLE := func(a, b string) bool {
+		var le bool
+		if err := je.cs[0].QueryRow(ctx, `SELECT $1::pg_lsn <= $2::pg_lsn`, a, b).Scan(&le); err != nil {
+			t.Fatal(err)
+		}
+		return le
+	}
+	if !lsnLE(slot3, dupLSN) || !lsnLE(dupLSN, prog3) {
+		t.Errorf("the duplicate write (%s) is not both after the slot's start (%s) and within the source's progress (%s)", dupLSN, slot3, prog3)
+	}
+	if lsnLE(gapLSN, prog3) {
+		t.Errorf("the gap write (%s) is within the source's progress (%s): it was in the copy", gapLSN, prog3)
+	}
+	for _, tag := range []string{"duplicate", "gap", "gapsource"} {
+		eventually(t, 60*time.Second, "n4 has the "+tag+" write", func() (bool, string) {
+			var n int
+			err := je.cs[3].QueryRow(ctx, `SELECT count(*) FROM ledger WHERE node = 100 AND seq = $1`, tags[tag]).Scan(&n)
+			return err == nil && n >= 1, fmt.Sprint(n, err)
+		})
+	}
+	je.verify(t, &transfers{}, 4)
+	for _, tag := range []string{"duplicate", "gap", "gapsource"} {
+		var n int
+		if err := je.cs[3].QueryRow(ctx, `SELECT count(*) FROM ledger WHERE node = 100 AND seq = $1`, tags[tag]).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 1 {
+			t.Errorf("n4 has the %s write %d times", tag, n)
+		}
+	}
+}
+
+// nodeAdd is a `pgmesh node add n4` process.
+type nodeAdd struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	dir  string
+	done chan error
+}
+
+// startNodeAdd starts node add n4, holding at points (comma separated)
+// until release is called (dir "": until killed).
+func startNodeAdd(t *testing.T, je *joinEnv, points, dir string) *nodeAdd {
+	t.Helper()
+	cmd := exec.Command(pgmeshBin(t), "node", "add", "n4", "--dsn", je.DSNs[3], "-c", je.path)
+	cmd.Env = append(os.Environ(), "PGMESH_JOIN_HOLD="+points)
+	if dir != "" {
+		cmd.Env = append(cmd.Env, "PGMESH_JOIN_RELEASE="+dir)
+	}
+	buf := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = buf, buf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := &nodeAdd{cmd: cmd, out: buf, dir: dir, done: make(chan error, 1)}
+	go func() { a.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-a.done
+		a.done <- nil
+		if t.Failed() {
+			t.Logf("node add output:\n%s", buf.String())
+		}
+	})
+	return a
+}
+
+func (a *nodeAdd) waitHold(t *testing.T, point string) {
+	t.Helper()
+	eventually(t, 2*time.Minute, "node add reaches "+point, func() (bool, string) {
+		select {
+		case err := <-a.done:
+			a.done <- err
+			t.Fatalf("node add ended before its hold point: %v\n%s", err, a.out.String())
+		default:
+		}
+		return strings.Contains(a.out.String(), "holding at "+point), ""
+	})
+}
+
+func (a *nodeAdd) release(t *testing.T, point string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(a.dir, point), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (a *nodeAdd) kill() {
+	_ = a.cmd.Process.Signal(syscall.SIGKILL)
+	err := <-a.done
+	a.done <- err
+}
+
+func (a *nodeAdd) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-a.done:
+		a.done <- err
+		if err != nil {
+			t.Fatalf("node add: %v\n%s", err, a.out.String())
+		}
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("node add did not finish\n%s", a.out.String())
+	}
+}
