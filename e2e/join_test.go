@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -428,4 +429,98 @@ func (a *nodeAdd) wait(t *testing.T) {
 	case <-time.After(3 * time.Minute):
 		t.Fatalf("node add did not finish\n%s", a.out.String())
 	}
+}
+
+// TestJoinInterrupted interrupts one join at several points while n1..n3
+// run transfers: the CLI killed (-9) after the snapshot, n4's server shut
+// down immediately in the middle of the copy (and the agent killed -9
+// there), the CLI killed once everything is copied, and the agent killed
+// while n4 catches up. Each time n4 is shown copying, its links wait, and
+// running node add again starts the copy over (or, once complete, goes on
+// waiting). In the end the four nodes are identical and every transfer is
+// in every ledger exactly once.
+func TestJoinInterrupted(t *testing.T) {
+	je := newJoinEnv(t)
+	ctx := context.Background()
+	tr := &transfers{}
+	je.startTransfers(tr, 0, 1, 2)
+
+	stateOf := func() (state string, attempt int) {
+		c, err := pgx.Connect(ctx, je.DSNs[3])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		if err := c.QueryRow(ctx, `SELECT state, attempt FROM pgmesh.join_state`).Scan(&state, &attempt); err != nil {
+			t.Fatal(err)
+		}
+		return state, attempt
+	}
+	// A half-joined node never looks healthy: it is copying, and no link
+	// into or out of it runs.
+	assertHeld := func(when string) {
+		t.Helper()
+		if st, _ := stateOf(); st != "copying" {
+			t.Fatalf("%s: n4 is %s, want copying", when, st)
+		}
+		eventually(t, 30*time.Second, when+": links of n4 waiting", func() (bool, string) {
+			out, _ := runCLI(t, "status", "-c", je.path)
+			for _, l := range []string{"n1->n4", "n4->n1"} {
+				if !regexp.MustCompile(l + `\s+(waiting|no agent)`).MatchString(out) {
+					return false, out
+				}
+			}
+			return strings.Contains(out, "copying from n1"), out
+		})
+	}
+
+	add := startNodeAdd(t, je, "snapshot", "")
+	add.waitHold(t, "snapshot")
+	add.kill()
+	assertHeld("CLI killed after the snapshot")
+
+	add = startNodeAdd(t, je, "copy", t.TempDir())
+	add.waitHold(t, "copy")
+	je.agent.kill()
+	if err := je.Cluster.Stop(ctx, "n4", "immediate"); err != nil {
+		t.Fatal(err)
+	}
+	add.release(t, "copy")
+	select {
+	case err := <-add.done:
+		add.done <- err
+		if err == nil {
+			t.Fatal("node add went on with its server down")
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("node add did not notice its server went down")
+	}
+	if err := je.Cluster.Start(ctx, "n4"); err != nil {
+		t.Fatal(err)
+	}
+	je.agent = startAgent(t, je.path)
+	je.cs[3] = je.Conn(t, 3)
+	assertHeld("server of n4 shut down during the copy")
+
+	add = startNodeAdd(t, je, "copied", "")
+	add.waitHold(t, "copied")
+	add.kill()
+	assertHeld("CLI killed after the copy")
+
+	out := mustCLI(t, "node", "add", "n4", "-c", je.path, "--no-wait")
+	if !strings.Contains(out, "starting it over") {
+		t.Errorf("the rerun does not say it starts over:\n%s", out)
+	}
+	if st, attempt := stateOf(); st == "copying" || attempt != 4 {
+		t.Fatalf("after the last run n4 is %s at attempt %d, want catching_up or ready at attempt 4", st, attempt)
+	}
+	je.agent.kill()
+	time.Sleep(500 * time.Millisecond)
+	je.agent = startAgent(t, je.path)
+	out = mustCLI(t, "node", "add", "n4", "-c", je.path)
+	if !strings.Contains(out, "state ready") {
+		t.Errorf("node add after the catch-up:\n%s", out)
+	}
+	tr.stop(t)
+	je.verify(t, tr, 4)
 }
