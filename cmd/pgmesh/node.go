@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/join"
+	"github.com/pgmesh/pgmesh/internal/leave"
 )
 
 func init() { verbs = append(verbs, newNodeCmd) }
@@ -206,13 +207,72 @@ func printJoin(w io.Writer, rep *join.Report) {
 }
 
 func newNodeRemoveCmd() *cobra.Command {
+	var cfgPath string
+	var force, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "remove NAME",
-		Short: "Remove a node from the mesh after its last changes reached every survivor",
-		Args:  cobra.ExactArgs(1),
+		Short: "Remove a node from the mesh once its last changes reached every other node",
+		Long: `remove takes NAME out of the mesh. First every change of NAME reaches every
+other node (the survivors): NAME's links are stopped and each survivor is
+caught up through its own slot on NAME, up to NAME's WAL position at that
+moment (stop the application's writes to NAME before: later ones stay on
+NAME). Then the slots from and to NAME are dropped, the survivors stop
+ranking it, NAME is marked removed and taken out of the config file (the
+other nodes keep their ids).
+
+--force is for a node that is gone for good: the survivor that had applied
+the most of NAME's changes gives the others the rows and deletes of NAME they
+lack, applied as NAME's changes; what no survivor had received is lost, and
+the report says what could not be verified.
+
+Survivors keep their origin pgmesh_NAME (see docs/JOIN.md why).`,
+		Example: `  pgmesh node remove nice -c pgmesh.yaml
+  pgmesh node remove nice --force -c pgmesh.yaml   # nice's server is gone`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return errors.New("not yet")
+			name := args[0]
+			cfg, err := loadConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			progress := out
+			if asJSON {
+				progress = cmd.ErrOrStderr()
+			}
+			ctx, stop := signalContext(cmd.Context())
+			defer stop()
+			rep, err := leave.Remove(ctx, cfg, leave.Options{Node: name, Force: force, Out: progress, Log: slog.Default()})
+			if err != nil {
+				code := 1
+				if errors.Is(err, leave.ErrRefused) {
+					code = 3
+				}
+				return exitCode(code, err)
+			}
+			data, err := os.ReadFile(cfgPath)
+			if err != nil {
+				return err
+			}
+			edited, err := config.RemoveNode(data, cfgPath, name)
+			if err != nil {
+				return exitCode(1, fmt.Errorf("%s is out of the mesh, but %w: remove it from %s by hand, giving the nodes after it their ids explicitly (id: N)", name, err, cfgPath))
+			}
+			if err := writeFileKeepMode(cfgPath, edited); err != nil {
+				return err
+			}
+			fmt.Fprintf(progress, "removed node %s from %s\n", name, cfgPath)
+			if asJSON {
+				return printJSON(out, rep)
+			}
+			for _, u := range rep.Unverified {
+				fmt.Fprintln(out, "not verified: "+u)
+			}
+			return nil
 		},
 	}
+	addConfigFlag(cmd, &cfgPath)
+	cmd.Flags().BoolVar(&force, "force", false, "NAME is gone for good: catch the survivors up from the most advanced one")
+	addJSONFlag(cmd, &asJSON)
 	return cmd
 }

@@ -60,6 +60,9 @@ type link struct {
 	spoolDir  string
 	backoff   backoff
 	stop      context.CancelFunc // ends run, set by Agent.start
+	// ungated: run whatever the nodes' join states (CatchUp, which
+	// delivers the last changes of a node being removed).
+	ungated bool
 
 	mu      sync.Mutex
 	state   string
@@ -179,8 +182,10 @@ func (l *link) session(ctx context.Context) error {
 		return fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	defer applyConn.Close(context.WithoutCancel(ctx))
-	if err := l.gate(ctx, applyConn); err != nil {
-		return err
+	if !l.ungated {
+		if err := l.gate(ctx, applyConn); err != nil {
+			return err
+		}
 	}
 
 	// A second connection answers "what is durable" for the feedback to
