@@ -96,8 +96,13 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, httpAddr: make(chan string, 1), conflictCfg: cfg}
 	a.links = a.wantLinks(cfg)
-	if len(a.links) == 0 {
+	// With a config file, nodes may be added to it later (pgmesh node
+	// add): the agent waits for them.
+	if len(a.links) == 0 && cfg.Path == "" {
 		return nil, errors.New("no links to run: the cluster needs at least two nodes")
+	}
+	if len(a.links) == 0 {
+		a.log.Info("no links yet: waiting for nodes to be added to the config", "path", cfg.Path)
 	}
 	return a, nil
 }

@@ -48,7 +48,11 @@ func (j *joiner) seal(ctx context.Context, s *snapshot, seen map[string]time.Tim
 			return fmt.Errorf("node %s: set origin %s to %s: %w", j.node.Name, o, lsn, err)
 		}
 	}
-	rep, err := sequence.Adopt(ctx, j.cfg, j.node, j.n)
+	srcSeq, err := sequence.ReadNode(ctx, j.conns[j.source.Name], j.cfg, j.source.Name)
+	if err != nil {
+		return err
+	}
+	rep, err := sequence.Adopt(ctx, j.cfg, j.node, j.n, srcSeq)
 	if err != nil {
 		return fmt.Errorf("node %s: give the node its own ids: %w", j.node.Name, err)
 	}

@@ -9,13 +9,13 @@ import (
 	"github.com/pgmesh/pgmesh/internal/config"
 )
 
-// Adopt gives a node that joined the mesh with a copy of a peer's schema
-// its own ids: every sequence-fed column keeps the strategy it follows in
-// the copy (the source's), with this node's own snowflake node id, step
-// class or range block (node.ID, as convert assigns them). Columns of a
-// plain sequence are left alone: they collide on every node already, which
+// Adopt gives a node that joined the mesh with a copy of source's data its
+// own ids: every sequence-fed column follows the strategy it follows on the
+// source, with this node's own snowflake node id, step class or range block
+// (node.ID, as convert assigns them). Columns that are a plain sequence on
+// the source are left alone: they collide on every node already, which
 // check reports. What changes is done in one transaction and returned.
-func Adopt(ctx context.Context, cfg *config.Config, node config.Node, conn *pgx.Conn) (*NodeReport, error) {
+func Adopt(ctx context.Context, cfg *config.Config, node config.Node, conn *pgx.Conn, source NodeState) (*NodeReport, error) {
 	rep := &NodeReport{Node: node.Name, Changes: []Change{}, Unchanged: []string{}}
 	st, err := readNode(ctx, conn, cfg, node.Name)
 	if err != nil {
@@ -25,7 +25,11 @@ func Adopt(ctx context.Context, cfg *config.Config, node config.Node, conn *pgx.
 	var plans []Change
 	snowflake := false
 	for _, c := range st.Columns {
-		strategy, maxNodes, err := adoptParams(cfg, c)
+		sc, ok := source.column(c.Object())
+		if !ok {
+			sc = c
+		}
+		strategy, maxNodes, err := adoptParams(cfg, sc)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", c.Object(), err)
 		}
