@@ -478,6 +478,9 @@ func TestJoinInterrupted(t *testing.T) {
 	add.waitHold(t, "snapshot")
 	add.kill()
 	assertHeld("CLI killed after the snapshot")
+	if out, _ := runCLI(t, "check", "-c", je.path); !regexp.MustCompile(`WARN\s+n4\s+join .*joining: copying from n1`).MatchString(out) {
+		t.Errorf("check does not warn that n4 is copying:\n%s", out)
+	}
 
 	add = startNodeAdd(t, je, "copy", t.TempDir())
 	add.waitHold(t, "copy")
@@ -523,4 +526,51 @@ func TestJoinInterrupted(t *testing.T) {
 	}
 	tr.stop(t)
 	je.verify(t, tr, 4)
+}
+
+// TestJoinRefusals: node add refuses, with the reason and the fix, what
+// would make a join unsafe, and changes nothing then.
+func TestJoinRefusals(t *testing.T) {
+	env := sandboxtest.New(t, 3)
+	cfg := *env.Config
+	cfg.Nodes = cfg.Nodes[:2]
+	path := writeConfig(t, &cfg)
+	for i := range 2 {
+		env.Exec(t, i, `CREATE TABLE items (id int PRIMARY KEY, v text)`)
+	}
+	mustCLI(t, "init", "-c", path)
+	env.Exec(t, 0, `INSERT INTO items VALUES (1, 'a')`)
+
+	refuse := func(code int, want string, args ...string) {
+		t.Helper()
+		out, got := runCLI(t, append([]string{"node", "add"}, append(args, "-c", path)...)...)
+		if got != code || !strings.Contains(out, want) {
+			t.Errorf("node add %v: exit %d, want %d with %q:\n%s", args, got, code, want, out)
+		}
+	}
+	refuse(2, "give its --dsn", "n3")
+	refuse(3, "is a member of test already", "n1")
+	env.Exec(t, 2, `CREATE TABLE items (id int PRIMARY KEY, v text)`)
+	env.Exec(t, 2, `INSERT INTO items VALUES (7, 'mine')`)
+	refuse(3, "n3 is not empty (public.items hold rows)", "n3", "--dsn", env.DSNs[2])
+	// Refused before anything changed: n3 is not left in the file.
+	if data, err := os.ReadFile(path); err != nil || strings.Contains(string(data), "n3") {
+		t.Errorf("the refused node stays in the config (%v):\n%s", err, data)
+	}
+	refuse(2, "give its --dsn", "n3")
+	env.Exec(t, 2, `TRUNCATE items`)
+	env.Exec(t, 2, `ALTER TABLE items ALTER COLUMN v TYPE int USING 0`)
+	refuse(3, "--from n9: not another node", "n3", "--dsn", env.DSNs[2], "--from", "n9")
+	out, _ := runCLI(t, "node", "add", "n3", "--dsn", env.DSNs[2], "-c", path)
+	if !strings.Contains(out, "join schema") || !strings.Contains(out, "public.items") {
+		t.Errorf("node add onto a different schema:\n%s", out)
+	}
+	// Nothing was changed on the mesh: no slot for n3.
+	var slots int
+	if err := env.Conn(t, 0).QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE '%n3%'`).Scan(&slots); err != nil {
+		t.Fatal(err)
+	}
+	if slots != 0 {
+		t.Errorf("a refused join left %d slots on n1", slots)
+	}
 }

@@ -79,6 +79,7 @@ application may write to NAME once it is ready.`,
 			if asJSON {
 				progress = cmd.ErrOrStderr()
 			}
+			_, known := cfg.NodeByName(name)
 			if cfg, err = ensureNodeInConfig(cfg, cfgPath, name, dsn, id, progress); err != nil {
 				return err
 			}
@@ -105,6 +106,15 @@ application may write to NAME once it is ready.`,
 				}
 			}
 			rep, err := join.Add(ctx, cfg, opts)
+			if err != nil && !known && (rep == nil || !rep.Started) {
+				// Refused before anything changed: the node leaves the
+				// file again, so that agents do not look for it.
+				if data, rerr := os.ReadFile(cfgPath); rerr == nil {
+					if edited, rerr := config.RemoveNode(data, cfgPath, name); rerr == nil && writeFileKeepMode(cfgPath, edited) == nil {
+						fmt.Fprintf(progress, "removed node %s from %s again\n", name, cfgPath)
+					}
+				}
+			}
 			if err != nil {
 				code := 1
 				if errors.Is(err, join.ErrRefused) {

@@ -281,7 +281,7 @@ func (l *link) session(ctx context.Context) error {
 // before the copy is complete, and an upstream that is still copying has
 // no slot for the link yet.
 func (l *link) gate(ctx context.Context, down *pgx.Conn) error {
-	st, err := joinstate.StateOf(ctx, down)
+	st, err := memberState(ctx, down)
 	if err != nil {
 		return fmt.Errorf("link %s: node %s: %w", l.Name(), l.Down, err)
 	}
@@ -293,13 +293,32 @@ func (l *link) gate(ctx context.Context, down *pgx.Conn) error {
 		return fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	defer up.Close(context.WithoutCancel(ctx))
-	if st, err = joinstate.StateOf(ctx, up); err != nil {
+	if st, err = memberState(ctx, up); err != nil {
 		return fmt.Errorf("link %s: node %s: %w", l.Name(), l.Up, err)
 	}
 	if !joinstate.LinksAllowed(st) {
 		return &holdError{node: l.Up, state: st}
 	}
 	return nil
+}
+
+// memberState is a node's join state, or "not set up" when pgmesh has not
+// made the database a node yet (a node just added to the config file).
+func memberState(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT to_regclass('pgmesh.local_node') IS NOT NULL").Scan(&exists); err != nil {
+		return "", fmt.Errorf("look for pgmesh.local_node: %w", err)
+	}
+	if exists {
+		// A query naming the table parses only once it exists.
+		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pgmesh.local_node)").Scan(&exists); err != nil {
+			return "", fmt.Errorf("read pgmesh.local_node: %w", err)
+		}
+	}
+	if !exists {
+		return "not set up", nil
+	}
+	return joinstate.StateOf(ctx, conn)
 }
 
 // ddlInFlight tells whether a column that the upstream sends but this node

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/sequence"
 	"github.com/pgmesh/pgmesh/internal/topology"
@@ -152,4 +153,28 @@ func CompareSchemas(ctx context.Context, cfg *config.Config, aName string, a *pg
 		fs = append(fs, f)
 	}
 	return fs, nil
+}
+
+// checkJoin reports a node that is not simply ready: joining (pgmesh node
+// add has not finished: it applies or ships nothing while it copies), or
+// leaving or removed but still in the config.
+func checkJoin(ctx context.Context, r *run, n *Node) ([]Finding, error) {
+	st, err := joinstate.Read(ctx, n.Conn)
+	if err != nil || st == nil || st.State == joinstate.Ready {
+		return nil, err
+	}
+	f := Finding{Status: Warn, Node: n.Name, Check: "join", Object: "pgmesh.join_state"}
+	switch st.State {
+	case joinstate.Copying:
+		f.Message = fmt.Sprintf("joining: copying from %s (attempt %d); no link into or out of it runs until the copy is complete", st.Source, st.Attempt)
+		f.Fix = fmt.Sprintf("let pgmesh node add %s finish, or run it again if it was interrupted (it starts the copy over); pgmesh status shows the progress", n.Name)
+	case joinstate.CatchingUp:
+		f.Message = fmt.Sprintf("joining: the copy from %s is complete, the node is applying what the others wrote since", st.Source)
+		f.Fix = fmt.Sprintf("run its agent (pgmesh run -c %s --node %s); it becomes ready once caught up", configName(r.cfg), n.Name)
+	default:
+		f.Status = Fail
+		f.Message = "the node is " + st.State + " but still in the config"
+		f.Fix = fmt.Sprintf("pgmesh node remove -c %s %s", configName(r.cfg), n.Name)
+	}
+	return []Finding{f}, nil
 }

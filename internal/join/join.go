@@ -71,17 +71,20 @@ type Options struct {
 
 // Report is what Add did.
 type Report struct {
-	Node     string      `json:"node"`
-	Source   string      `json:"source"`
-	Attempt  int         `json:"attempt"`
-	State    string      `json:"state"`
-	Schema   string      `json:"schema"` // "restored from source", "already present"
-	Tables   []TableStat `json:"tables"`
-	Rows     int64       `json:"rows"`
-	Bytes    int64       `json:"bytes"`
-	Seconds  float64     `json:"copy_seconds"`
-	Resumed  bool        `json:"resumed,omitempty"` // the copy was complete already
-	Findings []string    `json:"findings,omitempty"`
+	Node    string      `json:"node"`
+	Source  string      `json:"source"`
+	Attempt int         `json:"attempt"`
+	State   string      `json:"state"`
+	Schema  string      `json:"schema"` // "restored from source", "already present"
+	Tables  []TableStat `json:"tables"`
+	Rows    int64       `json:"rows"`
+	Bytes   int64       `json:"bytes"`
+	Seconds float64     `json:"copy_seconds"`
+	Resumed bool        `json:"resumed,omitempty"` // the copy was complete already
+	// Started: the join changed something (the new node is recorded as
+	// joining); a join refused before that left everything as it was.
+	Started  bool     `json:"started"`
+	Findings []string `json:"findings,omitempty"`
 }
 
 // TableStat is the copy of one table.
@@ -159,10 +162,11 @@ func Add(ctx context.Context, cfg *config.Config, o Options) (*Report, error) {
 	case st.Node != node.Name:
 		return nil, fmt.Errorf("%w: this database is joining as node %s, not %s", ErrRefused, st.Node, node.Name)
 	case st.State == joinstate.Copying:
+		j.rep.Started = true
 		attempt = st.Attempt + 1
 		j.printf("an earlier copy into %s was interrupted (attempt %d): starting it over", node.Name, st.Attempt)
 	case st.State == joinstate.CatchingUp || st.State == joinstate.Ready:
-		j.rep.Source, j.rep.Attempt, j.rep.Resumed = st.Source, st.Attempt, true
+		j.rep.Source, j.rep.Attempt, j.rep.Resumed, j.rep.Started = st.Source, st.Attempt, true, true
 		return j.rep, j.finish(ctx)
 	default:
 		return nil, fmt.Errorf("%w: node %s is %s: drop its database (or its pgmesh schema) and run node add again", ErrRefused, node.Name, st.State)
@@ -174,28 +178,29 @@ func Add(ctx context.Context, cfg *config.Config, o Options) (*Report, error) {
 	if err := j.preflight(ctx, st != nil); err != nil {
 		return nil, err
 	}
+	j.rep.Started = true
 	if err := j.begin(ctx, attempt, st != nil); err != nil {
-		return nil, err
+		return j.rep, err
 	}
 	slots, err := j.peerSlots(ctx)
 	if err != nil {
-		return nil, err
+		return j.rep, err
 	}
 	j.o.Hold(HoldSlots)
 	if err := j.waitSourceApplied(ctx, slots); err != nil {
-		return nil, err
+		return j.rep, err
 	}
 	snap, err := j.snapshot(ctx)
 	if err != nil {
-		return nil, err
+		return j.rep, err
 	}
 	defer snap.close()
 	if err := j.recordPositions(ctx, snap, slots); err != nil {
-		return nil, err
+		return j.rep, err
 	}
 	j.o.Hold(HoldSnapshot)
 	if err := j.schema(ctx, snap); err != nil {
-		return nil, err
+		return j.rep, err
 	}
 	if err := setup.ConvergeNode(ctx, j.cfg, node.Name, j.n, false, func(n, format string, args ...any) {
 		j.log.Debug("node add", "node", n, "action", fmt.Sprintf(format, args...))
@@ -204,16 +209,16 @@ func Add(ctx context.Context, cfg *config.Config, o Options) (*Report, error) {
 	}
 	seen, err := j.copyData(ctx, snap)
 	if err != nil {
-		return nil, err
+		return j.rep, err
 	}
 	peerSeen, err := j.copyMeta(ctx, snap)
 	if err != nil {
-		return nil, err
+		return j.rep, err
 	}
 	snap.close()
 	j.o.Hold(HoldCopied)
 	if err := j.seal(ctx, snap, mergeSeen(seen, peerSeen, j.source.Name, j.names)); err != nil {
-		return nil, err
+		return j.rep, err
 	}
 	return j.rep, j.finish(ctx)
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/ddl"
+	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
@@ -99,8 +100,23 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 		rep.Actions = append(rep.Actions, a)
 	}
 
+	// A node that joined with node add has announced what it holds; the
+	// initial "every peer has seen these rows" is for nodes set up
+	// together. One that is copying or leaving is node add's or node
+	// remove's to finish.
+	joined := map[string]bool{}
 	for _, n := range cfg.Nodes {
-		if err := ConvergeNode(ctx, cfg, n.Name, conns[n.Name], true, act); err != nil {
+		st, err := joinstate.Read(ctx, conns[n.Name])
+		if err != nil {
+			return rep, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		if st != nil && !joinstate.LinksAllowed(st.State) {
+			return rep, fmt.Errorf("node %s is %s: let pgmesh node add or node remove finish first", n.Name, st.State)
+		}
+		joined[n.Name] = st != nil
+	}
+	for _, n := range cfg.Nodes {
+		if err := ConvergeNode(ctx, cfg, n.Name, conns[n.Name], !joined[n.Name], act); err != nil {
 			return rep, fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
