@@ -474,8 +474,14 @@ func newWriter(ctx context.Context, n config.Node, ls *leases, log *slog.Logger)
 	return &writer{conn: c, node: n.Name, origins: map[string]bool{}, leases: ls, log: log}, nil
 }
 
+// close releases the origin before the connection: a backend that exits
+// releases it only once gone, after Close has returned, and the next step
+// (advancing the origins) would find it still in use.
 func (w *writer) close() {
-	w.conn.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = w.resetOrigin(ctx)
+	w.conn.Close(ctx)
 	w.leases.drop(w)
 }
 
