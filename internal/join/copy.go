@@ -176,7 +176,8 @@ func (j *joiner) listTables(ctx context.Context, src *pgx.Conn) ([]*tableCopy, e
 SELECT (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
          WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
        coalesce(sum(greatest(c.reltuples, 0))::bigint, 0), coalesce(sum(pg_relation_size(c.oid)), 0)::bigint
-  FROM pg_partition_tree($1::regclass) p JOIN pg_class c ON c.oid = p.relid WHERE p.isleaf`, t.Ident()).
+  FROM pg_class c
+ WHERE c.oid = $1::regclass OR c.oid IN (SELECT p.relid FROM pg_partition_tree($1::regclass) p WHERE p.isleaf)`, t.Ident()).
 			Scan(&tc.cols, &tc.estRows, &tc.estBytes)
 		if err != nil {
 			return nil, fmt.Errorf("node %s: describe %s: %w", j.source.Name, t.QualifiedName(), err)
@@ -205,18 +206,16 @@ func (j *joiner) copyWorker(ctx context.Context, s *snapshot, ls *leases, next f
 	defer w.close()
 	for tc := next(); tc != nil; tc = next() {
 		tc.started.Store(time.Now().UnixNano())
-		ch := &chunker{ctx: ctx, w: w, tc: tc, seen: seen, committed: committed}
+		ch := newChunker(ctx, w, tc, seen, committed)
 		q := fmt.Sprintf(`COPY (SELECT CASE WHEN c.roident = 0 THEN %s ELSE o.node END, c."timestamp", %s
   FROM %s t CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) c
   LEFT JOIN (SELECT r.roident, pgmesh.origin_node(r.roident) AS node FROM pg_catalog.pg_replication_origin r) o
          ON o.roident = c.roident) TO STDOUT`, pg.QuoteLiteral(j.source.Name), tc.colList("t."), tc.t.Ident())
-		if _, err := src.PgConn().CopyTo(ctx, ch, q); err != nil {
-			if ch.err != nil {
-				err = ch.err
-			}
-			return fmt.Errorf("copy %s from %s to %s: %w", tc.t.QualifiedName(), j.source.Name, j.node.Name, err)
+		_, err := src.PgConn().CopyTo(ctx, ch, q)
+		if ferr := ch.finish(); ferr != nil && (err == nil || ch.err != nil) {
+			err = ferr
 		}
-		if err := ch.finish(); err != nil {
+		if err != nil {
 			return fmt.Errorf("copy %s from %s to %s: %w", tc.t.QualifiedName(), j.source.Name, j.node.Name, err)
 		}
 		tc.finished.Store(time.Now().UnixNano())
@@ -226,8 +225,10 @@ func (j *joiner) copyWorker(ctx context.Context, s *snapshot, ls *leases, next f
 }
 
 // chunker receives the source's COPY output row by row and writes it to the
-// new node in runs of equal (origin, commit time), holding at most about
-// chunkBytes of rows.
+// new node in runs of equal (origin, commit time). A full chunk (about
+// chunkBytes of rows) is handed to a writer goroutine while the next one
+// fills, so that reading the source and writing the new node overlap; at
+// most two chunks are held.
 type chunker struct {
 	ctx       context.Context
 	w         *writer
@@ -235,9 +236,37 @@ type chunker struct {
 	seen      func(string, time.Time)
 	committed func()
 	partial   []byte
-	data      bytes.Buffer // the rows' column data, in order
-	rows      []chunkRow
+	cur       *chunk
+	out       chan *chunk // to the writer goroutine
+	free      chan *chunk // back from it
+	done      chan error  // the writer goroutine's result
 	err       error
+}
+
+// chunk is rows of one table: their column data, in order, and where each
+// row's data is.
+type chunk struct {
+	data bytes.Buffer
+	rows []chunkRow
+}
+
+func newChunker(ctx context.Context, w *writer, tc *tableCopy, seen func(string, time.Time), committed func()) *chunker {
+	c := &chunker{ctx: ctx, w: w, tc: tc, seen: seen, committed: committed,
+		cur: &chunk{}, out: make(chan *chunk), free: make(chan *chunk, 1), done: make(chan error, 1)}
+	c.free <- &chunk{}
+	go func() {
+		var err error
+		for ch := range c.out {
+			if err == nil {
+				err = c.write(ch)
+			}
+			ch.data.Reset()
+			ch.rows = ch.rows[:0]
+			c.free <- ch
+		}
+		c.done <- err
+	}()
+	return c
 }
 
 type chunkRow struct {
@@ -271,7 +300,7 @@ func (c *chunker) Write(p []byte) (int, error) {
 		}
 		p = p[i+1:]
 	}
-	if c.data.Len() >= chunkBytes {
+	if c.cur.data.Len() >= chunkBytes {
 		if err := c.flush(); err != nil {
 			c.err = err
 			return 0, err
@@ -302,32 +331,57 @@ func (c *chunker) add(line []byte) error {
 	if f := line[i+1 : k]; string(f) != `\N` {
 		key.ts = string(f)
 	}
-	from := c.data.Len()
-	c.data.Write(line[k+1:])
-	c.rows = append(c.rows, chunkRow{key: key, from: from, to: c.data.Len()})
+	from := c.cur.data.Len()
+	c.cur.data.Write(line[k+1:])
+	c.cur.rows = append(c.cur.rows, chunkRow{key: key, from: from, to: c.cur.data.Len()})
 	c.tc.rows.Add(1)
 	c.tc.bytes.Add(int64(len(line)))
 	return nil
 }
 
+// finish writes what is left and waits for the writer goroutine; it must
+// be called once, even after an error.
 func (c *chunker) finish() error {
-	if c.err != nil {
-		return c.err
+	err := c.err
+	if err == nil && len(c.partial) > 0 {
+		err = fmt.Errorf("COPY data ended inside a row")
 	}
-	if len(c.partial) > 0 {
-		return fmt.Errorf("COPY data ended inside a row")
+	if err == nil {
+		err = c.flush()
 	}
-	return c.flush()
+	close(c.out)
+	if werr := <-c.done; err == nil {
+		err = werr
+	}
+	return err
 }
 
-// flush writes the rows held: long runs straight, short ones staged.
+// flush hands the current chunk to the writer goroutine and takes an empty
+// one; it fails once the writer has failed.
 func (c *chunker) flush() error {
-	if len(c.rows) == 0 {
+	if len(c.cur.rows) == 0 {
 		return nil
 	}
-	data := c.data.Bytes()
+	select {
+	case c.out <- c.cur:
+	case err := <-c.done:
+		c.done <- err // for finish
+		if err == nil {
+			err = fmt.Errorf("copy writer stopped")
+		}
+		return err
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
+	c.cur = <-c.free
+	return nil
+}
+
+// write writes one chunk: long runs straight, short ones staged.
+func (c *chunker) write(ch *chunk) error {
+	data := ch.data.Bytes()
 	var staged []run
-	runs := splitRuns(c.rows)
+	runs := splitRuns(ch.rows)
 	for _, r := range runs {
 		if err := c.noteSeen(r.key); err != nil {
 			return err
@@ -342,14 +396,12 @@ func (c *chunker) flush() error {
 		staged = append(staged, r)
 	}
 	if len(staged) > 0 {
-		if err := c.w.copyStaged(c.ctx, c.tc, staged, c.rows, data); err != nil {
+		if err := c.w.copyStaged(c.ctx, c.tc, staged, ch.rows, data); err != nil {
 			return err
 		}
 		c.tc.txns.Add(int64(len(staged)))
 	}
 	c.committed()
-	c.data.Reset()
-	c.rows = c.rows[:0]
 	return nil
 }
 

@@ -27,7 +27,7 @@ func TestCopyEscapes(t *testing.T) {
 }
 
 func TestChunkerRuns(t *testing.T) {
-	c := &chunker{tc: &tableCopy{}}
+	c := &chunker{tc: &tableCopy{}, cur: &chunk{}}
 	rows := "n1\t2026-01-01 00:00:00+00\t1\ta\n" +
 		"n1\t2026-01-01 00:00:00+00\t2\tb\n" +
 		"\\N\t\\N\t3\tc\n" +
@@ -38,7 +38,7 @@ func TestChunkerRuns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	runs := splitRuns(c.rows)
+	runs := splitRuns(c.cur.rows)
 	want := []runKey{{"pgmesh_n1", "2026-01-01 00:00:00+00"}, {UnknownOrigin, "-infinity"}, {"pgmesh_n2", "2026-01-01 00:00:01+00"}}
 	var got []runKey
 	for _, r := range runs {
@@ -47,7 +47,7 @@ func TestChunkerRuns(t *testing.T) {
 	if !reflect.DeepEqual(got, want) || runs[0].n != 2 {
 		t.Fatalf("runs %+v", runs)
 	}
-	data := c.data.String()
+	data := c.cur.data.String()
 	if d := data[runs[0].from:runs[0].to]; d != "1\ta\n2\tb\n" {
 		t.Errorf("run 0 data %q", d)
 	}
@@ -57,7 +57,7 @@ func TestChunkerRuns(t *testing.T) {
 	if c.tc.rows.Load() != 4 {
 		t.Errorf("%d rows counted", c.tc.rows.Load())
 	}
-	if _, err := (&chunker{tc: &tableCopy{}}).Write([]byte("no tabs\n")); err == nil {
+	if _, err := (&chunker{tc: &tableCopy{}, cur: &chunk{}}).Write([]byte("no tabs\n")); err == nil {
 		t.Error("a row without origin and time is not an error")
 	}
 }
