@@ -393,7 +393,13 @@ type nodeAdd struct {
 // until release is called (dir "": until killed).
 func startNodeAdd(t *testing.T, je *joinEnv, points, dir string) *nodeAdd {
 	t.Helper()
-	cmd := exec.Command(pgmeshBin(t), "node", "add", "n4", "--dsn", je.DSNs[3], "-c", je.path)
+	return startNodeAddOf(t, je.path, "n4", je.DSNs[3], points, dir)
+}
+
+// startNodeAddOf starts node add name of the cluster in path.
+func startNodeAddOf(t *testing.T, path, name, dsn, points, dir string) *nodeAdd {
+	t.Helper()
+	cmd := exec.Command(pgmeshBin(t), "node", "add", name, "--dsn", dsn, "-c", path)
 	cmd.Env = append(os.Environ(), "PGMESH_JOIN_HOLD="+points)
 	if dir != "" {
 		cmd.Env = append(cmd.Env, "PGMESH_JOIN_RELEASE="+dir)
@@ -596,5 +602,26 @@ func TestJoinRefusals(t *testing.T) {
 	}
 	if slots != 0 {
 		t.Errorf("a refused join left %d slots on n1", slots)
+	}
+
+	// A join abandoned in the middle of the copy is removed like any node:
+	// it has no change of its own to deliver.
+	env.Exec(t, 2, `DROP TABLE items`)
+	env.Exec(t, 2, `CREATE TABLE items (id int PRIMARY KEY, v text)`)
+	startAgent(t, path) // the source must apply n2 up to n2's slot for n3
+	add := startNodeAddOf(t, path, "n3", env.DSNs[2], "copy", "")
+	add.waitHold(t, "copy")
+	add.kill()
+	out = mustCLI(t, "node", "remove", "n3", "-c", path)
+	if !strings.Contains(out, "never finished joining") || !strings.Contains(out, "removed node n3") {
+		t.Errorf("node remove of an abandoned join:\n%s", out)
+	}
+	for i := range 2 {
+		if err := env.Conn(t, i).QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE '%n3%'`).Scan(&slots); err != nil {
+			t.Fatal(err)
+		}
+		if slots != 0 {
+			t.Errorf("n%d: %d slots of the removed n3 left", i+1, slots)
+		}
 	}
 }

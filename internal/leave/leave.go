@@ -141,6 +141,10 @@ func (r *remover) printf(format string, args ...any) {
 // committed up to now to every survivor through their own slots.
 func (r *remover) catchUpFromNode(ctx context.Context) error {
 	n := r.conns[r.node.Name]
+	before, err := joinstate.StateOf(ctx, n)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", r.node.Name, err)
+	}
 	if _, err := joinstateLeaving(ctx, n, r.node.Name); err != nil {
 		return fmt.Errorf("node %s: %w", r.node.Name, err)
 	}
@@ -148,6 +152,12 @@ func (r *remover) catchUpFromNode(ctx context.Context) error {
 	// ones are ended here, so that CatchUp can take the slots.
 	if err := r.stopSessions(ctx); err != nil {
 		return err
+	}
+	if before == joinstate.Copying || before == joinstate.Leaving && !r.hasOutboundSlots(ctx) {
+		// A node that never finished joining wrote nothing of its own (all
+		// it wrote carries an origin), and has no slot to deliver from.
+		r.printf("%s never finished joining: it has no changes of its own to deliver", r.node.Name)
+		return nil
 	}
 	var cutoff string
 	if err := n.QueryRow(ctx, "SELECT pg_catalog.pg_current_wal_lsn()::text").Scan(&cutoff); err != nil {
@@ -178,6 +188,20 @@ func (r *remover) catchUpFromNode(ctx context.Context) error {
 		r.printf("  %s has every change of %s up to %s", s.Name, r.node.Name, cutoff)
 	}
 	return nil
+}
+
+// hasOutboundSlots tells whether the node has any slot of a link to a
+// survivor.
+func (r *remover) hasOutboundSlots(ctx context.Context) bool {
+	var slots []string
+	for _, s := range r.survivors {
+		slots = append(slots, topology.Link{Up: r.node.Name, Down: s.Name}.Slot())
+	}
+	var n int
+	if err := r.conns[r.node.Name].QueryRow(ctx, "SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = ANY($1)", slots).Scan(&n); err != nil {
+		return true
+	}
+	return n > 0
 }
 
 // joinstateLeaving marks the node leaving (agents then run none of its links).
