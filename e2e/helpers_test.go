@@ -22,7 +22,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 )
 
-func TestMain(m *testing.M) { sandboxtest.Main(m, 3) }
+func TestMain(m *testing.M) { sandboxtest.Main(m, 4) }
 
 var (
 	buildOnce sync.Once

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -52,10 +53,8 @@ const (
 
 // Agent runs links.
 type Agent struct {
-	cfg   *config.Config
-	opts  Options
-	log   *slog.Logger
-	links []*link
+	opts Options
+	log  *slog.Logger
 
 	httpAddr chan string // the bound HTTP address, once
 
@@ -63,10 +62,26 @@ type Agent struct {
 	mon       *monitor
 
 	mu          sync.Mutex
+	cfg         *config.Config // the nodes whose links run, under mu
+	links       []*link        // under mu
 	conflictCfg *config.Config // last good read of the config file, under mu
 	// The outcome of the last Reload, under mu.
 	reloadOK bool
 	reloadAt time.Time
+}
+
+// config returns the config whose nodes the agent runs links of.
+func (a *Agent) config() *config.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
+// currentLinks returns the links the agent runs now.
+func (a *Agent) currentLinks() []*link {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.links)
 }
 
 // reloadConflicts reads the config file again for its conflict settings
@@ -113,24 +128,36 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, httpAddr: make(chan string, 1), conflictCfg: cfg,
 		applyTime: newApplyTimeHistogram(), reloadOK: true, reloadAt: time.Now()}
 	a.setLogLevel(cfg)
+	a.links = a.wantLinks(cfg)
+	// With a config file, nodes may be added to it later (pgmesh node
+	// add): the agent waits for them.
+	if len(a.links) == 0 && cfg.Path == "" {
+		return nil, errors.New("no links to run: the cluster needs at least two nodes")
+	}
+	if len(a.links) == 0 {
+		a.log.Info("agent: no links yet: waiting for nodes to be added to the config", "path", cfg.Path)
+	}
+	a.mon = newMonitor(a)
+	return a, nil
+}
+
+// wantLinks returns the links of cfg this agent runs (new, not started).
+func (a *Agent) wantLinks(cfg *config.Config) []*link {
+	var out []*link
 	for _, l := range topology.FullMesh(cfg.NodeNames()) {
-		if opts.Node != "" && l.Down != opts.Node {
+		if a.opts.Node != "" && l.Down != a.opts.Node {
 			continue
 		}
 		up, _ := cfg.NodeByName(l.Up)
 		down, _ := cfg.NodeByName(l.Down)
-		a.links = append(a.links, &link{
+		out = append(out, &link{
 			Link: l, up: up, down: down, log: a.log.With("link", l.Name()), conflicts: a.reloadConflicts,
-			spoolDir:  filepath.Join(opts.SpoolDir, l.Slot()),
+			spoolDir:  filepath.Join(a.opts.SpoolDir, l.Slot()),
 			state:     StateConnecting,
 			applyTime: a.applyTime.WithLabelValues(l.Name(), l.Up, l.Down),
 		})
 	}
-	if len(a.links) == 0 {
-		return nil, errors.New("no links to run: the cluster needs at least two nodes")
-	}
-	a.mon = newMonitor(a)
-	return a, nil
+	return out
 }
 
 // setLogLevel applies agent.log_level of cfg, when the agent owns the
@@ -154,10 +181,11 @@ func (a *Agent) setLogLevel(cfg *config.Config) {
 // to them is reported and ignored. A file that does not load leaves
 // everything as it was and is returned as the error.
 func (a *Agent) Reload() error {
-	if a.cfg.Path == "" {
+	running := a.config()
+	if running.Path == "" {
 		return errors.New("agent: reload: the config was not read from a file")
 	}
-	cfg, err := config.Load(a.cfg.Path)
+	cfg, err := config.Load(running.Path)
 	a.mu.Lock()
 	a.reloadOK = err == nil
 	if err == nil {
@@ -165,24 +193,24 @@ func (a *Agent) Reload() error {
 	}
 	a.mu.Unlock()
 	if err != nil {
-		a.log.Error("agent: config reload failed, keeping the running config", "path", a.cfg.Path, "err", err)
-		return fmt.Errorf("agent: reload %s: %w", a.cfg.Path, err)
+		a.log.Error("agent: config reload failed, keeping the running config", "path", running.Path, "err", err)
+		return fmt.Errorf("agent: reload %s: %w", running.Path, err)
 	}
 	var restart []string
-	if cfg.Cluster != a.cfg.Cluster || !reflect.DeepEqual(cfg.Nodes, a.cfg.Nodes) || cfg.Agent.Listen != a.cfg.Agent.Listen {
-		restart = append(restart, "nodes, cluster or agent.listen")
+	if cfg.Cluster != running.Cluster || cfg.Agent.Listen != running.Agent.Listen {
+		restart = append(restart, "cluster or agent.listen")
 	}
-	if !reflect.DeepEqual(cfg.Replicate, a.cfg.Replicate) || cfg.DDL != a.cfg.DDL || cfg.Sequences != a.cfg.Sequences {
+	if !reflect.DeepEqual(cfg.Replicate, running.Replicate) || cfg.DDL != running.DDL || cfg.Sequences != running.Sequences {
 		restart = append(restart, "replicate, ddl or sequences (run pgmesh init)")
 	}
 	a.setLogLevel(cfg)
 	var restarted []string
-	for _, l := range a.links {
+	for _, l := range a.currentLinks() {
 		if l.restart(cfg) {
 			restarted = append(restarted, l.Name())
 		}
 	}
-	a.log.Info("agent: config reloaded", "path", a.cfg.Path, "log_level", cfg.Agent.LogLevel,
+	a.log.Info("agent: config reloaded", "path", running.Path, "log_level", cfg.Agent.LogLevel,
 		"links_restarted_for_conflict_settings", restarted, "changes_needing_a_restart", restart)
 	return nil
 }
@@ -228,17 +256,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("agent: HTTP listening", "addr", ln.Addr().String())
 	}
 
-	for _, l := range a.links {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l.run(ctx)
-		}()
+	for _, l := range a.currentLinks() {
+		a.start(ctx, &wg, l)
 	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		a.recordStates(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.followMembers(ctx, &wg)
 	}()
 	wg.Add(1)
 	go func() {
@@ -253,10 +282,79 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.mon.run(ctx)
 		}()
 	}
-	a.log.Info("agent: running", "links", len(a.links))
+	a.log.Info("agent: running", "links", len(a.currentLinks()))
 	wg.Wait()
 	a.log.Info("agent: stopped")
 	return nil
+}
+
+// start runs l until ctx ends or l is stopped.
+func (a *Agent) start(ctx context.Context, wg *sync.WaitGroup, l *link) {
+	ctx, cancel := context.WithCancel(ctx)
+	l.stop = cancel
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		l.run(ctx)
+	}()
+}
+
+// MembersInterval is how often the agent reads the config file again for
+// nodes added (pgmesh node add) or removed (pgmesh node remove).
+const MembersInterval = 2 * time.Second
+
+// followMembers starts the links of nodes added to the config file and
+// stops those of nodes removed from it. A link of a node that is still
+// copying its data waits (see link.gate), so the file may list a node
+// before it is ready.
+func (a *Agent) followMembers(ctx context.Context, wg *sync.WaitGroup) {
+	path := a.config().Path
+	if path == "" {
+		return
+	}
+	tick := time.NewTicker(MembersInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cfg, err := config.Load(path)
+		if err != nil {
+			continue // reloadConflicts reports a broken file
+		}
+		a.mu.Lock()
+		if slices.Equal(cfg.Nodes, a.cfg.Nodes) {
+			a.mu.Unlock()
+			continue
+		}
+		want := a.wantLinks(cfg)
+		var keep, stop []*link
+		for _, l := range a.links {
+			if slices.ContainsFunc(want, func(w *link) bool { return w.Link == l.Link && w.up.DSN == l.up.DSN && w.down.DSN == l.down.DSN }) {
+				keep = append(keep, l)
+			} else {
+				stop = append(stop, l)
+			}
+		}
+		var started []*link
+		for _, w := range want {
+			if !slices.ContainsFunc(keep, func(l *link) bool { return l.Link == w.Link }) {
+				started = append(started, w)
+			}
+		}
+		a.cfg, a.links = cfg, append(keep, started...)
+		a.mu.Unlock()
+		for _, l := range stop {
+			a.log.Info("node left the config: stopping link", "link", l.Name())
+			l.stop()
+		}
+		for _, l := range started {
+			a.log.Info("node joined the config: starting link", "link", l.Name())
+			a.start(ctx, wg, l)
+		}
+	}
 }
 
 // recordStates writes each link's state into pgmesh.link_state on its
@@ -268,8 +366,13 @@ func (a *Agent) recordStates(ctx context.Context) {
 	written := map[string]linkSnapshot{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	promoted := time.Now()
 	for {
-		for _, l := range a.links {
+		if time.Since(promoted) >= PromoteInterval {
+			promoted = time.Now()
+			a.promote(ctx)
+		}
+		for _, l := range a.currentLinks() {
 			snap := l.snapshot()
 			if written[l.Name()] == snap {
 				continue
@@ -286,7 +389,7 @@ func (a *Agent) recordStates(ctx context.Context) {
 		case <-ctx.Done():
 			// Record "stopped" on the way out, with a short deadline.
 			stopCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			for _, l := range a.links {
+			for _, l := range a.currentLinks() {
 				snap := l.snapshot()
 				snap.state, snap.lastErr = StateStopped, ""
 				_ = w.write(stopCtx, l, snap)

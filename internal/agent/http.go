@@ -29,7 +29,7 @@ func (a *Agent) healthz(w http.ResponseWriter, r *http.Request) {
 	}
 	states := map[string]string{}
 	healthy := true
-	for _, l := range a.links {
+	for _, l := range a.currentLinks() {
 		h := a.health(l, views)
 		states[l.Name()] = h
 		if h != HealthStreaming && h != HealthCatchingUp {

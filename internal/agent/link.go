@@ -24,6 +24,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/apply"
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/ddl"
+	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/stream"
 	"github.com/pgmesh/pgmesh/internal/topology"
@@ -36,7 +37,20 @@ const (
 	StateStreaming  = "streaming"
 	StateRetrying   = "retrying"
 	StateStopped    = "stopped"
+	// StateWaiting: one of the link's nodes is copying its data (pgmesh
+	// node add) or leaving the mesh; the link starts once it is ready.
+	StateWaiting = "waiting"
 )
+
+// waitPoll is how often a waiting link looks at its nodes' join state.
+const waitPoll = time.Second
+
+// holdError says why a link may not run yet.
+type holdError struct{ node, state string }
+
+func (e *holdError) Error() string {
+	return fmt.Sprintf("node %s is %s: the link waits until it is ready", e.node, e.state)
+}
 
 // link supervises one upstream → downstream edge.
 type link struct {
@@ -50,6 +64,10 @@ type link struct {
 	spoolDir  string
 	backoff   backoff
 	applyTime prometheus.Observer // seconds per applied remote transaction
+	stop      context.CancelFunc  // ends run, set by Agent.start
+	// ungated: run whatever the nodes' join states (CatchUp, which
+	// delivers the last changes of a node being removed).
+	ungated bool
 
 	mu      sync.Mutex
 	state   string
@@ -259,6 +277,20 @@ func (l *link) run(ctx context.Context) {
 		if time.Since(started) > time.Minute {
 			l.backoff.reset()
 		}
+		var hold *holdError
+		if errors.As(err, &hold) {
+			if l.snapshot().state != StateWaiting {
+				l.log.Info("link waiting", "link", l.Name(), "node", hold.node, "state", hold.state)
+			}
+			l.setState(StateWaiting, err)
+			select {
+			case <-ctx.Done():
+				l.setState(StateStopped, nil)
+				return
+			case <-time.After(waitPoll):
+			}
+			continue
+		}
 		l.noteFailure(err, streamed)
 		l.recordDDLFailure(ctx, err)
 		wait := l.backoff.next()
@@ -292,6 +324,11 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 		return false, fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	defer applyConn.Close(context.WithoutCancel(ctx))
+	if !l.ungated {
+		if err := l.gate(ctx, applyConn); err != nil {
+			return false, err
+		}
+	}
 
 	// A second connection answers "what is durable" for the feedback to
 	// the upstream while the apply connection is busy with a pipeline.
@@ -391,6 +428,51 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 		return true, fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	return true, errors.New("link " + l.Name() + ": stream ended")
+}
+
+// gate returns a holdError while either node of the link is copying its
+// data or leaving: the downstream's origin does not hold the resume point
+// before the copy is complete, and an upstream that is still copying has
+// no slot for the link yet.
+func (l *link) gate(ctx context.Context, down *pgx.Conn) error {
+	st, err := memberState(ctx, down)
+	if err != nil {
+		return fmt.Errorf("link %s: node %s: %w", l.Name(), l.Down, err)
+	}
+	if !joinstate.LinksAllowed(st) {
+		return &holdError{node: l.Down, state: st}
+	}
+	up, err := pg.Connect(ctx, l.Up, l.up.DSN, "pgmesh agent")
+	if err != nil {
+		return fmt.Errorf("link %s: %w", l.Name(), err)
+	}
+	defer up.Close(context.WithoutCancel(ctx))
+	if st, err = memberState(ctx, up); err != nil {
+		return fmt.Errorf("link %s: node %s: %w", l.Name(), l.Up, err)
+	}
+	if !joinstate.LinksAllowed(st) {
+		return &holdError{node: l.Up, state: st}
+	}
+	return nil
+}
+
+// memberState is a node's join state, or "not set up" when pgmesh has not
+// made the database a node yet (a node just added to the config file).
+func memberState(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT to_regclass('pgmesh.local_node') IS NOT NULL").Scan(&exists); err != nil {
+		return "", fmt.Errorf("look for pgmesh.local_node: %w", err)
+	}
+	if exists {
+		// A query naming the table parses only once it exists.
+		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pgmesh.local_node)").Scan(&exists); err != nil {
+			return "", fmt.Errorf("read pgmesh.local_node: %w", err)
+		}
+	}
+	if !exists {
+		return "not set up", nil
+	}
+	return joinstate.StateOf(ctx, conn)
 }
 
 // ddlInFlight tells whether a column that the upstream sends but this node

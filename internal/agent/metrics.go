@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgmesh/pgmesh/internal/joinstate"
 )
 
 // Metric labels. A link is named up->down; upstream and downstream repeat
@@ -58,6 +60,16 @@ var (
 		"1 for the slot's wal_status (reserved, extended, unreserved, lost), 0 for the others.", append(append([]string{}, slotLabels...), "wal_status"), nil)
 	descSlotActive = prometheus.NewDesc("pgmesh_slot_active",
 		"1 when a walsender streams the link's slot.", slotLabels, nil)
+	descNodeState = prometheus.NewDesc("pgmesh_node_state",
+		"1 for the node's join state (ready, copying, catching_up, leaving, removed), 0 for the others.", []string{"node", "state"}, nil)
+	descCopyRows = prometheus.NewDesc("pgmesh_join_copied_rows",
+		"Rows copied so far into a joining node, per table.", []string{"node", "table"}, nil)
+	descCopyEst = prometheus.NewDesc("pgmesh_join_estimated_rows",
+		"Rows of the table on the join's source (planner estimate).", []string{"node", "table"}, nil)
+	descCopyBytes = prometheus.NewDesc("pgmesh_join_copied_bytes",
+		"Bytes copied so far into a joining node, per table.", []string{"node", "table"}, nil)
+	descCopyETA = prometheus.NewDesc("pgmesh_join_eta_seconds",
+		"Estimated time left to copy the table into a joining node (0 when done).", []string{"node", "table"}, nil)
 	descNodeUp = prometheus.NewDesc("pgmesh_node_up",
 		"1 when the agent could query the node in its last round.", []string{"node"}, nil)
 	descClock = prometheus.NewDesc("pgmesh_node_clock_offset_seconds",
@@ -102,7 +114,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLinkUp, descLinkState, descLagSeconds, descLagBytes, descTxns, descChanges,
 		descRetries, descRestarts, descLastError, descBlockedSince, descConflicts, descDDLPending, descDDLFailed, descDDLOldest,
 		descRetained, descSafeWAL, descWALStatus, descSlotActive, descNodeUp, descClock, descTombstones, descConflictLog,
-		descReloadOK, descReloadAt} {
+		descReloadOK, descReloadAt, descNodeState, descCopyRows, descCopyEst, descCopyBytes, descCopyETA} {
 		ch <- d
 	}
 }
@@ -119,7 +131,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, lv := range view.Links {
 		views[lv.Link] = lv
 	}
-	for _, l := range c.a.links {
+	for _, l := range c.a.currentLinks() {
 		ls := []string{l.Name(), l.Up, l.Down}
 		s := l.snapshot()
 		lv, sampled := views[l.Name()]
@@ -183,6 +195,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	c.a.mu.Unlock()
 	gauge(descReloadOK, b2f(ok))
 	gauge(descReloadAt, unixOrZero(at))
+	for _, j := range view.Joins {
+		if j.Problem != "" {
+			continue
+		}
+		for _, st := range joinstate.States {
+			gauge(descNodeState, b2f(st == j.State), j.Node, st)
+		}
+		if j.State != joinstate.Copying {
+			continue
+		}
+		for _, t := range j.Tables {
+			gauge(descCopyRows, float64(t.Rows), j.Node, t.Name)
+			gauge(descCopyEst, float64(t.EstRows), j.Node, t.Name)
+			gauge(descCopyBytes, float64(t.Bytes), j.Node, t.Name)
+			gauge(descCopyETA, t.ETA().Seconds(), j.Node, t.Name)
+		}
+	}
 }
 
 // health is a link's health as of the monitor's last round; before the

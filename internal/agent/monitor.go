@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
@@ -45,6 +46,9 @@ type View struct {
 	Conflicts  []ConflictView `json:"recent_conflicts"` // newest first, on this agent's downstream nodes
 	PendingDDL []PendingDDL   `json:"pending_ddl"`      // of this agent's links
 	Blocked    []BlockedTxn   `json:"blocked"`          // of this agent's links
+	// Joins are the nodes' join states (ready, copying, catching_up,
+	// leaving…) with a copy's progress per table.
+	Joins []NodeStatus `json:"joins"`
 }
 
 // NodeView is one node as the agent sees it.
@@ -153,6 +157,7 @@ type monitor struct {
 	lastCount time.Time
 	counts    map[string]nodeCounts // by node
 	ddlLogs   map[string][]ddlRow   // by node, when its last read succeeded
+	joins     []NodeStatus          // last read, see joining
 }
 
 type nodeCounts struct{ tombstones, conflictLog int64 }
@@ -170,10 +175,10 @@ type nodeProbe struct {
 
 func newMonitor(a *Agent) *monitor {
 	m := &monitor{a: a, history: map[string][]Sample{}, counts: map[string]nodeCounts{}, ddlLogs: map[string][]ddlRow{}}
-	for _, n := range a.cfg.Nodes {
+	for _, n := range a.config().Nodes {
 		m.nodes = append(m.nodes, &nodeProbe{node: n})
 	}
-	m.view = View{Cluster: a.cfg.Cluster, Node: a.opts.Node}
+	m.view = View{Cluster: a.config().Cluster, Node: a.opts.Node}
 	return m
 }
 
@@ -219,20 +224,57 @@ type probeResult struct {
 	counts    *nodeCounts
 	ddl       []ddlRow
 	ddlRead   bool
+	join      *NodeStatus // when read this round
+}
+
+// syncNodes follows the nodes of the config, which `pgmesh node add` and
+// `node remove` change while the agent runs.
+func (m *monitor) syncNodes(ctx context.Context) {
+	want := m.a.config().Nodes
+	same := len(want) == len(m.nodes)
+	for i := 0; same && i < len(want); i++ {
+		same = want[i] == m.nodes[i].node
+	}
+	if same {
+		return
+	}
+	for _, p := range m.nodes {
+		if p.conn != nil {
+			p.conn.Close(context.WithoutCancel(ctx))
+		}
+	}
+	m.nodes = m.nodes[:0]
+	for _, n := range want {
+		m.nodes = append(m.nodes, &nodeProbe{node: n})
+	}
+}
+
+// joining tells whether a node was last seen copying, catching up or
+// leaving: then its join state is read at every round (a copy's progress),
+// else at counting rounds only.
+func (m *monitor) joining() bool {
+	for _, j := range m.joins {
+		if j.State != "" && j.State != joinstate.Ready {
+			return true
+		}
+	}
+	return false
 }
 
 // sample reads every node (in parallel, each on its own connection) and
 // builds the View.
 func (m *monitor) sample(ctx context.Context) {
+	m.syncNodes(ctx)
 	now := time.Now()
 	count := now.Sub(m.lastCount) >= m.a.opts.CountInterval
+	readJoins := count || m.joining() || len(m.joins) != len(m.nodes)
 	mine := map[string]*link{}
 	downstream := map[string]bool{}
-	for _, l := range m.a.links {
+	for _, l := range m.a.currentLinks() {
 		mine[l.Name()] = l
 		downstream[l.Down] = true
 	}
-	all := topology.FullMesh(m.a.cfg.NodeNames())
+	all := topology.FullMesh(m.a.config().NodeNames())
 	results := make([]probeResult, len(m.nodes))
 	var wg sync.WaitGroup
 	for i, p := range m.nodes {
@@ -241,7 +283,7 @@ func (m *monitor) sample(ctx context.Context) {
 			defer wg.Done()
 			pctx, cancel := context.WithTimeout(ctx, max(m.a.opts.SampleInterval, 5*time.Second))
 			defer cancel()
-			results[i] = p.probe(pctx, all, downstream[p.node.Name], count)
+			results[i] = p.probe(pctx, all, downstream[p.node.Name], count, readJoins)
 		}()
 	}
 	wg.Wait()
@@ -250,7 +292,17 @@ func (m *monitor) sample(ctx context.Context) {
 	}
 
 	byNode := map[string]*probeResult{}
-	v := View{Cluster: m.a.cfg.Cluster, Node: m.a.opts.Node, At: now}
+	if readJoins {
+		joins := make([]NodeStatus, len(m.nodes))
+		for i, p := range m.nodes {
+			joins[i] = NodeStatus{Node: p.node.Name, Problem: results[i].problem}
+			if j := results[i].join; j != nil {
+				joins[i] = *j
+			}
+		}
+		m.joins = joins
+	}
+	v := View{Cluster: m.a.config().Cluster, Node: m.a.opts.Node, At: now, Joins: m.joins}
 	for i, p := range m.nodes {
 		r := &results[i]
 		byNode[p.node.Name] = r
@@ -305,7 +357,7 @@ func (m *monitor) sample(ctx context.Context) {
 		v.Links = append(v.Links, lv)
 	}
 	byKind := map[string]uint64{}
-	for _, l := range m.a.links {
+	for _, l := range m.a.currentLinks() {
 		for k, n := range l.conflictCounts() {
 			byKind[k.Kind] += n
 		}
@@ -441,7 +493,7 @@ func (m *monitor) pendingDDL(tl topology.Link) []PendingDDL {
 // rounds, its tombstones and conflict_log rows). On counting rounds it
 // reads its ddl_log as well. A failed query drops the connection; the next
 // round connects again.
-func (p *nodeProbe) probe(ctx context.Context, all []topology.Link, downstream, count bool) probeResult {
+func (p *nodeProbe) probe(ctx context.Context, all []topology.Link, downstream, count, joins bool) probeResult {
 	r := probeResult{links: map[string]LinkStatus{}, linkErrs: map[string]string{}}
 	if p.conn == nil || p.conn.IsClosed() {
 		c, err := pg.Connect(ctx, p.node.Name, p.node.DSN, "pgmesh agent monitor")
@@ -518,6 +570,13 @@ func (p *nodeProbe) probe(ctx context.Context, all []topology.Link, downstream, 
 			return fail(fmt.Errorf("node %s: read pgmesh.ddl_log: %w", p.node.Name, err))
 		}
 		r.ddlRead = err == nil
+	}
+	if joins {
+		st, err := joinstate.Read(ctx, p.conn)
+		if err != nil {
+			return fail(fmt.Errorf("node %s: read join state: %w", p.node.Name, err))
+		}
+		r.join = joinStatus(p.node.Name, st)
 	}
 	return r
 }

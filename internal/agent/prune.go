@@ -37,7 +37,7 @@ func (a *Agent) prune(ctx context.Context) {
 func (a *Agent) pruneNodes(ctx context.Context) {
 	cfg := a.reloadConflicts()
 	done := map[string]bool{}
-	for _, l := range a.links {
+	for _, l := range a.currentLinks() {
 		if done[l.Down] {
 			continue
 		}

@@ -201,10 +201,23 @@ const (
 	stmtCommit      = "pgmesh_commit"
 	stmtSeen        = "pgmesh_seen"
 	stmtClaim       = "pgmesh_claim"
+	stmtPause       = "pgmesh_pause"
 )
 
-// A remote transaction ends with stmtConstraints, stmtClaim (see seen.go),
-// stmtXact and stmtCommit.
+// PauseLock is the advisory lock (two-key form: 'pm', 'join') that every
+// apply transaction holds in share mode from right after its BEGIN until
+// it has committed. `pgmesh node add` takes it exclusively on the source
+// node for the moment it creates the copy's snapshot and reads the
+// source's origin progress: origin progress is not MVCC, so only with
+// apply paused do the snapshot and the progress describe the same set of
+// applied transactions. Locks are released after the commit is visible
+// and the origin advanced, and the lock is taken before the transaction
+// writes (has an xid), so the slot creation, which waits for running
+// xids, never waits for a paused apply transaction.
+var PauseLock = [2]int32{28781, 0x6a6f696e}
+
+// A remote transaction starts with stmtBegin and stmtPause and ends with
+// stmtConstraints, stmtClaim (see seen.go), stmtXact and stmtCommit.
 // PostgreSQL 15+ advances the session's origin to the LSN given to
 // pg_replication_origin_xact_setup even when the transaction then aborts, so
 // that call must come after everything that can fail: deferred constraint
@@ -221,6 +234,7 @@ var fixedStatements = []struct{ name, sql string }{
 	{stmtCommit, "COMMIT"},
 	{stmtSeen, conflict.SeenSQL()},
 	{stmtClaim, "SELECT pgmesh.claim_seen($1, $2, $3, $4, $5, $6)"},
+	{stmtPause, fmt.Sprintf("SELECT pg_catalog.pg_advisory_xact_lock_shared(%d, %d)", PauseLock[0], PauseLock[1])},
 }
 
 // New prepares the apply session on conn, an ordinary connection to the

@@ -27,6 +27,7 @@ const (
 	itemTruncate
 	itemSeen
 	itemClaim
+	itemPause
 	itemSync
 )
 
@@ -56,6 +57,8 @@ func (a *Applier) startTxn(ctx context.Context) {
 	}
 	a.pipe.SendQueryPrepared(stmtBegin, nil, nil, nil)
 	a.pending = append(a.pending, item{kind: itemBegin, txn: a.txn})
+	a.pipe.SendQueryPrepared(stmtPause, nil, nil, nil)
+	a.pending = append(a.pending, item{kind: itemPause, txn: a.txn})
 	a.txn.started = true
 	a.txn.queuedAt = time.Now()
 	// What the upstream had seen when it committed this transaction,
@@ -237,6 +240,8 @@ func (a *Applier) describe(it *item, err error) error {
 		what = "record peer_seen"
 	case itemClaim:
 		what = "seen message"
+	case itemPause:
+		what = "wait for a joining node's snapshot (pause lock)"
 	case itemSync:
 		what = "sync"
 	}

@@ -69,6 +69,7 @@ var (
 		{"privileges", checkPrivileges},
 		{"identity", checkIdentity},
 		{"slots", checkSlots},
+		{"join", checkJoin},
 	}
 	clusterChecks = []clusterCheck{
 		{"tables", checkPresence},

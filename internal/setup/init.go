@@ -25,6 +25,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/ddl"
+	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
@@ -109,8 +110,23 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 		conns[n.Name] = c
 	}
 
+	// A node that joined with node add has announced what it holds; the
+	// initial "every peer has seen these rows" is for nodes set up
+	// together. One that is copying or leaving is node add's or node
+	// remove's to finish.
+	joined := map[string]bool{}
 	for _, n := range cfg.Nodes {
-		if err := convergeNode(ctx, cfg, n.Name, conns[n.Name], act); err != nil {
+		st, err := joinstate.Read(ctx, conns[n.Name])
+		if err != nil {
+			return rep, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		if st != nil && !joinstate.LinksAllowed(st.State) {
+			return rep, fmt.Errorf("node %s is %s: let pgmesh node add or node remove finish first", n.Name, st.State)
+		}
+		joined[n.Name] = st != nil
+	}
+	for _, n := range cfg.Nodes {
+		if err := ConvergeNode(ctx, cfg, n.Name, conns[n.Name], !joined[n.Name], act); err != nil {
 			return rep, fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
@@ -126,7 +142,7 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 	links := topology.FullMesh(cfg.NodeNames())
 	slotsCreated := false
 	for _, l := range links {
-		created, err := ensureSlot(ctx, conns[l.Up], l.Slot())
+		created, err := EnsureSlot(ctx, conns[l.Up], l.Slot())
 		if err != nil {
 			return rep, fmt.Errorf("node %s: link %s: %w", l.Up, l.Name(), err)
 		}
@@ -136,7 +152,7 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 		}
 	}
 	for _, l := range links {
-		created, err := ensureOrigin(ctx, conns[l.Down], l.Origin())
+		created, err := EnsureOrigin(ctx, conns[l.Down], l.Origin())
 		if err != nil {
 			return rep, fmt.Errorf("node %s: link %s: %w", l.Down, l.Name(), err)
 		}
@@ -150,9 +166,12 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 	return rep, nil
 }
 
-// convergeNode migrates the pgmesh schema, records the node's identity and
-// converges the publication.
-func convergeNode(ctx context.Context, cfg *config.Config, node string, conn *pgx.Conn, act func(node, format string, args ...any)) error {
+// ConvergeNode migrates the pgmesh schema, records the node's identity and
+// converges the DDL machinery, conflict setup and publication. seedSeen
+// records the node's existing rows as seen by every peer, which is true
+// only when all nodes start with identical tables (init); a node that joins
+// a running mesh announces what it holds instead.
+func ConvergeNode(ctx context.Context, cfg *config.Config, node string, conn *pgx.Conn, seedSeen bool, act func(node, format string, args ...any)) error {
 	applied, err := Migrate(ctx, conn)
 	if err != nil {
 		return err
@@ -181,7 +200,7 @@ WHERE (local_node.cluster, local_node.name) IS DISTINCT FROM (excluded.cluster, 
 	if err != nil {
 		return err
 	}
-	if err := ensureConflictSetup(ctx, conn, node, cfg.NodeNames(), tables, act); err != nil {
+	if err := ensureConflictSetup(ctx, conn, node, cfg.NodeNames(), tables, seedSeen, act); err != nil {
 		return err
 	}
 	return ensurePublication(ctx, conn, node, tables, act)
@@ -190,7 +209,7 @@ WHERE (local_node.cluster, local_node.name) IS DISTINCT FROM (excluded.cluster, 
 // ensureConflictSetup gives conflict resolution what it needs on a node:
 // pgmesh.node ranked in config order (the tiebreak) and the tombstone
 // trigger on every replicated table with a key, each only when it differs.
-func ensureConflictSetup(ctx context.Context, conn *pgx.Conn, node string, names []string, tables []pg.Table, act func(node, format string, args ...any)) error {
+func ensureConflictSetup(ctx context.Context, conn *pgx.Conn, node string, names []string, tables []pg.Table, seedSeen bool, act func(node, format string, args ...any)) error {
 	var have []string
 	if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(name ORDER BY rank), '{}') FROM pgmesh.node").Scan(&have); err != nil {
 		return fmt.Errorf("read pgmesh.node: %w", err)
@@ -201,20 +220,22 @@ func ensureConflictSetup(ctx context.Context, conn *pgx.Conn, node string, names
 		}
 		act(node, "set node ranks %s", strings.Join(names, ", "))
 	}
-	// Init expects the replicated tables to be identical on every node
-	// (DataNote): each peer holds the same rows as this node's, so it has
-	// in effect seen them, and its first changes to them are no conflict.
-	// Recorded once, at the first init: later the peers' seen messages say
-	// what they have applied.
-	tag, err := conn.Exec(ctx, `
+	if seedSeen {
+		// Init expects the replicated tables to be identical on every node
+		// (DataNote): each peer holds the same rows as this node's, so it
+		// has in effect seen them, and its first changes to them are no
+		// conflict. Recorded once, at the first init: later the peers'
+		// seen messages say what they have applied.
+		tag, err := conn.Exec(ctx, `
 INSERT INTO pgmesh.peer_seen (peer, origin, seen_until)
 SELECT p, $2, now() FROM unnest($1::text[]) p WHERE p <> $2
 ON CONFLICT (peer, origin) DO NOTHING`, names, node)
-	if err != nil {
-		return fmt.Errorf("record the initial rows as seen by the peers: %w", err)
-	}
-	if tag.RowsAffected() > 0 {
-		act(node, "recorded the existing rows as seen by %d peers", tag.RowsAffected())
+		if err != nil {
+			return fmt.Errorf("record the initial rows as seen by the peers: %w", err)
+		}
+		if tag.RowsAffected() > 0 {
+			act(node, "recorded the existing rows as seen by %d peers", tag.RowsAffected())
+		}
 	}
 	// The trigger's arguments are the table's name and key columns; it is
 	// (re)installed where it is missing or has other arguments.
@@ -364,9 +385,9 @@ func describeChange(have, want []string) string {
 	return fmt.Sprintf("%d tables (%s)", len(want), strings.Join(parts, "; "))
 }
 
-// ensureSlot creates the logical slot on conn's node unless it exists; an
+// EnsureSlot creates the logical slot on conn's node unless it exists; an
 // existing slot must be a pgoutput slot of the same database.
-func ensureSlot(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
+func EnsureSlot(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
 	for attempt := 0; ; attempt++ {
 		err := verifySlot(ctx, conn, slot)
 		if !errors.Is(err, pgx.ErrNoRows) {
@@ -406,8 +427,8 @@ func verifySlot(ctx context.Context, conn *pgx.Conn, slot string) error {
 		slot, kind, orNone(plugin), orNone(database), current, pg.QuoteLiteral(slot))
 }
 
-// ensureOrigin creates the replication origin unless it exists.
-func ensureOrigin(ctx context.Context, conn *pgx.Conn, origin string) (bool, error) {
+// EnsureOrigin creates the replication origin unless it exists.
+func EnsureOrigin(ctx context.Context, conn *pgx.Conn, origin string) (bool, error) {
 	var exists bool
 	if err := conn.QueryRow(ctx, "SELECT pg_replication_origin_oid($1) IS NOT NULL", origin).Scan(&exists); err != nil {
 		return false, fmt.Errorf("read origin %s: %w", origin, err)
