@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,6 +43,11 @@ type Invariants struct {
 	LossesLogged      int `json:"losses_logged"`
 	// Examples explains the first violations found.
 	Examples []string `json:"examples,omitempty"`
+	// Diagnosis shows, for the keys of the first unlogged losses, what
+	// each node holds of the key once quiet (the row and its last writer,
+	// the tombstone) and what its peer_seen says the peers had applied:
+	// what decided whether a node logged the loss.
+	Diagnosis []string `json:"diagnosis,omitempty"`
 }
 
 // Failures lists the invariants that do not hold, in words.
@@ -119,8 +125,14 @@ func check(ctx context.Context, cfg *config.Config, writes []Write) (*Invariants
 	}
 	inv.checkLWW(cfg.NodeNames(), writes, states)
 	inv.checkCounters(cfg.NodeNames(), writes, states)
-	if err := inv.checkLosses(cfg.NodeNames(), writes, log); err != nil {
+	lost, err := inv.checkLosses(cfg.NodeNames(), writes, log)
+	if err != nil {
 		return nil, nil, err
+	}
+	for _, n := range cfg.Nodes {
+		if err := inv.diagnose(ctx, n, lost); err != nil {
+			return nil, nil, err
+		}
 	}
 	return inv, log, nil
 }
@@ -317,7 +329,9 @@ type logKey struct {
 	at  int64 // unix microseconds
 }
 
-func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflict.Entry) error {
+// checkLosses counts the writes lost and how each is accounted for; it
+// returns the keys of the first unlogged losses.
+func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflict.Entry) ([]int64, error) {
 	win := winners(nodes, writes)
 	logged := map[logKey]bool{}
 	for _, e := range log {
@@ -326,7 +340,7 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 		}
 		var k struct{ ID int64 }
 		if err := json.Unmarshal(e.Key, &k); err != nil {
-			return fmt.Errorf("conflict log of %s: key %s: %w", e.Node, e.Key, err)
+			return nil, fmt.Errorf("conflict log of %s: key %s: %w", e.Node, e.Key, err)
 		}
 		// apply_remote: the local image lost; otherwise the remote one did.
 		at := e.RemoteCommitTime
@@ -343,6 +357,7 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 			overwritten[logKey{w.Key, w.PrevAt.UnixMicro()}] = true
 		}
 	}
+	var lost []int64
 	for i := range writes {
 		w := &writes[i]
 		if w.Table != accounts || win[rowKey{w.Table, w.Key}] == w {
@@ -356,6 +371,9 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 			inv.LossesLogged++
 		default:
 			inv.UnloggedLosses++
+			if len(lost) < maxExamples && !slices.Contains(lost, w.Key) {
+				lost = append(lost, w.Key)
+			}
 			doubt := ""
 			if w.inDoubt {
 				doubt = " (its COMMIT got no answer; the server says it committed)"
@@ -364,5 +382,67 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 				w.Op, w.Key, w.Value, w.Node, stamp(w.At), doubt))
 		}
 	}
+	return lost, nil
+}
+
+// diagnose adds to Diagnosis what node n holds of each account key: the
+// row and who last wrote it when, the tombstone, and its peer_seen.
+func (inv *Invariants) diagnose(ctx context.Context, n config.Node, keys []int64) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	conn, err := pgx.Connect(ctx, n.DSN)
+	if err != nil {
+		return fmt.Errorf("node %s: diagnose lost writes: %w", n.Name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var seen []string
+	rows, err := conn.Query(ctx, `SELECT peer, origin, seen_until FROM pgmesh.peer_seen ORDER BY peer, origin`)
+	if err != nil {
+		return fmt.Errorf("node %s: read peer_seen: %w", n.Name, err)
+	}
+	for rows.Next() {
+		var peer, origin string
+		var until time.Time
+		if err := rows.Scan(&peer, &origin, &until); err != nil {
+			rows.Close()
+			return fmt.Errorf("node %s: read peer_seen: %w", n.Name, err)
+		}
+		seen = append(seen, fmt.Sprintf("%s had %s until %s", peer, origin, stamp(until)))
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("node %s: read peer_seen: %w", n.Name, err)
+	}
+	for _, k := range keys {
+		var val, rowNode, tombNode *string
+		var rowAt, tombAt *time.Time
+		err := conn.QueryRow(ctx, `
+SELECT (SELECT a.val FROM eval.accounts a WHERE a.id = $1),
+       (SELECT pgmesh.origin_node(c.roident) FROM eval.accounts a, pg_xact_commit_timestamp_origin(a.xmin) c WHERE a.id = $1),
+       (SELECT c.timestamp FROM eval.accounts a, pg_xact_commit_timestamp_origin(a.xmin) c WHERE a.id = $1),
+       (SELECT t.node FROM pgmesh.tombstone t WHERE t.table_name = 'eval.accounts' AND t.key = jsonb_build_object('id', $1::int)),
+       (SELECT pgmesh.tombstone_time(t.deleted_at, t.xid) FROM pgmesh.tombstone t
+         WHERE t.table_name = 'eval.accounts' AND t.key = jsonb_build_object('id', $1::int))`, k).
+			Scan(&val, &rowNode, &rowAt, &tombNode, &tombAt)
+		if err != nil {
+			return fmt.Errorf("node %s: diagnose eval.accounts id %d: %w", n.Name, k, err)
+		}
+		row, tomb := "no row", "no tombstone"
+		if val != nil {
+			row = fmt.Sprintf("row %q written by %s at %s", *val, deref(rowNode), stampp(rowAt))
+		}
+		if tombNode != nil || tombAt != nil {
+			tomb = fmt.Sprintf("tombstone of %s at %s", deref(tombNode), stampp(tombAt))
+		}
+		inv.Diagnosis = append(inv.Diagnosis, fmt.Sprintf("eval.accounts id %d on %s: %s; %s; peer_seen: %s",
+			k, n.Name, row, tomb, strings.Join(seen, ", ")))
+	}
 	return nil
+}
+
+func stampp(t *time.Time) string {
+	if t == nil {
+		return "unknown time"
+	}
+	return stamp(*t)
 }

@@ -132,8 +132,12 @@ func TestCheckLosses(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			inv := &Invariants{}
-			if err := inv.checkLosses(nodes3, tc.writes, tc.log); err != nil {
+			lost, err := inv.checkLosses(nodes3, tc.writes, tc.log)
+			if err != nil {
 				t.Fatal(err)
+			}
+			if len(lost) != min(tc.unlogged, 1) {
+				t.Errorf("keys of unlogged losses = %v, want %d", lost, min(tc.unlogged, 1))
 			}
 			if inv.UnloggedLosses != tc.unlogged || inv.LossesOverwritten != tc.overwritten || inv.LossesLogged != tc.logged {
 				t.Fatalf("unlogged/overwritten/logged = %d/%d/%d, want %d/%d/%d", inv.UnloggedLosses, inv.LossesOverwritten, inv.LossesLogged,
