@@ -43,10 +43,10 @@ type Invariants struct {
 	LossesLogged      int `json:"losses_logged"`
 	// Examples explains the first violations found.
 	Examples []string `json:"examples,omitempty"`
-	// Diagnosis shows, for the keys of the first unlogged losses, what
-	// each node holds of the key once quiet (the row and its last writer,
-	// the tombstone) and what its peer_seen says the peers had applied:
-	// what decided whether a node logged the loss.
+	// Diagnosis shows, for the keys of the first unlogged losses, every
+	// write of the key and conflict log row about it, what each node holds
+	// of the key once quiet (the row and its last writer, the tombstone)
+	// and what its peer_seen says the peers had applied.
 	Diagnosis []string `json:"diagnosis,omitempty"`
 }
 
@@ -129,6 +129,7 @@ func check(ctx context.Context, cfg *config.Config, writes []Write) (*Invariants
 	if err != nil {
 		return nil, nil, err
 	}
+	inv.Diagnosis = history(lost, writes, log)
 	for _, n := range cfg.Nodes {
 		if err := inv.diagnose(ctx, n, lost); err != nil {
 			return nil, nil, err
@@ -385,6 +386,34 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 	return lost, nil
 }
 
+// history describes every recorded write of the account keys, in commit
+// order, and every conflict log row of them.
+func history(keys []int64, writes []Write, log []conflict.Entry) []string {
+	var out []string
+	for _, k := range keys {
+		var ws []Write
+		for _, w := range writes {
+			if w.Table == accounts && w.Key == k {
+				ws = append(ws, w)
+			}
+		}
+		slices.SortStableFunc(ws, func(a, b Write) int { return a.At.Compare(b.At) })
+		for _, w := range ws {
+			out = append(out, fmt.Sprintf("eval.accounts id %d: %s by %s (seq %d) %q at %s, replacing the version of %s",
+				k, w.Op, w.Node, w.Seq, w.Value, stamp(w.At), stampp(w.PrevAt, "nothing")))
+		}
+		for _, e := range log {
+			var key struct{ ID int64 }
+			if e.Table != evalSchema+"."+accounts || json.Unmarshal(e.Key, &key) != nil || key.ID != k {
+				continue
+			}
+			out = append(out, fmt.Sprintf("eval.accounts id %d: conflict on %s: %s %s, local %s at %s, remote %s at %s",
+				k, e.Node, e.Kind, e.Resolution, deref(e.LocalOrigin), stampp(e.LocalCommitTime, "an unknown time"), deref(e.RemoteOrigin), stampp(e.RemoteCommitTime, "an unknown time")))
+		}
+	}
+	return out
+}
+
 // diagnose adds to Diagnosis what node n holds of each account key: the
 // row and who last wrote it when, the tombstone, and its peer_seen.
 func (inv *Invariants) diagnose(ctx context.Context, n config.Node, keys []int64) error {
@@ -429,10 +458,10 @@ SELECT (SELECT a.val FROM eval.accounts a WHERE a.id = $1),
 		}
 		row, tomb := "no row", "no tombstone"
 		if val != nil {
-			row = fmt.Sprintf("row %q written by %s at %s", *val, deref(rowNode), stampp(rowAt))
+			row = fmt.Sprintf("row %q written by %s at %s", *val, deref(rowNode), stampp(rowAt, "an unknown time"))
 		}
 		if tombNode != nil || tombAt != nil {
-			tomb = fmt.Sprintf("tombstone of %s at %s", deref(tombNode), stampp(tombAt))
+			tomb = fmt.Sprintf("tombstone of %s at %s", deref(tombNode), stampp(tombAt, "an unknown time"))
 		}
 		inv.Diagnosis = append(inv.Diagnosis, fmt.Sprintf("eval.accounts id %d on %s: %s; %s; peer_seen: %s",
 			k, n.Name, row, tomb, strings.Join(seen, ", ")))
@@ -440,9 +469,10 @@ SELECT (SELECT a.val FROM eval.accounts a WHERE a.id = $1),
 	return nil
 }
 
-func stampp(t *time.Time) string {
+// stampp is stamp of *t, or none when t is nil.
+func stampp(t *time.Time, none string) string {
 	if t == nil {
-		return "unknown time"
+		return none
 	}
 	return stamp(*t)
 }

@@ -2,6 +2,7 @@ package eval
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -168,5 +169,23 @@ func TestPercentiles(t *testing.T) {
 	}
 	if got := percentiles(nil); got != (Percentiles{}) {
 		t.Fatalf("percentiles of nothing = %+v", got)
+	}
+}
+
+// The diagnosis of a lost key lists its writes in commit order and its
+// conflict log rows, and nothing of other keys.
+func TestHistory(t *testing.T) {
+	later := up("n2", 1, 1, "b", 2)
+	later.PrevAt = atp(1)
+	writes := []Write{later, up("n1", 1, 1, "a", 1), up("n3", 1, 2, "other", 3)}
+	log := []conflict.Entry{entry(conflict.KeepLocal, 1, atp(2), atp(1)), entry(conflict.KeepLocal, 2, atp(2), atp(3))}
+	got := history([]int64{1}, writes, log)
+	want := []string{
+		`eval.accounts id 1: upsert by n1 (seq 1) "a" at 00:00:00.001000, replacing the version of nothing`,
+		`eval.accounts id 1: upsert by n2 (seq 1) "b" at 00:00:00.002000, replacing the version of 00:00:00.001000`,
+		`eval.accounts id 1: conflict on n1: update_origin_differs keep_local, local NULL at 00:00:00.002000, remote NULL at 00:00:00.001000`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("history:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
