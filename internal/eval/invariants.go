@@ -32,8 +32,9 @@ type Invariants struct {
 	// UnloggedLosses counts account writes (upserts and deletes) that are
 	// neither in the final state, nor overwritten in the normal course (by
 	// a later write made on a node that had that write: its PrevAt), nor a
-	// losing image in any node's pgmesh.conflict_log. (A missing event
-	// shows in LWWViolations, a missing increment in LostIncrements.)
+	// losing image in any node's pgmesh.conflict_log, nor the delete of a
+	// version that another, accounted-for delete deleted too. (A missing
+	// event shows in LWWViolations, a missing increment in LostIncrements.)
 	UnloggedLosses int `json:"unlogged_losses"`
 	// Conflicts counts pgmesh.conflict_log rows of all nodes by kind.
 	Conflicts map[string]int `json:"conflicts"`
@@ -41,6 +42,9 @@ type Invariants struct {
 	// the final state, by how they are accounted for.
 	LossesOverwritten int `json:"losses_overwritten"`
 	LossesLogged      int `json:"losses_logged"`
+	// LossesRepeatedDeletes counts deletes of a version that another
+	// node's accounted-for delete deleted too: the same state either way.
+	LossesRepeatedDeletes int `json:"losses_repeated_deletes"`
 	// Examples explains the first violations found.
 	Examples []string `json:"examples,omitempty"`
 	// Diagnosis shows, for the keys of the first unlogged losses, every
@@ -130,8 +134,14 @@ func check(ctx context.Context, cfg *config.Config, writes []Write) (*Invariants
 		return nil, nil, err
 	}
 	inv.Diagnosis = history(lost, writes, log)
+	var keys []int64
+	for _, w := range lost {
+		if !slices.Contains(keys, w.Key) {
+			keys = append(keys, w.Key)
+		}
+	}
 	for _, n := range cfg.Nodes {
-		if err := inv.diagnose(ctx, n, lost); err != nil {
+		if err := inv.diagnose(ctx, n, keys); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -331,8 +341,8 @@ type logKey struct {
 }
 
 // checkLosses counts the writes lost and how each is accounted for; it
-// returns the keys of the first unlogged losses.
-func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflict.Entry) ([]int64, error) {
+// returns the first unlogged losses.
+func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflict.Entry) ([]Write, error) {
 	win := winners(nodes, writes)
 	logged := map[logKey]bool{}
 	for _, e := range log {
@@ -358,57 +368,89 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 			overwritten[logKey{w.Key, w.PrevAt.UnixMicro()}] = true
 		}
 	}
-	var lost []int64
+	// Deletes of a version whose delete is accounted for (by key and the
+	// deleted version's time): another node's delete of the same version
+	// left the same state, so nothing of this one is lost. (The later
+	// writes replaced whichever tombstone was newest; a node that met both
+	// logs the second as delete_missing with the first as local image.)
+	accountedDelete := map[logKey]bool{}
+	unaccounted := []*Write{}
 	for i := range writes {
 		w := &writes[i]
-		if w.Table != accounts || win[rowKey{w.Table, w.Key}] == w {
+		if w.Table != accounts {
 			continue
 		}
 		lk := logKey{w.Key, w.At.UnixMicro()}
+		ok := win[rowKey{w.Table, w.Key}] == w || overwritten[lk] || logged[lk]
 		switch {
+		case win[rowKey{w.Table, w.Key}] == w:
 		case overwritten[lk]:
 			inv.LossesOverwritten++
 		case logged[lk]:
 			inv.LossesLogged++
 		default:
-			inv.UnloggedLosses++
-			if len(lost) < maxExamples && !slices.Contains(lost, w.Key) {
-				lost = append(lost, w.Key)
-			}
-			doubt := ""
-			if w.inDoubt {
-				doubt = " (its COMMIT got no answer; the server says it committed)"
-			}
-			inv.example(fmt.Sprintf("unlogged loss: %s of eval.accounts id %d (value %q) on %s at %s%s is not in the final state, was not overwritten by a write that had seen it, and is in no conflict log",
-				w.Op, w.Key, w.Value, w.Node, stamp(w.At), doubt))
+			unaccounted = append(unaccounted, w)
 		}
+		if ok && w.Op == OpDelete && w.PrevAt != nil {
+			accountedDelete[logKey{w.Key, w.PrevAt.UnixMicro()}] = true
+		}
+	}
+	var lost []Write
+	for _, w := range unaccounted {
+		if w.Op == OpDelete && w.PrevAt != nil && accountedDelete[logKey{w.Key, w.PrevAt.UnixMicro()}] {
+			inv.LossesRepeatedDeletes++
+			continue
+		}
+		inv.UnloggedLosses++
+		if len(lost) < maxExamples {
+			lost = append(lost, *w)
+		}
+		doubt := ""
+		if w.inDoubt {
+			doubt = " (its COMMIT got no answer; the server says it committed)"
+		}
+		inv.example(fmt.Sprintf("unlogged loss: %s of eval.accounts id %d (value %q) on %s at %s%s is not in the final state, was not overwritten by a write that had seen it, and is in no conflict log",
+			w.Op, w.Key, w.Value, w.Node, stamp(w.At), doubt))
 	}
 	return lost, nil
 }
 
-// history describes every recorded write of the account keys, in commit
-// order, and every conflict log row of them.
-func history(keys []int64, writes []Write, log []conflict.Entry) []string {
+// historyWindow is how far past a lost write its history goes.
+const historyWindow = time.Second
+
+// history describes, around each lost write (from the version it replaced
+// to historyWindow after it), the recorded writes of its key in commit
+// order and the conflict log rows about them.
+func history(lost []Write, writes []Write, log []conflict.Entry) []string {
 	var out []string
-	for _, k := range keys {
+	for _, l := range lost {
+		from, to := l.At.Add(-historyWindow), l.At.Add(historyWindow)
+		if l.PrevAt != nil && l.PrevAt.Before(l.At) {
+			from = *l.PrevAt
+		}
+		in := func(t *time.Time) bool { return t != nil && !t.Before(from) && !t.After(to) }
+		out = append(out, fmt.Sprintf("eval.accounts id %d, from %s to %s, around the %s by %s at %s:",
+			l.Key, stamp(from), stamp(to), l.Op, l.Node, stamp(l.At)))
 		var ws []Write
 		for _, w := range writes {
-			if w.Table == accounts && w.Key == k {
+			if w.Table == accounts && w.Key == l.Key && in(&w.At) {
 				ws = append(ws, w)
 			}
 		}
 		slices.SortStableFunc(ws, func(a, b Write) int { return a.At.Compare(b.At) })
 		for _, w := range ws {
-			out = append(out, fmt.Sprintf("eval.accounts id %d: %s by %s (seq %d) %q at %s, replacing the version of %s",
-				k, w.Op, w.Node, w.Seq, w.Value, stamp(w.At), stampp(w.PrevAt, "nothing")))
+			out = append(out, fmt.Sprintf("  %s by %s (seq %d) %q at %s, replacing the version of %s",
+				w.Op, w.Node, w.Seq, w.Value, stamp(w.At), stampp(w.PrevAt, "nothing")))
 		}
 		for _, e := range log {
 			var key struct{ ID int64 }
-			if e.Table != evalSchema+"."+accounts || json.Unmarshal(e.Key, &key) != nil || key.ID != k {
+			if e.Table != evalSchema+"."+accounts || json.Unmarshal(e.Key, &key) != nil || key.ID != l.Key ||
+				!(in(e.LocalCommitTime) || in(e.RemoteCommitTime)) {
 				continue
 			}
-			out = append(out, fmt.Sprintf("eval.accounts id %d: conflict on %s: %s %s, local %s at %s, remote %s at %s",
-				k, e.Node, e.Kind, e.Resolution, deref(e.LocalOrigin), stampp(e.LocalCommitTime, "an unknown time"), deref(e.RemoteOrigin), stampp(e.RemoteCommitTime, "an unknown time")))
+			out = append(out, fmt.Sprintf("  conflict on %s: %s %s, local %s at %s, remote %s at %s",
+				e.Node, e.Kind, e.Resolution, deref(e.LocalOrigin), stampp(e.LocalCommitTime, "an unknown time"),
+				deref(e.RemoteOrigin), stampp(e.RemoteCommitTime, "an unknown time")))
 		}
 	}
 	return out
