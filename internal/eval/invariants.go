@@ -32,9 +32,9 @@ type Invariants struct {
 	// UnloggedLosses counts account writes (upserts and deletes) that are
 	// neither in the final state, nor overwritten in the normal course (by
 	// a later write made on a node that had that write: its PrevAt), nor a
-	// losing image in any node's pgmesh.conflict_log, nor the delete of a
-	// version that another, accounted-for delete deleted too. (A missing
-	// event shows in LWWViolations, a missing increment in LostIncrements.)
+	// losing image in any node's pgmesh.conflict_log (a delete_missing row
+	// names both deletes). (A missing event shows in LWWViolations, a
+	// missing increment in LostIncrements.)
 	UnloggedLosses int `json:"unlogged_losses"`
 	// Conflicts counts pgmesh.conflict_log rows of all nodes by kind.
 	Conflicts map[string]int `json:"conflicts"`
@@ -42,9 +42,6 @@ type Invariants struct {
 	// the final state, by how they are accounted for.
 	LossesOverwritten int `json:"losses_overwritten"`
 	LossesLogged      int `json:"losses_logged"`
-	// LossesRepeatedDeletes counts deletes of a version that another
-	// node's accounted-for delete deleted too: the same state either way.
-	LossesRepeatedDeletes int `json:"losses_repeated_deletes"`
 	// Examples explains the first violations found.
 	Examples []string `json:"examples,omitempty"`
 	// Diagnosis shows, for the keys of the first unlogged losses, every
@@ -354,12 +351,22 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 			return nil, fmt.Errorf("conflict log of %s: key %s: %w", e.Node, e.Key, err)
 		}
 		// apply_remote: the local image lost; otherwise the remote one did.
-		at := e.RemoteCommitTime
-		if e.Resolution == conflict.ApplyRemote {
-			at = e.LocalCommitTime
+		// A delete that met the tombstone of another delete (delete_missing)
+		// names both: the later one's tombstone replaced the other's, and
+		// the writes that followed name only that one, though either left
+		// the same state.
+		mark := func(at *time.Time) {
+			if at != nil {
+				logged[logKey{k.ID, at.UnixMicro()}] = true
+			}
 		}
-		if at != nil {
-			logged[logKey{k.ID, at.UnixMicro()}] = true
+		if e.Resolution == conflict.ApplyRemote {
+			mark(e.LocalCommitTime)
+		} else {
+			mark(e.RemoteCommitTime)
+		}
+		if e.Kind == conflict.DeleteMissing {
+			mark(e.LocalCommitTime)
 		}
 	}
 	overwritten := map[logKey]bool{}
@@ -368,37 +375,19 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 			overwritten[logKey{w.Key, w.PrevAt.UnixMicro()}] = true
 		}
 	}
-	// Deletes of a version whose delete is accounted for (by key and the
-	// deleted version's time): another node's delete of the same version
-	// left the same state, so nothing of this one is lost. (The later
-	// writes replaced whichever tombstone was newest; a node that met both
-	// logs the second as delete_missing with the first as local image.)
-	accountedDelete := map[logKey]bool{}
-	unaccounted := []*Write{}
+	var lost []Write
 	for i := range writes {
 		w := &writes[i]
-		if w.Table != accounts {
+		if w.Table != accounts || win[rowKey{w.Table, w.Key}] == w {
 			continue
 		}
 		lk := logKey{w.Key, w.At.UnixMicro()}
-		ok := win[rowKey{w.Table, w.Key}] == w || overwritten[lk] || logged[lk]
 		switch {
-		case win[rowKey{w.Table, w.Key}] == w:
 		case overwritten[lk]:
 			inv.LossesOverwritten++
+			continue
 		case logged[lk]:
 			inv.LossesLogged++
-		default:
-			unaccounted = append(unaccounted, w)
-		}
-		if ok && w.Op == OpDelete && w.PrevAt != nil {
-			accountedDelete[logKey{w.Key, w.PrevAt.UnixMicro()}] = true
-		}
-	}
-	var lost []Write
-	for _, w := range unaccounted {
-		if w.Op == OpDelete && w.PrevAt != nil && accountedDelete[logKey{w.Key, w.PrevAt.UnixMicro()}] {
-			inv.LossesRepeatedDeletes++
 			continue
 		}
 		inv.UnloggedLosses++
@@ -415,17 +404,17 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 	return lost, nil
 }
 
-// historyWindow is how far past a lost write its history goes.
+// historyWindow is how far before and after a lost write its history goes.
 const historyWindow = time.Second
 
-// history describes, around each lost write (from the version it replaced
-// to historyWindow after it), the recorded writes of its key in commit
-// order and the conflict log rows about them.
+// history describes, around each lost write (historyWindow either side,
+// and from the version it replaced), the recorded writes of its key in
+// commit order and the conflict log rows about them.
 func history(lost []Write, writes []Write, log []conflict.Entry) []string {
 	var out []string
 	for _, l := range lost {
 		from, to := l.At.Add(-historyWindow), l.At.Add(historyWindow)
-		if l.PrevAt != nil && l.PrevAt.Before(l.At) {
+		if l.PrevAt != nil && l.PrevAt.Before(from) {
 			from = *l.PrevAt
 		}
 		in := func(t *time.Time) bool { return t != nil && !t.Before(from) && !t.After(to) }
