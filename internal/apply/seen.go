@@ -49,10 +49,16 @@ import (
 // a key that a remote update or delete found missing holds no row lock, so
 // a local insert of it may commit after the claim without having seen the
 // change (the peers then take the insert as later, which it is in commit
-// order); and commit timestamps are taken before the commit record is inserted,
-// so they are not strictly monotone in commit order: two transactions of U
-// committing within microseconds of each other may be seen out of order,
-// which peer_seen cannot tell apart.
+// order, and keep it as this node does, but the loss of a delete that the
+// insert did not see may be logged nowhere); and commit timestamps are
+// taken before the commit record is inserted, so they are not strictly
+// monotone in commit order: two transactions of U committing within
+// microseconds of each other may be seen out of order, which peer_seen
+// cannot tell apart (a local write between the two may be taken for one
+// that had seen both). The same missing key written by another link's
+// apply transaction is no such gap: a remote insert and a remote delete of
+// a key absent here are ordered by the key's gate (sql/0010_key_gates.sql),
+// so the second sees the first's row or tombstone.
 //
 // The claim is recorded in the downstream's own pgmesh.peer_seen too (peer
 // = itself), which the conflict statements use to tell an update or delete

@@ -155,25 +155,32 @@ type verdict struct{ kind, resolution string }
 func (f *fixture) apply(node string, ts time.Time, sql string, values ...*string) (verdict, error) {
 	var v verdict
 	err := f.session(node, ts, func(ctx context.Context, conn *pgx.Conn) error {
-		params := [][]byte{[]byte(ts.Format(time.RFC3339Nano)), []byte(node), []byte("0/" + fmt.Sprintf("%X", f.lsn.Load()))}
-		for _, val := range values {
-			if val == nil {
-				params = append(params, nil)
-			} else {
-				params = append(params, []byte(*val))
-			}
-		}
-		res := conn.PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
-		if res.Err != nil {
-			return res.Err
-		}
-		if len(res.Rows) != 1 {
-			return fmt.Errorf("statement returned %d rows, want 1", len(res.Rows))
-		}
-		v = verdict{string(res.Rows[0][0]), string(res.Rows[0][1])}
-		return nil
+		var err error
+		v, err = f.exec1(ctx, conn, sql, ts, node, values...)
+		return err
 	})
 	return v, err
+}
+
+// exec1 runs an apply statement of node committed at ts on conn, inside
+// the transaction f.session opened, and returns its verdict.
+func (f *fixture) exec1(ctx context.Context, conn *pgx.Conn, sql string, ts time.Time, node string, values ...*string) (verdict, error) {
+	params := [][]byte{[]byte(ts.Format(time.RFC3339Nano)), []byte(node), []byte("0/" + fmt.Sprintf("%X", f.lsn.Load()))}
+	for _, val := range values {
+		if val == nil {
+			params = append(params, nil)
+		} else {
+			params = append(params, []byte(*val))
+		}
+	}
+	res := conn.PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
+	if res.Err != nil {
+		return verdict{}, res.Err
+	}
+	if len(res.Rows) != 1 {
+		return verdict{}, fmt.Errorf("statement returned %d rows, want 1", len(res.Rows))
+	}
+	return verdict{string(res.Rows[0][0]), string(res.Rows[0][1])}, nil
 }
 
 func (f *fixture) mustApply(node string, ts time.Time, sql string, values ...*string) verdict {

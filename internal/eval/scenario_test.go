@@ -45,8 +45,9 @@ func runScenario(t *testing.T, name string, d time.Duration) (*Result, *sandboxt
 	return res, env
 }
 
-// logHistory prints, for the keys of the failures, every recorded write
-// and every conflict log row, to tell a harness bug from a pgmesh one.
+// logHistory prints, for the keys of the failures, every recorded write,
+// every conflict log row and what each node holds of the key (the
+// report's diagnosis), to tell a harness bug from a pgmesh one.
 func logHistory(t *testing.T, res *Result) {
 	keys := map[int64]bool{}
 	for _, ex := range res.Report.Examples {
@@ -83,6 +84,9 @@ func logHistory(t *testing.T, res *Result) {
 		}
 		t.Logf("conflict on %s id %d: %s %s local %s@%s %s remote %s@%s %s", e.Node, k.ID, e.Kind, e.Resolution,
 			deref(e.LocalOrigin), ts(e.LocalCommitTime), e.LocalRow, deref(e.RemoteOrigin), ts(e.RemoteCommitTime), e.RemoteRow)
+	}
+	for _, d := range res.Report.Diagnosis {
+		t.Log(d)
 	}
 }
 

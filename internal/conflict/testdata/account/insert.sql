@@ -2,8 +2,7 @@ WITH written AS (
  INSERT INTO "public"."account" ("id", "tenant", "login", "email")
  SELECT $4::text::uuid, $5::text::integer, $6::text, $7::text
   WHERE NOT EXISTS (SELECT FROM "public"."account" pgmesh_t WHERE pgmesh_t."id" = $4::text::uuid)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.account' AND z.key = (SELECT to_jsonb(x) FROM (SELECT $4::text::uuid AS "id") x) AND z.node IS DISTINCT FROM $2::text)
+    AND pgmesh.insert_clear('public.account', (SELECT to_jsonb(x) FROM (SELECT $4::text::uuid AS "id") x), $2::text)
     AND NOT EXISTS (SELECT FROM "public"."account" pgmesh_u WHERE pgmesh_u."email" = $7::text AND NOT (pgmesh_u."id" = $4::text::uuid))
     AND NOT EXISTS (SELECT FROM "public"."account" pgmesh_u WHERE pgmesh_u."tenant" = $5::text::integer AND pgmesh_u."login" = $6::text AND NOT (pgmesh_u."id" = $4::text::uuid))
  ON CONFLICT ("id") DO NOTHING

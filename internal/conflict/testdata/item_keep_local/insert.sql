@@ -2,8 +2,7 @@ WITH written AS (
  INSERT INTO "public"."item" ("id", "email", "name", "qty")
  SELECT $4::text::integer, $5::text, $6::text, $7::text::integer
   WHERE NOT EXISTS (SELECT FROM "public"."item" pgmesh_t WHERE pgmesh_t."id" = $4::text::integer)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.item' AND z.key = (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x) AND z.node IS DISTINCT FROM $2::text)
+    AND pgmesh.insert_clear('public.item', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x), $2::text)
     AND NOT EXISTS (SELECT FROM "public"."item" pgmesh_u WHERE pgmesh_u."email" = $5::text AND NOT (pgmesh_u."id" = $4::text::integer))
  ON CONFLICT ("id") DO NOTHING
  RETURNING 1)

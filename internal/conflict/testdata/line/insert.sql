@@ -2,8 +2,7 @@ WITH written AS (
  INSERT INTO "public"."line" ("order_id", "line_no", "sku", "amount")
  SELECT $4::text::bigint, $5::text::integer, $6::text, $7::text::numeric(12,2)
   WHERE NOT EXISTS (SELECT FROM "public"."line" pgmesh_t WHERE pgmesh_t."order_id" = $4::text::bigint AND pgmesh_t."line_no" = $5::text::integer)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.line' AND z.key = (SELECT to_jsonb(x) FROM (SELECT $4::text::bigint AS "order_id", $5::text::integer AS "line_no") x) AND z.node IS DISTINCT FROM $2::text)
+    AND pgmesh.insert_clear('public.line', (SELECT to_jsonb(x) FROM (SELECT $4::text::bigint AS "order_id", $5::text::integer AS "line_no") x), $2::text)
  ON CONFLICT ("order_id", "line_no") DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution

@@ -2,8 +2,7 @@ WITH written AS (
  INSERT INTO "public"."it's ""odd""" ("Id", "na""me")
  SELECT $4::text::integer, $5::text
   WHERE NOT EXISTS (SELECT FROM "public"."it's ""odd""" pgmesh_t WHERE pgmesh_t."Id" = $4::text::integer)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.it''s "odd"' AND z.key = (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "Id") x) AND z.node IS DISTINCT FROM $2::text)
+    AND pgmesh.insert_clear('public.it''s "odd"', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "Id") x), $2::text)
  ON CONFLICT ("Id") DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution

@@ -2,8 +2,7 @@ WITH written AS (
  INSERT INTO "public"."stock" ("id", "name", "qty", "price")
  SELECT $4::text::integer, $5::text, $6::text::integer, $7::text::numeric
   WHERE NOT EXISTS (SELECT FROM "public"."stock" pgmesh_t WHERE pgmesh_t."id" = $4::text::integer)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.stock' AND z.key = (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x) AND z.node IS DISTINCT FROM $2::text)
+    AND pgmesh.insert_clear('public.stock', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x), $2::text)
  ON CONFLICT ("id") DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution

@@ -2,8 +2,7 @@ WITH written AS (
  INSERT INTO "public"."tag" ("name")
  SELECT $4::text
   WHERE NOT EXISTS (SELECT FROM "public"."tag" pgmesh_t WHERE pgmesh_t."name" = $4::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.tag' AND z.key = (SELECT to_jsonb(x) FROM (SELECT $4::text AS "name") x) AND z.node IS DISTINCT FROM $2::text)
+    AND pgmesh.insert_clear('public.tag', (SELECT to_jsonb(x) FROM (SELECT $4::text AS "name") x), $2::text)
  ON CONFLICT ("name") DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
