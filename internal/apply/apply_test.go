@@ -115,25 +115,35 @@ func TestApplyUnchangedToast(t *testing.T) {
 	}
 }
 
+// A remote TRUNCATE removes the rows older than itself from the tables it
+// names, and nothing else: not the rows written here after it, not the
+// rows of a table that references them (no cascade on a peer: that table
+// may be this node's own), and it restarts no sequence.
 func TestApplyTruncate(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.exec(t, `CREATE TABLE p (id serial PRIMARY KEY)`)
 	e.exec(t, `CREATE TABLE c (id int PRIMARY KEY, pid int REFERENCES p)`)
 	e.exec(t, `CREATE TABLE other (id int PRIMARY KEY)`)
-	e.exec(t, `INSERT INTO p SELECT FROM generate_series(1, 3)`)
-	e.exec(t, `INSERT INTO c VALUES (1, 1)`)
-	e.exec(t, `INSERT INTO other VALUES (1)`)
 	a := e.applier(t, Options{})
 	r := newRemote()
 	pr, or := rel(4, "p", 'd', "*id"), rel(5, "other", 'd', "*id")
+	r.apply(t, a, ins(pr, "1"), ins(pr, "2"), ins(or, "1"))
+	// Written here after the remote truncate's commit time (the remote
+	// clock of newRemote is in the past).
+	e.exec(t, `SELECT nextval('p_id_seq') FROM generate_series(1, 3)`)
+	e.exec(t, `INSERT INTO c VALUES (1, 1)`)
+	e.exec(t, `INSERT INTO other VALUES (2)`)
 	r.apply(t, a, &stream.Change{Op: stream.Truncate, TruncateRels: []*stream.Relation{pr, or}, Cascade: true, RestartIdentity: true})
-	got := e.rows(t, "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM c), (SELECT count(*) FROM other), nextval('p_id_seq')")
-	if want := []string{"0|0|0|1"}; !slices.Equal(got, want) {
-		t.Fatalf("counts p, c, other, next id: %q, want %q", got, want)
+	got := e.rows(t, "SELECT (SELECT count(*) FROM p), (SELECT string_agg(id::text, ',') FROM c), (SELECT string_agg(id::text, ',') FROM other), nextval('p_id_seq')")
+	if want := []string{"0|1|2|4"}; !slices.Equal(got, want) {
+		t.Fatalf("rows of p, ids of c and other, next id: %q, want %q", got, want)
 	}
-	if st := a.Stats(); st.Changes != 1 {
-		t.Errorf("changes = %d, want 1", st.Changes)
+	if got := e.rows(t, "SELECT table_name || ' ' || key::text FROM pgmesh.tombstone ORDER BY 1"); !slices.Equal(got, []string{"public.other {}", "public.p {}"}) {
+		t.Errorf("tombstones %q, want the two tables'", got)
+	}
+	if st := a.Stats(); st.Changes != 4 {
+		t.Errorf("changes = %d, want 4", st.Changes)
 	}
 }
 
@@ -327,21 +337,21 @@ func TestApplyConflictsGoOn(t *testing.T) {
 		upd(tr, nil, "7", "x"),            // update_missing: inserted
 		del(tr, "8", "∅"),                 // delete_missing
 		ins(tr, "2", "new"),               // and the transaction goes on
-		upd(tr, tup("9", "∅"), "10", "y"), // key change of a missing row: inserted
+		upd(tr, tup("9", "∅"), "10", "y"), // key change of a missing row: a delete_missing, and the insert
 	)
 	want := []string{"1|local", "2|new", "7|x", "10|y"}
 	if got := e.rows(t, "SELECT id, v FROM t ORDER BY id"); !slices.Equal(got, want) {
 		t.Errorf("rows %q, want %q", got, want)
 	}
 	st := a.Stats()
-	wantC := map[string]uint64{conflict.InsertExists: 1, conflict.UpdateMissing: 2, conflict.DeleteMissing: 1}
+	wantC := map[string]uint64{conflict.InsertExists: 1, conflict.UpdateMissing: 1, conflict.DeleteMissing: 2}
 	if !maps.Equal(st.Conflicts, wantC) {
 		t.Errorf("conflicts %v, want %v", st.Conflicts, wantC)
 	}
 	wantBy := map[ConflictKey]uint64{
 		{"public.t", conflict.InsertExists, conflict.KeepLocal}:    1,
-		{"public.t", conflict.UpdateMissing, conflict.ApplyRemote}: 2,
-		{"public.t", conflict.DeleteMissing, conflict.Skip}:        1,
+		{"public.t", conflict.UpdateMissing, conflict.ApplyRemote}: 1,
+		{"public.t", conflict.DeleteMissing, conflict.Skip}:        2,
 	}
 	if !maps.Equal(st.ConflictsBy, wantBy) {
 		t.Errorf("conflicts by table, kind and resolution %v, want %v", st.ConflictsBy, wantBy)
@@ -353,7 +363,7 @@ func TestApplyConflictsGoOn(t *testing.T) {
 		`insert_exists|keep_local|{"id": 1}|` + e.origin,
 		`update_missing|apply_remote|{"id": 7}|` + e.origin,
 		`delete_missing|skip|{"id": 8}|` + e.origin,
-		`update_missing|apply_remote|{"id": 9}|` + e.origin,
+		`delete_missing|skip|{"id": 9}|` + e.origin,
 	}
 	if got := e.rows(t, "SELECT kind, resolution, key::text, remote_origin FROM pgmesh.conflict_log ORDER BY id"); !slices.Equal(got, wantLog) {
 		t.Errorf("conflict_log %q, want %q", got, wantLog)
@@ -362,7 +372,7 @@ func TestApplyConflictsGoOn(t *testing.T) {
 		`kind=insert_exists resolution=keep_local table=public.t key="id=1"`,
 		`kind=update_missing resolution=apply_remote table=public.t key="id=7"`,
 		`kind=delete_missing resolution=skip table=public.t key="id=8"`,
-		`kind=update_missing resolution=apply_remote table=public.t key="id=9"`,
+		`kind=delete_missing resolution=skip table=public.t key="id=9"`,
 	} {
 		if !strings.Contains(log.String(), w) {
 			t.Errorf("log lacks %s:\n%s", w, log.String())

@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -227,6 +228,33 @@ const (
 	shapeSkip  = 'u' // unchanged TOAST: left alone
 )
 
+// shapeMove replaces the operation byte of an UPDATE that moves its row to
+// another key: it is applied as a delete and an insert (conflict.MoveSQL).
+const shapeMove = 'M'
+
+// movesKey tells whether an UPDATE changed the row's key: the old key came
+// with it (it does when the key changed, and always under REPLICA IDENTITY
+// FULL) and differs from the new one. The text of a value is what the
+// upstream's type prints, so equal text is the same key.
+func (ri *relInfo) movesKey(c *stream.Change) bool {
+	if len(ri.table.Key) == 0 || c.Old == nil {
+		return false
+	}
+	moved := false
+	for _, k := range ri.identCols {
+		o, n := c.Old[k], c.New[k]
+		if n.Kind == stream.Unchanged {
+			// A key column must come with a new row that moves; an
+			// unchanged one (TOAST) did not move.
+			return false
+		}
+		if o.Kind != n.Kind || !bytes.Equal(o.Data, n.Data) {
+			moved = true
+		}
+	}
+	return moved
+}
+
 // buildShape fills a.shape (the statement cache key) and a.params (the
 // values, in statement parameter order, see conflict.InsertSQL) for a
 // change.
@@ -255,6 +283,10 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 		if err := a.identity(ri, c, updateKeyTuple(c)); err != nil {
 			return err
 		}
+		move := ri.movesKey(c)
+		if move {
+			a.shape[0] = shapeMove
+		}
 		for i, v := range c.New {
 			if ri.skip[i] {
 				continue
@@ -267,6 +299,10 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 			a.params = append(a.params, value(v))
 		}
 		for _, d := range ri.delta {
+			if move {
+				// A move inserts the new row: nothing to merge.
+				break
+			}
 			if c.New[d].Kind == stream.Unchanged {
 				continue
 			}
@@ -338,20 +374,23 @@ func updateKeyTuple(c *stream.Change) stream.Tuple {
 func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
 	st := &stmt{name: "pgmesh_s" + strconv.Itoa(len(a.stmts)+1)}
 	var sql string
-	switch c.Op {
-	case stream.Insert:
+	var set []string
+	for i, s := range a.shape[1:] {
+		if s == shapeValue {
+			set = append(set, ri.table.Columns[i])
+		}
+	}
+	switch {
+	case c.Op == stream.Insert:
 		st.what = "insert into"
 		sql = conflict.InsertSQL(ri.table)
-	case stream.Update:
+	case a.shape[0] == shapeMove:
+		st.what = "update moving the key of"
+		sql = conflict.MoveSQL(ri.table, set)
+	case c.Op == stream.Update:
 		st.what = "update"
-		var set []string
-		for i, s := range a.shape[1:] {
-			if s == shapeValue {
-				set = append(set, ri.table.Columns[i])
-			}
-		}
 		sql = conflict.UpdateSQL(ri.table, set)
-	case stream.Delete:
+	case c.Op == stream.Delete:
 		st.what = "delete from"
 		sql = conflict.DeleteSQL(ri.table)
 	}
@@ -365,31 +404,33 @@ func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
 	return st, true
 }
 
-// queueTruncate queues TRUNCATE of all relations of the change in one
-// statement, as the upstream ran it.
+// queueTruncate queues, for each relation of a remote TRUNCATE, the
+// statement that removes the rows older than it and records it
+// (conflict.TruncateSQL): a TRUNCATE in a mesh removes what was written
+// before it, on every node, and nothing written after it anywhere. It
+// never cascades: the upstream's message lists every replicated table it
+// emptied, cascaded ones included, and a table of this node that the
+// upstream did not replicate is this node's own. RESTART IDENTITY is not
+// replayed either: each node's sequences hand out ids of their own range,
+// and the rows newer than the truncate keep theirs.
 func (a *Applier) queueTruncate(ctx context.Context, c *stream.Change) error {
-	var idents, names []string
+	var ris []*relInfo
 	for _, r := range c.TruncateRels {
 		ri, err := a.relFor(ctx, r)
 		if err != nil {
 			return err
 		}
-		idents = append(idents, ri.ident)
-		names = append(names, ri.name)
+		ris = append(ris, ri)
 	}
-	if len(idents) == 0 {
+	if len(ris) == 0 {
 		return nil
 	}
-	sql := "TRUNCATE " + strings.Join(idents, ", ")
-	if c.RestartIdentity {
-		sql += " RESTART IDENTITY"
-	}
-	if c.Cascade {
-		sql += " CASCADE"
-	}
 	a.startTxn(ctx)
-	a.pipe.SendQueryParams(sql, nil, nil, nil, nil)
-	a.pending = append(a.pending, item{kind: itemTruncate, txn: a.txn, tables: strings.Join(names, ", ")})
+	t := a.txn
+	for _, ri := range ris {
+		a.pipe.SendQueryParams(conflict.TruncateSQL(ri.table), [][]byte{t.commitTime, []byte(a.o.Upstream), t.commitLSN}, nil, nil, nil)
+		a.pending = append(a.pending, item{kind: itemTruncate, txn: t, tables: ri.name})
+	}
 	return nil
 }
 

@@ -40,7 +40,14 @@ func TestApplyCases(t *testing.T) {
 		insert  = "insert"
 		update  = "update"
 		deleteO = "delete"
+		move    = "move"
 	)
+	// tombOfKey: node deleted row id.
+	tombOfKey := func(node string, id int) func(f *fixture, now time.Time) {
+		return func(f *fixture, now time.Time) {
+			f.exec(`INSERT INTO pgmesh.tombstone (table_name, key, deleted_at, node) VALUES ('public.item', jsonb_build_object('id', $1::int), $2, $3)`, id, now, node)
+		}
+	}
 	row := []any{1, "a", "R", 0}
 	updRow := []any{1, 1, "a", "R", 0} // old id, then the new row
 	cases := []struct {
@@ -86,6 +93,29 @@ func TestApplyCases(t *testing.T) {
 		{name: "update onto an existing key: unique_conflict", setup: fs(as("n1", -hour, insA), local("INSERT INTO item VALUES (7, 'b', 'L')")),
 			op: update, at: -2 * hour, args: []any{1, 7, "a", "R", 0},
 			want: verdict{UniqueConflict, KeepLocal}, rows: "1:a:A:0 7:b:L:0", log: []string{"unique_conflict/keep_local/n3/n1/L/R"}},
+		// UPDATE that moves the row to another key: a delete of the old
+		// key and an insert of the new row
+		{name: "move of an older row: tombstone of the old key", setup: fs(as("n1", -hour, insA)), op: move, args: []any{1, 7, "a", "R", 0},
+			rows: "7:a:R:0", tomb: `{"id": 1}@n1`},
+		{name: "move older than a local update of the old key: both halves lose", setup: fs(local(insL)), op: move, at: -hour, args: []any{1, 7, "a", "R", 0},
+			want: verdict{UniqueConflict, KeepLocal}, rows: "1:a:L:0",
+			log: []string{`delete_origin_differs/keep_local/n3/n1/L/{"id": 1}`, "unique_conflict/keep_local/n3/n1/L/R"}},
+		{name: "move newer than a local update of the old key", setup: fs(local(insL)), op: move, at: hour, args: []any{1, 7, "a", "R", 0},
+			want: verdict{DeleteOriginDiffers, ApplyRemote}, rows: "7:a:R:0", log: []string{`delete_origin_differs/apply_remote/n3/n1/L/{"id": 1}`},
+			tomb: `{"id": 1}@n1`},
+		{name: "move onto a key deleted later elsewhere: the insert half loses", setup: fs(as("n1", -2*hour, insA), tombOfKey("n2", 7)),
+			op: move, at: -hour, args: []any{1, 7, "a", "R", 0},
+			want: verdict{InsertDeleted, KeepLocal}, rows: "", log: []string{"insert_deleted/keep_local/n2/n1/-/R"}, tomb: `{"id": 1}@n1 {"id": 7}@n2`},
+		{name: "move onto a local row: insert_exists", setup: fs(as("n1", -2*hour, insA), local("INSERT INTO item VALUES (7, 'b', 'L')")),
+			op: move, at: -hour, args: []any{1, 7, "a", "R", 0},
+			want: verdict{InsertExists, KeepLocal}, rows: "7:b:L:0", log: []string{"insert_exists/keep_local/n3/n1/L/R"}, tomb: `{"id": 1}@n1`},
+		{name: "move with unchanged TOAST takes the values from the old row", setup: fs(as("n1", -hour, insA)),
+			op: move, set: []string{"id", "email", "qty"}, args: []any{1, 7, "a", 5}, rows: "7:a:A:5", tomb: `{"id": 1}@n1`},
+		{name: "move with unchanged TOAST of a missing row: logged", op: move, set: []string{"id", "email", "qty"}, args: []any{1, 7, "a", 5},
+			want: verdict{UpdateMissing, SkipIncomplete}, rows: "",
+			log: []string{`delete_missing/skip/-/n1/-/{"id": 1}`, `update_missing/skip_incomplete/-/n1/-/{"id": 7, "qty": 5, "email": "a"}`}, tomb: `{"id": 1}@n1`},
+		{name: "error: move with unchanged TOAST of a missing row stops the link", mod: policy(config.PolicyError),
+			op: move, set: []string{"id", "email", "qty"}, args: []any{1, 7, "a", 5}, wantErr: "conflict update_missing on table public.item key {\"id\": 7}"},
 		// DELETE
 		{name: "delete of own older row", setup: fs(as("n1", -hour, insA)), op: deleteO, args: []any{1}, rows: "", tomb: `{"id": 1}@n1`},
 		{name: "delete of older row of another origin", setup: fs(as("n2", -hour, insA)), op: deleteO, args: []any{1},
@@ -211,6 +241,12 @@ func TestApplyCases(t *testing.T) {
 				sql = UpdateSQL(tbl, set)
 			case deleteO:
 				sql = DeleteSQL(tbl)
+			case move:
+				set := tc.set
+				if set == nil {
+					set = tbl.Columns
+				}
+				sql = MoveSQL(tbl, set)
 			}
 			node := tc.node
 			if node == "" {

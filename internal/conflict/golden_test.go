@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -52,7 +53,7 @@ type goldenCase struct {
 
 var goldenCases = []goldenCase{
 	{name: "item", table: "item"},
-	{name: "item_unchanged_toast", table: "item", set: []string{"id", "email", "qty"}, shapes: []string{"update", "update_full"}},
+	{name: "item_unchanged_toast", table: "item", set: []string{"id", "email", "qty"}, shapes: []string{"update", "update_full", "move"}},
 	{name: "item_delete_wins", table: "item", mod: deleteWins},
 	{name: "item_first_update_wins", table: "item", mod: policy(config.FirstUpdateWins)},
 	{name: "item_keep_local", table: "item", mod: policy(config.KeepLocal)},
@@ -100,9 +101,14 @@ func TestGolden(t *testing.T) {
 			shapes[op] = elideFallback(t, statement(tbl, op, set), fallbacks[op])
 			shapes[op+"_full"] = full(tbl, op, set, direct)
 		}
+		if len(tbl.Key) > 0 && !slices.ContainsFunc(tbl.Key, func(k string) bool { return !slices.Contains(set, k) }) {
+			b := newBuilder(tbl, opMove, set, fast)
+			shapes[opMove] = elideFallback(t, elideFallback(t, MoveSQL(tbl, set), b.Removal), b.Addition)
+		}
+		shapes[opTruncate] = TruncateSQL(tbl)
 		want := gc.shapes
 		if want == nil {
-			for _, shape := range []string{"insert", "insert_full", "update", "update_full", "delete", "delete_full"} {
+			for _, shape := range []string{"insert", "insert_full", "update", "update_full", "delete", "delete_full", "move", "truncate"} {
 				if _, ok := shapes[shape]; ok {
 					want = append(want, shape)
 				}
@@ -118,8 +124,18 @@ func TestGolden(t *testing.T) {
 			checkGolden(t, path, sql)
 			checkTidy(t, path, sql)
 		}
-		for _, shape := range []string{"insert", "update", "delete"} {
-			sql := statement(tbl, shape, set)
+		for _, shape := range []string{"insert", "update", "delete", "move", "truncate"} {
+			var sql string
+			switch {
+			case shape == opMove && shapes[opMove] == "":
+				continue
+			case shape == opMove:
+				sql = MoveSQL(tbl, set)
+			case shape == opTruncate:
+				sql = TruncateSQL(tbl)
+			default:
+				sql = statement(tbl, shape, set)
+			}
 			if _, err := f.conn.PgConn().Prepare(ctx, "", sql, nil); err != nil {
 				t.Errorf("%s %s: prepare: %v\n%s", gc.name, shape, err, sql)
 			}

@@ -64,6 +64,23 @@ func UpdateSQL(t Table, set []string) string { return statement(t, opUpdate, set
 // DeleteSQL is the statement that applies a remote DELETE to t.
 func DeleteSQL(t Table) string { return statement(t, opDelete, nil) }
 
+// MoveSQL is the statement that applies a remote UPDATE that changed the
+// key of a row of t (which must have a key): for conflicts a delete of the
+// old key and an insert of the new row (templates/table.sql.tmpl says
+// why). Its parameters are UpdateSQL's but the old values of delta
+// columns, which it does not take; the new row must carry the key.
+func MoveSQL(t Table, set []string) string {
+	return newBuilder(t, opMove, set, fast).render(opMove)
+}
+
+// TruncateSQL is the statement that applies a remote TRUNCATE to t: it
+// removes the rows older than the truncate and records it
+// (templates/table.sql.tmpl). Its parameters are $1 to $3; it returns one
+// row (rows removed bigint, rows logged bigint).
+func TruncateSQL(t Table) string {
+	return newBuilder(t, opTruncate, nil, fast).render(opTruncate)
+}
+
 // statement is the fast statement of a change with the full one as its
 // fallback; for updates and deletes of a table without a key, the full
 // statement alone.

@@ -63,6 +63,9 @@ const (
 	DeleteOriginDiffers = "delete_origin_differs"
 	DeleteMissing       = "delete_missing"
 	UniqueConflict      = "unique_conflict"
+	// TruncateOriginDiffers: a remote TRUNCATE removed a row that the
+	// truncating node had not seen (written concurrently).
+	TruncateOriginDiffers = "truncate_origin_differs"
 )
 
 // Resolutions, as returned by the statements and stored in

@@ -558,7 +558,7 @@ func TestTombstoneTrigger(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := conflict.InstallTriggers(ctx, c, tables); err != nil {
+	if _, err := conflict.InstallTriggers(ctx, c, tables); err != nil {
 		t.Fatal(err)
 	}
 	initArgs, initXmin := triggerArgs(t, c, "public.a")
