@@ -165,3 +165,42 @@ BEGIN
     PERFORM set_config('pgmesh.in_ddl', prev, true);
 END
 $$;
+
+-- resolve_guarded is resolve_change (0005) for a change whose statement
+-- cannot check every unique index or exclusion constraint of its table
+-- before it writes (internal/conflict: one that reads a column the
+-- upstream does not send, whose new value only the column default knows).
+-- A violation of one of them is then caught here, on the rare path only
+-- (a subtransaction per call): the change is skipped and logged as a
+-- unique_conflict with both sides — the remote row, and as the local side
+-- the constraint and PostgreSQL's description of the existing key — so
+-- that the link goes on; under policy error (raises) it stops the link
+-- with the same description instead.
+CREATE FUNCTION pgmesh.resolve_guarded(name text, statement text, params text[],
+                                       p_table text, p_key jsonb, p_remote_row jsonb, raises boolean)
+RETURNS pgmesh.verdict
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    con    text;
+    detail text;
+BEGIN
+    BEGIN
+        RETURN pgmesh.resolve_change(name, statement, params);
+    EXCEPTION WHEN unique_violation OR exclusion_violation THEN
+        GET STACKED DIAGNOSTICS con = CONSTRAINT_NAME, detail = PG_EXCEPTION_DETAIL;
+    END;
+    IF raises THEN
+        RAISE EXCEPTION 'pgmesh: conflict unique_conflict on table % key % (constraint %: %) and the table''s conflict policy is error',
+            p_table, p_key, con, detail
+            USING ERRCODE = 'P0001',
+                  HINT = 'fix the row on this node (so that the remote change applies cleanly) or change the policy in pgmesh.yaml, then restart the link';
+    END IF;
+    INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, local_row, remote_row,
+                                     remote_commit_time, remote_origin, remote_lsn)
+    VALUES (p_table, 'unique_conflict', 'keep_local', p_key, jsonb_build_object('constraint', con, 'existing', detail), p_remote_row,
+            params[1]::timestamptz, params[2], params[3]::pg_lsn);
+    RETURN ROW('unique_conflict', 'keep_local')::pgmesh.verdict;
+END
+$$;

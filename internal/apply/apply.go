@@ -188,6 +188,7 @@ type txn struct {
 	end                   stream.Commit
 	started               bool // BEGIN queued
 	skip                  bool // already applied before (at or before the origin's progress)
+	deferred              bool // SET CONSTRAINTS ALL DEFERRED queued (see queueChange)
 	changes               uint64
 	queuedAt              time.Time              // when its BEGIN was queued
 	conflicts             map[ConflictKey]uint64 // met so far, counted in Stats once it commits

@@ -208,6 +208,16 @@ func (a *Applier) queueChange(ctx context.Context, c *stream.Change) error {
 		return fmt.Errorf("upstream %s: remote transaction %s: table %s: %w", a.o.Upstream, a.txn.begin.FinalLSN, ri.name, err)
 	}
 	a.startTxn(ctx)
+	if ri.table.Deferrable() && !a.txn.deferred {
+		// The upstream checked its deferrable constraints when its
+		// statement or transaction ended, not row by row: moving a value
+		// from one row to another goes through a moment where two rows
+		// hold it. Applied one row change at a time, the transaction must
+		// defer them until its end (stmtConstraints) too.
+		a.pipe.SendQueryParams("SET CONSTRAINTS ALL DEFERRED", nil, nil, nil, nil)
+		a.pending = append(a.pending, item{kind: itemConstraints, txn: a.txn})
+		a.txn.deferred = true
+	}
 	st, ok := ri.stmts[string(a.shape)]
 	if !ok {
 		var queued bool

@@ -109,11 +109,12 @@ type builder struct {
 	// values: every column for an insert, those that came with the change
 	// (all but unchanged TOAST values) for an update.
 	Row []column
-	// Uniques are the unique indexes checked before Row is written, with
-	// their new values: the secondary ones whose columns all are in Row,
-	// and for an update that sets the key, the key (the row may move onto
-	// another one).
-	Uniques [][]column
+	// Uniques are the unique indexes and exclusion constraints checked
+	// before Row is written (builder.checks).
+	Uniques []check
+	// Unchecked are the constraints this statement cannot check: a
+	// violation of one is caught by pgmesh.resolve_guarded.
+	Unchecked []string
 	// Delta: an update of a table with delta columns.
 	Delta bool
 	// Complete: an update that carries every column, so a missing row can
@@ -149,7 +150,7 @@ func newBuilder(t Table, op string, set []string, m mode) *builder {
 	case opInsert:
 		b.Row = b.params(t.Columns)
 		b.Ident = pick(b.Row, ident)
-		b.Uniques = b.checkedUniques(false)
+		b.Uniques, b.Unchecked = b.checks(false)
 	case opUpdate, opMove:
 		b.Ident = b.params(ident)
 		b.Row = b.params(set)
@@ -162,7 +163,7 @@ func newBuilder(t Table, op string, set []string, m mode) *builder {
 				b.Row[i].Old = b.params([]string{d})[0].Value
 			}
 		}
-		b.Uniques = b.checkedUniques(true)
+		b.Uniques, b.Unchecked = b.checks(true)
 		b.Delta = len(t.DeltaColumns) > 0
 		b.Complete = len(set) == len(t.Columns)
 		if op == opMove {
@@ -221,25 +222,13 @@ func (b *builder) OriginPrefix() string { return pg.QuoteLiteral(topology.Origin
 // Fast: this is the fast statement of the shape.
 func (b *builder) Fast() bool { return b.mode == fast }
 
-// checkedUniques picks the unique indexes whose new values Row holds (see
-// Uniques); withKey adds the key.
-func (b *builder) checkedUniques(withKey bool) [][]column {
-	covers := func(idx []string) bool {
-		return !slices.ContainsFunc(idx, func(c string) bool {
-			return !slices.ContainsFunc(b.Row, func(r column) bool { return r.Name == c })
-		})
-	}
-	var out [][]column
-	for _, idx := range b.t.Uniques {
-		isKey := len(idx) == len(b.t.Key) && !slices.ContainsFunc(idx, func(c string) bool { return !slices.Contains(b.t.Key, c) })
-		if len(idx) > 0 && covers(idx) && !isKey {
-			out = append(out, pick(b.Row, idx))
-		}
-	}
-	if withKey && !b.Keyless && covers(b.t.Key) {
-		out = append(out, pick(b.Row, b.t.Key))
-	}
-	return out
+// KeyDeferrable: the key's index is deferrable, which ON CONFLICT cannot
+// name.
+func (b *builder) KeyDeferrable() bool { return b.t.KeyDeferrable }
+
+// AnyDeferred: some checked constraint is deferrable.
+func (b *builder) AnyDeferred() bool {
+	return slices.ContainsFunc(b.Uniques, func(k check) bool { return k.Deferred() })
 }
 
 // noEquality are types without an equality operator: compared as text.

@@ -40,6 +40,16 @@ var goldenDDL = []string{
 	"CREATE TABLE tag (name text PRIMARY KEY)",
 	// Names to quote.
 	`CREATE TABLE "it's ""odd""" ("Id" int PRIMARY KEY, "na""me" text)`,
+	// Every other kind of unique index, and an exclusion constraint.
+	`CREATE TABLE member (id int PRIMARY KEY, email text, team int, active bool, nick text, slot int4range, seat int, code text COLLATE "C")`,
+	"CREATE UNIQUE INDEX member_email ON member (lower(email))",
+	"CREATE UNIQUE INDEX member_captain ON member (team) WHERE active",
+	"CREATE UNIQUE INDEX member_nick ON member (team, nick) NULLS NOT DISTINCT",
+	"ALTER TABLE member ADD CONSTRAINT member_slot EXCLUDE USING gist (slot WITH &&)",
+	"ALTER TABLE member ADD CONSTRAINT member_seat UNIQUE (seat) DEFERRABLE INITIALLY DEFERRED",
+	`CREATE UNIQUE INDEX member_code ON member (code COLLATE "POSIX")`,
+	// A deferrable key.
+	"CREATE TABLE slot (id int PRIMARY KEY DEFERRABLE, v text)",
 }
 
 // goldenCase is one table with its conflict settings, and the statement
@@ -69,6 +79,22 @@ var goldenCases = []goldenCase{
 	{name: "session", table: "session"},
 	{name: "tag", table: "tag"},
 	{name: "quoting", table: `it's "odd"`},
+	{name: "member", table: "member"},
+	{name: "member_unchanged_toast", table: "member", set: []string{"id", "team", "active", "slot", "seat", "code"}, shapes: []string{"update", "update_full"}},
+	// The upstream does not send column code: member_code cannot be
+	// checked before a write.
+	{name: "member_code_not_sent", table: "member", mod: withoutColumn("code"), shapes: []string{"insert", "update", "move"}},
+	{name: "slot", table: "slot", shapes: []string{"insert"}},
+}
+
+// withoutColumn narrows a table to the columns but one, as the applier
+// does when the upstream does not send that column.
+func withoutColumn(name string) func(*Table) {
+	return func(t *Table) {
+		i := slices.Index(t.Columns, name)
+		t.Columns = slices.Delete(slices.Clone(t.Columns), i, i+1)
+		t.Types = slices.Delete(slices.Clone(t.Types), i, i+1)
+	}
 }
 
 // Every statement shape of representative tables is its golden file, so

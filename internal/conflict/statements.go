@@ -90,6 +90,9 @@ func statement(t Table, op string, set []string) string {
 	}
 	b := newBuilder(t, op, set, fast)
 	b.Fallback = full(t, op, set, slow)
+	if len(b.Unchecked) > 0 {
+		return b.render("guarded")
+	}
 	return b.render(op + "_fast")
 }
 

@@ -97,10 +97,11 @@ type Table struct {
 	// subset of Columns. Empty for tables identified only by REPLICA
 	// IDENTITY FULL: then all of Columns identify a row.
 	Key []string
-	// Uniques are the other unique indexes (their columns), checked before
-	// a row image is written. Indexes on columns outside Columns are not
-	// checked.
-	Uniques [][]string
+	// Constraints are the other unique indexes and the exclusion
+	// constraints, checked before a row image is written.
+	Constraints []Constraint
+	// KeyDeferrable: the key's index is DEFERRABLE.
+	KeyDeferrable bool
 	// FullIdentity is REPLICA IDENTITY FULL: updates and deletes come with
 	// the old values of every column.
 	FullIdentity bool
@@ -112,6 +113,13 @@ type Table struct {
 	// DeleteWins makes a delete beat every concurrent insert or update,
 	// whatever the commit times.
 	DeleteWins bool
+}
+
+// Deferrable tells whether the table has a deferrable constraint (its key
+// or another): the applier then defers the constraints of a remote
+// transaction that writes it until its end, as its upstream did.
+func (t Table) Deferrable() bool {
+	return t.KeyDeferrable || slices.ContainsFunc(t.Constraints, func(c Constraint) bool { return c.Deferrable })
 }
 
 // QualifiedName is "schema.table", as in the config and the conflict log.

@@ -62,7 +62,7 @@ unique_holders AS MATERIALIZED (
    FROM (SELECT pgmesh_u AS img, pgmesh_u.xmin, pgmesh_u.ctid AS tid, pgmesh_u.tableoid AS toid
            FROM "public"."account" pgmesh_u
           WHERE (SELECT d.applies FROM decision d)
-            AND ((pgmesh_u."email" = $7::text) OR (pgmesh_u."id" = $5::uuid))
+            AND ((pgmesh_u."email" = $7::text) OR (pgmesh_u."tenant" = $6::integer AND pgmesh_u."login" = (SELECT (s.img)."login" FROM local_state s)) OR (pgmesh_u."id" = $5::uuid))
             AND NOT (pgmesh_u."id" = $4::uuid)
           FOR UPDATE OF pgmesh_u) locked,
         LATERAL pg_catalog.pg_xact_commit_timestamp_origin(locked.xmin) ct),
