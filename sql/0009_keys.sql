@@ -204,3 +204,22 @@ BEGIN
     RETURN ROW('unique_conflict', 'keep_local')::pgmesh.verdict;
 END
 $$;
+
+-- raise_deferred stops a remote transaction whose row breaks a deferrable
+-- unique index or exclusion constraint at its end (internal/conflict
+-- DeferredCheckSQL): PostgreSQL does not check such constraints in the
+-- apply session (replica role: they are triggers). SQLSTATE 23505 tells
+-- the applier to apply the transaction again with the constraint decided
+-- row by row, as a unique_conflict.
+CREATE FUNCTION pgmesh.raise_deferred(table_name text, constraint_name text, key jsonb) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'pgmesh: row % of table % conflicts with another row under deferrable % at the end of the remote transaction',
+        key, table_name, constraint_name
+        USING ERRCODE = 'unique_violation',
+              DETAIL = 'A row the upstream had seen still holds the value: the change that moved it has not arrived here.',
+              HINT = 'pgmesh applies the transaction again with the constraint decided row by row (unique_conflict)';
+END
+$$;

@@ -65,6 +65,10 @@ type link struct {
 	sessionConflicts config.Conflicts
 	endSession       context.CancelFunc
 	reload           bool
+	// recheck is the remote transaction that failed at its end on a
+	// deferrable constraint: the next session applies it with them
+	// decided row by row (apply.Options.RecheckDeferred).
+	recheck stream.LSN
 }
 
 // linkSnapshot is what the agent knows of a link at one moment. It is
@@ -261,6 +265,13 @@ func (l *link) run(ctx context.Context) {
 		}
 		l.noteFailure(err, streamed)
 		l.recordDDLFailure(ctx, err)
+		if lsn, ok := apply.DeferredCheckFailed(err); ok {
+			l.log.Warn("a remote transaction broke a deferrable constraint at its end: applying it again with the constraint decided row by row",
+				"commit_lsn", lsn.String())
+			l.mu.Lock()
+			l.recheck = lsn
+			l.mu.Unlock()
+		}
 		wait := l.backoff.next()
 		l.setState(StateRetrying, err)
 		l.log.Warn("link failed, retrying", "in", wait.String(), "err", err)
@@ -311,6 +322,9 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 
 	ddlExec := &ddl.Executor{Node: l.Down, Logger: l.log}
 	cfg := l.conflicts()
+	l.mu.Lock()
+	recheck := l.recheck
+	l.mu.Unlock()
 	applier, err := apply.New(ctx, applyConn.PgConn(), apply.Options{
 		Upstream: l.Up,
 		Origin:   l.Origin(),
@@ -324,7 +338,8 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 		IgnoreColumn: func(ctx context.Context, table, column string) (bool, error) {
 			return l.ddlInFlight(ctx, ddlConn, table, column)
 		},
-		OnApplied: func(ap apply.Applied) { l.applyTime.Observe(ap.Duration.Seconds()) },
+		RecheckDeferred: recheck,
+		OnApplied:       func(ap apply.Applied) { l.applyTime.Observe(ap.Duration.Seconds()) },
 	})
 	if err != nil {
 		return false, fmt.Errorf("link %s: start apply session on %s: %w", l.Name(), l.Down, err)

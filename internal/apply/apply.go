@@ -70,6 +70,11 @@ type Options struct {
 	// values are left out until it arrives. False (or no hook) keeps it an
 	// apply error that names the column.
 	IgnoreColumn func(ctx context.Context, table, column string) (bool, error)
+	// RecheckDeferred is the commit LSN of a remote transaction that failed
+	// at its end on a deferrable unique or exclusion constraint (see
+	// DeferredCheckFailed): it is applied with those constraints decided
+	// row by row (conflict.Table.DeferredNow), which cannot fail there.
+	RecheckDeferred stream.LSN
 	// OnApplied, when set, is called on the Applier's goroutine for every
 	// remote transaction whose COMMIT the server confirmed. It must return
 	// quickly (it runs between pipeline results).
@@ -188,10 +193,13 @@ type txn struct {
 	end                   stream.Commit
 	started               bool // BEGIN queued
 	skip                  bool // already applied before (at or before the origin's progress)
-	deferred              bool // SET CONSTRAINTS ALL DEFERRED queued (see queueChange)
-	changes               uint64
-	queuedAt              time.Time              // when its BEGIN was queued
-	conflicts             map[ConflictKey]uint64 // met so far, counted in Stats once it commits
+	recheck               bool // Options.RecheckDeferred
+	// written are the keys it wrote in tables with deferrable constraints,
+	// checked when it ends (see queueDeferredChecks).
+	written   []*writtenKeys
+	changes   uint64
+	queuedAt  time.Time              // when its BEGIN was queued
+	conflicts map[ConflictKey]uint64 // met so far, counted in Stats once it commits
 }
 
 // Fixed statements, prepared once per session.
@@ -293,7 +301,8 @@ func (a *Applier) Begin(ctx context.Context, b stream.Begin) error {
 	if a.txn != nil {
 		return a.fail(fmt.Errorf("upstream %s: BEGIN of remote transaction %s inside transaction %s", a.o.Upstream, b.FinalLSN, a.txn.begin.FinalLSN))
 	}
-	a.txn = &txn{begin: b, commitTime: []byte(formatTime(b.CommitTime)), commitLSN: []byte(b.FinalLSN.String())}
+	a.txn = &txn{begin: b, commitTime: []byte(formatTime(b.CommitTime)), commitLSN: []byte(b.FinalLSN.String()),
+		recheck: a.o.RecheckDeferred != 0 && b.FinalLSN == a.o.RecheckDeferred}
 	// A transaction whose commit record lies before the end of the last one
 	// applied was applied already (a resend after a reconnect): skipping it
 	// keeps apply exactly-once whatever position the upstream resumes from.
@@ -385,6 +394,7 @@ func (a *Applier) Commit(ctx context.Context, c stream.Commit) error {
 	}
 	t.end = c
 	a.ensurePipe(ctx)
+	a.queueDeferredChecks(t)
 	a.pipe.SendQueryPrepared(stmtConstraints, nil, nil, nil)
 	a.pending = append(a.pending, item{kind: itemConstraints, txn: t})
 	if err := a.claim(t); err != nil {

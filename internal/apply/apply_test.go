@@ -770,3 +770,51 @@ func TestApplyRecordsSeen(t *testing.T) {
 		t.Errorf("%d warnings about malformed seen messages, want 2:\n%s", n, log.String())
 	}
 }
+
+// A deferrable unique constraint is checked when the remote transaction
+// ends, as on its upstream. When that check fails (a row the upstream had
+// seen still holds the value: the change that moved it has not arrived),
+// the failure says so, and the transaction applied again with
+// RecheckDeferred decides the constraint row by row: a unique_conflict,
+// resolved and logged, and the link goes on.
+func TestApplyDeferredRecheck(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE m (id int PRIMARY KEY, seat int UNIQUE DEFERRABLE INITIALLY IMMEDIATE)`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	mr := rel(1, "m", 'd', "*id", "seat")
+	r.apply(t, a, ins(mr, "1", "1"))
+	ctx := context.Background()
+	b, c := r.next()
+	run := func(a *Applier) error {
+		if err := a.Begin(ctx, b); err != nil {
+			return err
+		}
+		if err := a.Change(ctx, ins(mr, "2", "1")); err != nil {
+			return err
+		}
+		if err := a.Commit(ctx, c); err != nil {
+			return err
+		}
+		return a.Idle(ctx)
+	}
+	err := run(a)
+	lsn, ok := DeferredCheckFailed(err)
+	if !ok || lsn != b.FinalLSN {
+		t.Fatalf("error %v: DeferredCheckFailed = %s, %v; want %s, true", err, lsn, ok, b.FinalLSN)
+	}
+	if err := a.Close(ctx); err != nil {
+		t.Logf("close after failure: %v", err)
+	}
+	a2 := e.applier(t, Options{RecheckDeferred: lsn})
+	if err := run(a2); err != nil {
+		t.Fatalf("applied again with RecheckDeferred: %v", err)
+	}
+	if got := e.rows(t, "SELECT id, seat FROM m ORDER BY id"); !slices.Equal(got, []string{"2|1"}) {
+		t.Errorf("rows %q, want the newer row 2 only", got)
+	}
+	if got := e.rows(t, "SELECT kind, resolution FROM pgmesh.conflict_log"); !slices.Equal(got, []string{"unique_conflict|apply_remote"}) {
+		t.Errorf("conflict_log %q, want one unique_conflict", got)
+	}
+}

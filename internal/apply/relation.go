@@ -208,21 +208,18 @@ func (a *Applier) queueChange(ctx context.Context, c *stream.Change) error {
 		return fmt.Errorf("upstream %s: remote transaction %s: table %s: %w", a.o.Upstream, a.txn.begin.FinalLSN, ri.name, err)
 	}
 	a.startTxn(ctx)
-	if ri.table.Deferrable() && !a.txn.deferred {
-		// The upstream checked its deferrable constraints when its
-		// statement or transaction ended, not row by row: moving a value
-		// from one row to another goes through a moment where two rows
-		// hold it. Applied one row change at a time, the transaction must
-		// defer them until its end (stmtConstraints) too.
-		a.pipe.SendQueryParams("SET CONSTRAINTS ALL DEFERRED", nil, nil, nil, nil)
-		a.pending = append(a.pending, item{kind: itemConstraints, txn: a.txn})
-		a.txn.deferred = true
+	if ri.table.Deferrable() && len(ri.table.Key) > 0 && !a.txn.recheck && c.Op != stream.Delete {
+		a.txn.noteWritten(ri, c)
 	}
-	st, ok := ri.stmts[string(a.shape)]
+	key := string(a.shape)
+	if a.txn.recheck && ri.table.Deferrable() && len(ri.table.Key) > 0 {
+		key += "!"
+	}
+	st, ok := ri.stmts[key]
 	if !ok {
 		var queued bool
 		st, queued = a.prepare(ri, c)
-		ri.stmts[string(a.shape)] = st
+		ri.stmts[key] = st
 		if queued {
 			a.pending = append(a.pending, item{kind: itemPrepare, txn: a.txn, rel: ri, stmt: st})
 		}
@@ -237,6 +234,95 @@ const (
 	shapeValue = 'v' // a value (possibly NULL) is written
 	shapeSkip  = 'u' // unchanged TOAST: left alone
 )
+
+// whatDeferred names the check of the deferred constraints at the end of a
+// remote transaction (and their deferral) in errors.
+const whatDeferred = "deferred constraints"
+
+// DeferredCheckFailed tells whether err is the failure of a remote
+// transaction at its end on a deferrable unique or exclusion constraint,
+// and which: apply it again with Options.RecheckDeferred.
+func DeferredCheckFailed(err error) (stream.LSN, bool) {
+	var te *TxnError
+	var pe *pgconn.PgError
+	if !errors.As(err, &te) || te.What != whatDeferred || !errors.As(err, &pe) {
+		return 0, false
+	}
+	return te.CommitLSN, pe.Code == "23505" || pe.Code == "23P01"
+}
+
+// writtenKeys are the keys of the rows a remote transaction wrote in one
+// table with deferrable constraints, one list of values per key column.
+type writtenKeys struct {
+	ri   *relInfo
+	keys [][][]byte
+}
+
+// noteWritten remembers the key of the row an insert or update writes. A
+// deferrable constraint of the upstream held when its transaction
+// committed, not row by row: moving a value from one row to another goes
+// through a moment where two rows hold it. So the statements let a row
+// the remote had seen hold a value its change writes (the transaction
+// moves it), and the rows written are checked when the transaction ends
+// (queueDeferredChecks), as PostgreSQL does not in the replica role.
+func (t *txn) noteWritten(ri *relInfo, c *stream.Change) {
+	var w *writtenKeys
+	for _, x := range t.written {
+		if x.ri.name == ri.name {
+			w = x
+		}
+	}
+	if w == nil || w.ri != ri {
+		// A new description of the relation may order its columns
+		// otherwise: the keys already noted stay with the old one.
+		w = &writtenKeys{ri: ri, keys: make([][][]byte, len(ri.identCols))}
+		t.written = append(t.written, w)
+	}
+	for i, k := range ri.identCols {
+		v := c.New[k]
+		if v.Kind == stream.Unchanged && c.Old != nil {
+			v = c.Old[k]
+		}
+		w.keys[i] = append(w.keys[i], v.Data)
+	}
+}
+
+// queueDeferredChecks queues, at the end of remote transaction t, the check
+// of the deferrable constraints of each table it wrote
+// (conflict.DeferredCheckSQL). One that fails stops the transaction with
+// a unique violation: DeferredCheckFailed.
+func (a *Applier) queueDeferredChecks(t *txn) {
+	for _, w := range t.written {
+		params := make([][]byte, len(w.keys))
+		for i, vals := range w.keys {
+			params[i] = textArray(vals)
+		}
+		a.pipe.SendQueryParams(conflict.DeferredCheckSQL(w.ri.table), params, nil, nil, nil)
+		a.pending = append(a.pending, item{kind: itemConstraints, txn: t, rel: w.ri})
+	}
+	t.written = nil
+}
+
+// textArray is the text form of a text[] holding vals (none NULL).
+func textArray(vals [][]byte) []byte {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, v := range vals {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for _, c := range v {
+			if c == '"' || c == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(c)
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.Bytes()
+}
 
 // shapeMove replaces the operation byte of an UPDATE that moves its row to
 // another key: it is applied as a delete and an insert (conflict.MoveSQL).
@@ -383,6 +469,10 @@ func updateKeyTuple(c *stream.Change) stream.Tuple {
 // casts each one to its column's type.
 func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
 	st := &stmt{name: "pgmesh_s" + strconv.Itoa(len(a.stmts)+1)}
+	t := ri.table
+	// Without a key the rows written cannot be found again at the end
+	// (noteWritten): a table without key decides them row by row.
+	t.DeferredNow = a.txn.recheck || len(t.Key) == 0
 	var sql string
 	var set []string
 	for i, s := range a.shape[1:] {
@@ -393,16 +483,16 @@ func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
 	switch {
 	case c.Op == stream.Insert:
 		st.what = "insert into"
-		sql = conflict.InsertSQL(ri.table)
+		sql = conflict.InsertSQL(t)
 	case a.shape[0] == shapeMove:
 		st.what = "update moving the key of"
-		sql = conflict.MoveSQL(ri.table, set)
+		sql = conflict.MoveSQL(t, set)
 	case c.Op == stream.Update:
 		st.what = "update"
-		sql = conflict.UpdateSQL(ri.table, set)
+		sql = conflict.UpdateSQL(t, set)
 	case c.Op == stream.Delete:
 		st.what = "delete from"
-		sql = conflict.DeleteSQL(ri.table)
+		sql = conflict.DeleteSQL(t)
 	}
 	if name, ok := a.stmts[sql]; ok {
 		// Same statement for a newer description of the relation.

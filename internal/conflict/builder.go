@@ -60,6 +60,9 @@ const (
 	opMove = "move"
 	// opTruncate is a TRUNCATE of the table.
 	opTruncate = "truncate"
+	// opDeferredCheck checks the deferrable constraints at the end of a
+	// remote transaction (DeferredCheckSQL).
+	opDeferredCheck = "deferred_check"
 )
 
 // mode is how a statement refers to its parameters.
@@ -178,6 +181,26 @@ func newBuilder(t Table, op string, set []string, m mode) *builder {
 	case opDelete:
 		b.Ident = b.params(ident)
 	case opTruncate:
+	case opDeferredCheck:
+		// The rows the transaction wrote (w.img), by the keys it wrote:
+		// one text[] parameter per key column.
+		for i, c := range t.Columns {
+			b.Row = append(b.Row, column{Name: c, Type: t.Types[i], Key: slices.Contains(t.Key, c), Value: "(w.img)." + pg.Ident(c)})
+		}
+		b.next = 1
+		for _, k := range t.Key {
+			b.Ident = append(b.Ident, column{N: b.next, Name: k, Type: t.Types[slices.Index(t.Columns, k)], Key: true,
+				Value: fmt.Sprintf("$%d::text[]", b.next)})
+			b.next++
+		}
+		for _, c := range t.Constraints {
+			if c.Deferrable {
+				b.Uniques = append(b.Uniques, check{b: b, c: c})
+			}
+		}
+		if t.KeyDeferrable {
+			b.Uniques = append(b.Uniques, check{b: b, key: true, name: "the key", cols: pick(b.Row, t.Key)})
+		}
 	default:
 		panic("conflict: unknown operation " + op)
 	}

@@ -180,10 +180,21 @@ type check struct {
 	key bool
 	// cols are the key's new values, or a plain constraint's.
 	cols []column
+	// name names the key in messages.
+	name string
 }
 
-// Deferred: a deferrable constraint (see unique_holders).
-func (k check) Deferred() bool { return k.c.Deferrable }
+// NameLiteral is the constraint's name (the index's) as a literal.
+func (k check) NameLiteral() string {
+	if k.key {
+		return pg.QuoteLiteral(k.name)
+	}
+	return pg.QuoteLiteral(k.c.Name)
+}
+
+// Deferred: a deferrable constraint (see unique_holders), unless the table
+// decides them now (Table.DeferredNow).
+func (k check) Deferred() bool { return k.c.Deferrable && !k.b.t.DeferredNow }
 
 // checks are the constraints the statement checks before it writes Row:
 // those whose every column has a new value (Row, or for an update in the

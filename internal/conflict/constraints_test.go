@@ -122,16 +122,18 @@ func TestConstraintUpdate(t *testing.T) {
 // on its upstream: a transaction that swaps two rows' values applies
 // without a conflict, because the row holding the value meanwhile is one
 // the remote node had written (or seen). A row it had not seen is a
-// conflict, decided at once.
+// conflict, decided at once. PostgreSQL checks none of this in the replica
+// role: the check at the end is pgmesh's (DeferredCheckSQL).
 func TestDeferrableSwap(t *testing.T) {
 	f := newFixture(t, memberDDL...)
 	tbl := f.table("member", nil)
 	now := time.Now()
 	f.writeAs("n1", now.Add(-2*time.Hour), "INSERT INTO member (id, nick, seat) VALUES (1, 'a', 1), (2, 'b', 2)")
 	upd := UpdateSQL(tbl, tbl.Columns)
-	got := f.applyTxn("n1", now.Add(-time.Hour),
-		change{upd, vals(1, 1, nil, nil, nil, "a", nil, 2)},
-		change{upd, vals(2, 2, nil, nil, nil, "b", nil, 1)})
+	got := f.mustApplyTxn("n1", now.Add(-time.Hour),
+		change{sql: upd, args: vals(1, 1, nil, nil, nil, "a", nil, 2)},
+		change{sql: upd, args: vals(2, 2, nil, nil, nil, "b", nil, 1)},
+		deferredCheck(tbl, "1", "2"))
 	if !slices.Equal(got, []verdict{{}, {}}) {
 		t.Errorf("swap: verdicts %+v, want no conflict", got)
 	}
@@ -148,12 +150,30 @@ func TestDeferrableSwap(t *testing.T) {
 	// n2 never saw row 1's seat 2 (committed just now by n1, applied
 	// here): its row with seat 2 is concurrent and newer.
 	f.exec(SeenSQL(), "n2", "n1", now.Add(-90*time.Minute))
-	got = f.applyTxn("n2", now.Add(-30*time.Minute), change{InsertSQL(tbl), vals(3, nil, nil, nil, "c", nil, 2)})
+	got = f.mustApplyTxn("n2", now.Add(-30*time.Minute), change{sql: InsertSQL(tbl), args: vals(3, nil, nil, nil, "c", nil, 2)},
+		deferredCheck(tbl, "3"))
 	if !slices.Equal(got, []verdict{{UniqueConflict, ApplyRemote}}) {
 		t.Errorf("concurrent: verdicts %+v, want unique_conflict/apply_remote", got)
 	}
 	if ids := f.ids("member"); ids != "2 3" {
 		t.Errorf("rows %q, want 2 3", ids)
+	}
+	// A transaction of n2 that gives row 2 seat 2, which n2 had seen on
+	// row 3 (its own), without moving it: the check at its end fails, and
+	// decided row by row (DeferredNow) it is a unique_conflict.
+	upd2 := UpdateSQL(tbl, tbl.Columns)
+	_, err := f.applyTxn("n2", now.Add(-20*time.Minute), change{sql: upd2, args: vals(2, 2, nil, nil, nil, "b", nil, 2)}, deferredCheck(tbl, "2"))
+	if err == nil || !strings.Contains(err.Error(), "conflicts with another row under deferrable member_seat") || !strings.Contains(err.Error(), "23505") {
+		t.Fatalf("transaction that leaves a seen row holding the value: %v, want the deferred check to fail", err)
+	}
+	now2 := tbl
+	now2.DeferredNow = true
+	got = f.mustApplyTxn("n2", now.Add(-20*time.Minute), change{sql: UpdateSQL(now2, tbl.Columns), args: vals(2, 2, nil, nil, nil, "b", nil, 2)})
+	if !slices.Equal(got, []verdict{{UniqueConflict, ApplyRemote}}) {
+		t.Errorf("applied again: verdicts %+v, want unique_conflict/apply_remote", got)
+	}
+	if ids := f.ids("member"); ids != "2" {
+		t.Errorf("rows %q, want 2", ids)
 	}
 }
 
@@ -167,9 +187,9 @@ func TestUncheckedConstraint(t *testing.T) {
 	tbl := f.table("tagged", withoutColumn("site"))
 	now := time.Now()
 	f.exec("INSERT INTO tagged VALUES (1, 'x')")
-	got := f.applyTxn("n1", now.Add(time.Hour),
-		change{InsertSQL(tbl), vals(2, "x")},
-		change{InsertSQL(tbl), vals(3, "y")})
+	got := f.mustApplyTxn("n1", now.Add(time.Hour),
+		change{sql: InsertSQL(tbl), args: vals(2, "x")},
+		change{sql: InsertSQL(tbl), args: vals(3, "y")})
 	if !slices.Equal(got, []verdict{{UniqueConflict, KeepLocal}, {}}) {
 		t.Errorf("verdicts %+v, want unique_conflict/keep_local, then none", got)
 	}
@@ -198,20 +218,27 @@ func TestUncheckedConstraint(t *testing.T) {
 type change struct {
 	sql  string
 	args []*string
+	// noFixed: the statement takes no commit time, node and LSN first.
+	noFixed bool
+}
+
+// deferredCheck is the check of the deferrable constraints of t at the end
+// of a transaction that wrote the rows with keys ids (a one-column key).
+func deferredCheck(t Table, ids ...string) change {
+	return change{sql: DeferredCheckSQL(t), args: []*string{str("{" + strings.Join(ids, ",") + "}")}, noFixed: true}
 }
 
 // applyTxn runs the statements of one remote transaction of node committed
-// at ts, as the applier does (with the constraints deferred), and returns
-// their verdicts.
-func (f *fixture) applyTxn(node string, ts time.Time, changes ...change) []verdict {
-	f.t.Helper()
+// at ts, as the applier does, and returns the verdicts of those that
+// answer one (a deferred check answers a count).
+func (f *fixture) applyTxn(node string, ts time.Time, changes ...change) ([]verdict, error) {
 	var out []verdict
 	err := f.session(node, ts, func(ctx context.Context, conn *pgx.Conn) error {
-		if _, err := conn.Exec(ctx, "SET CONSTRAINTS ALL DEFERRED"); err != nil {
-			return err
-		}
 		for _, c := range changes {
 			params := [][]byte{[]byte(ts.Format(time.RFC3339Nano)), []byte(node), []byte("0/1")}
+			if c.noFixed {
+				params = nil
+			}
 			for _, v := range c.args {
 				if v == nil {
 					params = append(params, nil)
@@ -223,11 +250,18 @@ func (f *fixture) applyTxn(node string, ts time.Time, changes ...change) []verdi
 			if res.Err != nil {
 				return res.Err
 			}
-			out = append(out, verdict{string(res.Rows[0][0]), string(res.Rows[0][1])})
+			if len(res.Rows) == 1 && len(res.Rows[0]) == 2 {
+				out = append(out, verdict{string(res.Rows[0][0]), string(res.Rows[0][1])})
+			}
 		}
-		_, err := conn.Exec(ctx, "SET CONSTRAINTS ALL IMMEDIATE")
-		return err
+		return nil
 	})
+	return out, err
+}
+
+func (f *fixture) mustApplyTxn(node string, ts time.Time, changes ...change) []verdict {
+	f.t.Helper()
+	out, err := f.applyTxn(node, ts, changes...)
 	if err != nil {
 		f.t.Fatalf("remote transaction of %s: %v", node, err)
 	}

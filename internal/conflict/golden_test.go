@@ -84,7 +84,7 @@ var goldenCases = []goldenCase{
 	// The upstream does not send column code: member_code cannot be
 	// checked before a write.
 	{name: "member_code_not_sent", table: "member", mod: withoutColumn("code"), shapes: []string{"insert", "update", "move"}},
-	{name: "slot", table: "slot", shapes: []string{"insert"}},
+	{name: "slot", table: "slot", shapes: []string{"insert", "deferred_check"}},
 }
 
 // withoutColumn narrows a table to the columns but one, as the applier
@@ -132,9 +132,12 @@ func TestGolden(t *testing.T) {
 			shapes[opMove] = elideFallback(t, elideFallback(t, MoveSQL(tbl, set), b.Removal), b.Addition)
 		}
 		shapes[opTruncate] = TruncateSQL(tbl)
+		if tbl.Deferrable() {
+			shapes[opDeferredCheck] = DeferredCheckSQL(tbl)
+		}
 		want := gc.shapes
 		if want == nil {
-			for _, shape := range []string{"insert", "insert_full", "update", "update_full", "delete", "delete_full", "move", "truncate"} {
+			for _, shape := range []string{"insert", "insert_full", "update", "update_full", "delete", "delete_full", "move", "truncate", "deferred_check"} {
 				if _, ok := shapes[shape]; ok {
 					want = append(want, shape)
 				}
@@ -150,11 +153,13 @@ func TestGolden(t *testing.T) {
 			checkGolden(t, path, sql)
 			checkTidy(t, path, sql)
 		}
-		for _, shape := range []string{"insert", "update", "delete", "move", "truncate"} {
+		for _, shape := range []string{"insert", "update", "delete", "move", "truncate", "deferred_check"} {
 			var sql string
 			switch {
-			case shape == opMove && shapes[opMove] == "":
+			case (shape == opMove || shape == opDeferredCheck) && shapes[shape] == "":
 				continue
+			case shape == opDeferredCheck:
+				sql = shapes[shape]
 			case shape == opMove:
 				sql = MoveSQL(tbl, set)
 			case shape == opTruncate:

@@ -73,6 +73,20 @@ func MoveSQL(t Table, set []string) string {
 	return newBuilder(t, opMove, set, fast).render(opMove)
 }
 
+// DeferredCheckSQL is the statement that checks, at the end of a remote
+// transaction that wrote rows of t, t's deferrable unique indexes and
+// exclusion constraints (and a deferrable key) for those rows: the apply
+// session's replica role keeps PostgreSQL from checking them at all (their
+// checks are triggers, which do not fire there). Its parameters are the
+// keys of the rows written (or moved to), one text[] per key column in
+// t.Key order; t must have a key. It returns one row, or raises (SQLSTATE
+// 23505) naming the first row that conflicts with another: the applier
+// then applies the transaction again with Table.DeferredNow. The keys are
+// its parameters $1, $2… (text[]).
+func DeferredCheckSQL(t Table) string {
+	return newBuilder(t, opDeferredCheck, nil, direct).render(opDeferredCheck)
+}
+
 // TruncateSQL is the statement that applies a remote TRUNCATE to t: it
 // removes the rows older than the truncate and records it
 // (templates/table.sql.tmpl). Its parameters are $1 to $3; it returns one

@@ -102,6 +102,12 @@ type Table struct {
 	Constraints []Constraint
 	// KeyDeferrable: the key's index is DEFERRABLE.
 	KeyDeferrable bool
+	// DeferredNow decides deferrable constraints as immediate ones: a row
+	// that holds a value the change writes is a conflict even when the
+	// remote node had seen it. The applier sets it for the one remote
+	// transaction whose deferred check failed at its end, applied again:
+	// a row the remote had seen still held the value when it committed.
+	DeferredNow bool
 	// FullIdentity is REPLICA IDENTITY FULL: updates and deletes come with
 	// the old values of every column.
 	FullIdentity bool
