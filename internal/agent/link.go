@@ -273,8 +273,17 @@ func (l *link) run(ctx context.Context) {
 			l.mu.Unlock()
 		}
 		wait := l.backoff.next()
+		var held *apply.HeldError
+		if errors.As(err, &held) {
+			// Not a failure: a DDL is on its way over another link, and
+			// the change waits for it (the reason shows in status).
+			wait = heldRetry
+			l.backoff.reset()
+			l.log.Info("change held until a DDL arrives", "table", held.Table, "column", held.Column, "retry_in", wait.String())
+		} else {
+			l.log.Warn("link failed, retrying", "in", wait.String(), "err", err)
+		}
 		l.setState(StateRetrying, err)
-		l.log.Warn("link failed, retrying", "in", wait.String(), "err", err)
 		select {
 		case <-ctx.Done():
 			l.setState(StateStopped, nil)
@@ -335,8 +344,8 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 		OnMessage: func(ctx context.Context, m stream.Message) error {
 			return ddlExec.Handle(ctx, ddl.ConnExecer{Conn: applyConn.PgConn()}, m)
 		},
-		IgnoreColumn: func(ctx context.Context, table, column string) (bool, error) {
-			return l.ddlInFlight(ctx, ddlConn, table, column)
+		MissingColumn: func(ctx context.Context, table, column string) (apply.ColumnFate, error) {
+			return l.columnFate(ctx, ddlConn, table, column)
 		},
 		RecheckDeferred: recheck,
 		OnApplied:       func(ap apply.Applied) { l.applyTime.Observe(ap.Duration.Seconds()) },
@@ -408,23 +417,25 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 	return true, errors.New("link " + l.Name() + ": stream ended")
 }
 
-// ddlInFlight tells whether a column that the upstream sends but this node
-// lacks (or the reverse) belongs to a DDL that one of the two has applied
-// and the other not yet: then the column is left out until the DDL arrives.
-// local is a connection to the downstream that is free on the handler's
-// goroutine (the seen connection).
-func (l *link) ddlInFlight(ctx context.Context, local *pgx.Conn, table, column string) (bool, error) {
+// columnFate tells what becomes of a column that the upstream sends but
+// this node lacks (apply.ColumnFate): ColumnComing when a DDL mentioning it
+// has been applied upstream and not here (it adds or renames it, and is on
+// its way), ColumnGone when one has been applied here and not upstream (it
+// dropped or renamed it here first). local is a connection to the
+// downstream that is free on the handler's goroutine.
+func (l *link) columnFate(ctx context.Context, local *pgx.Conn, table, column string) (apply.ColumnFate, error) {
 	up, err := pg.Connect(ctx, l.Up, l.up.DSN, "pgmesh ddl check "+l.Name())
 	if err != nil {
-		return false, err
+		return apply.ColumnUnknown, err
 	}
 	defer up.Close(context.WithoutCancel(ctx))
-	// Added upstream, not here yet.
 	if ok, err := ddl.InFlight(ctx, local, up, table, column); err != nil || ok {
-		return ok, err
+		return apply.ColumnComing, err
 	}
-	// Dropped here, not yet upstream.
-	return ddl.InFlight(ctx, up, local, table, column)
+	if ok, err := ddl.InFlight(ctx, up, local, table, column); err != nil || ok {
+		return apply.ColumnGone, err
+	}
+	return apply.ColumnUnknown, nil
 }
 
 // recordDDLFailure keeps a DDL that stopped the link in the downstream's
@@ -474,6 +485,10 @@ func majorVersion(v string) (int, error) {
 	}
 	return n, nil
 }
+
+// heldRetry is how soon a link whose change waits for a DDL (apply.
+// HeldError) looks again: the DDL usually follows within moments.
+const heldRetry = time.Second
 
 // closeTimeout bounds the end of an apply session: committing what was
 // queued, rolling back an unfinished transaction, releasing the origin.

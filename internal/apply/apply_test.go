@@ -818,3 +818,75 @@ func TestApplyDeferredRecheck(t *testing.T) {
 		t.Errorf("conflict_log %q, want one unique_conflict", got)
 	}
 }
+
+// A remote column missing here is never left out silently: a DDL on its
+// way here (ColumnComing) holds the change — the transaction is rolled back
+// and nothing of it applied — a DDL applied here first (ColumnGone) lets
+// the rest of the row apply and logs the whole row, and any other missing
+// column is an apply error naming it.
+func TestApplyMissingColumn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	fates := map[string]ColumnFate{"coming": ColumnComing, "gone": ColumnGone}
+	opts := Options{MissingColumn: func(_ context.Context, table, column string) (ColumnFate, error) {
+		if table != "public.t" {
+			return ColumnUnknown, fmt.Errorf("asked about table %s", table)
+		}
+		return fates[column], nil
+	}}
+	ctx := context.Background()
+	r := newRemote()
+	apply := func(a *Applier, changes ...*stream.Change) error {
+		b, c := r.next()
+		if err := a.Begin(ctx, b); err != nil {
+			return err
+		}
+		for _, ch := range changes {
+			if err := a.Change(ctx, ch); err != nil {
+				return err
+			}
+		}
+		if err := a.Commit(ctx, c); err != nil {
+			return err
+		}
+		return a.Idle(ctx)
+	}
+
+	a := e.applier(t, opts)
+	plain := rel(1, "t", 'd', "*id", "v")
+	gone := rel(1, "t", 'd', "*id", "v", "gone")
+	if err := apply(a, ins(plain, "1", "a"), ins(gone, "2", "b", "kept in the log"), upd(gone, nil, "1", "a2", "x")); err != nil {
+		t.Fatalf("a column dropped here: %v", err)
+	}
+	if got := e.rows(t, "SELECT id, v FROM t ORDER BY id"); !slices.Equal(got, []string{"1|a2", "2|b"}) {
+		t.Errorf("rows %q", got)
+	}
+	want := []string{
+		`missing_column|skip_column|{"id": "2"}|{"v": "b", "id": "2", "gone": "kept in the log"}|` + e.origin,
+		`missing_column|skip_column|{"id": "1"}|{"v": "a2", "id": "1", "gone": "x"}|` + e.origin,
+	}
+	if got := e.rows(t, "SELECT kind, resolution, key::text, remote_row::text, remote_origin FROM pgmesh.conflict_log ORDER BY id"); !slices.Equal(got, want) {
+		t.Errorf("conflict_log %q, want %q", got, want)
+	}
+	if c := a.Stats().Conflicts; c[conflict.MissingColumn] != 2 {
+		t.Errorf("conflicts %v, want missing_column 2", c)
+	}
+
+	coming := rel(2, "t", 'd', "*id", "v", "coming")
+	err := apply(a, ins(plain, "3", "c"), ins(coming, "4", "d", "wait for me"))
+	var held *HeldError
+	if !errors.As(err, &held) || held.Column != "coming" || !strings.Contains(err.Error(), "waits for it") {
+		t.Fatalf("a column on its way: %v, want a *HeldError for it", err)
+	}
+	a.Close(ctx)
+	if got := e.rows(t, "SELECT id FROM t ORDER BY id"); !slices.Equal(got, []string{"1", "2"}) {
+		t.Errorf("rows %q: nothing of the held transaction may be applied", got)
+	}
+
+	a = e.applier(t, opts)
+	other := rel(3, "t", 'd', "*id", "v", "other")
+	if err := apply(a, ins(other, "5", "e", "?")); err == nil || !strings.Contains(err.Error(), `column "other"`) {
+		t.Errorf("an unexplained column: %v, want an error naming it", err)
+	}
+}

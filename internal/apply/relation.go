@@ -36,8 +36,9 @@ type relInfo struct {
 	// upstream's replica identity: a key-only old row then lacks it.
 	identSent bool
 	delta     []int // remote columns of table.DeltaColumns, in that order
-	// skip marks remote columns left out because a DDL about them is in
-	// flight (Options.IgnoreColumn); table.Columns holds the others.
+	// skip marks remote columns that a DDL applied here dropped or renamed
+	// (ColumnGone): their values are logged (queueSkipped), not applied;
+	// table.Columns holds the others.
 	skip    []bool
 	skips   bool // some column is skipped
 	builtIn *txn // the remote transaction the mapping was made in
@@ -100,16 +101,20 @@ func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, err
 	for i, c := range r.Columns {
 		typ, ok := types[c.Name]
 		if !ok {
-			ignore, err := a.ignoreColumn(ctx, ri.name, c.Name)
+			fate, err := a.missingColumn(ctx, ri.name, c.Name)
 			if err != nil {
 				return nil, err
 			}
-			if !ignore {
-				return nil, fmt.Errorf("upstream %s: table %s: column %q sent by the upstream does not exist on this node (or is generated); if a DDL adding it is under way, it must reach this node first (pgmesh ddl list)", a.o.Upstream, ri.name, c.Name)
+			switch fate {
+			case ColumnComing:
+				return nil, &HeldError{Upstream: a.o.Upstream, Table: ri.name, Column: c.Name}
+			case ColumnGone:
+				a.o.Logger.Info("a DDL applied here dropped or renamed a column the upstream still sends: its values are logged in pgmesh.conflict_log",
+					"upstream", a.o.Upstream, "table", ri.name, "column", c.Name)
+				ri.skip[i], ri.skips = true, true
+				continue
 			}
-			a.o.Logger.Info("leaving out a column whose DDL is still in flight", "upstream", a.o.Upstream, "table", ri.name, "column", c.Name)
-			ri.skip[i], ri.skips = true, true
-			continue
+			return nil, fmt.Errorf("upstream %s: table %s: column %q sent by the upstream does not exist on this node (or is generated), and no DDL on its way explains it: add it here (pgmesh check shows the drift)", a.o.Upstream, ri.name, c.Name)
 		}
 		t.Columns, t.Types = append(t.Columns, c.Name), append(t.Types, typ)
 		remote[c.Name] = i
@@ -226,6 +231,9 @@ func (a *Applier) queueChange(ctx context.Context, c *stream.Change) error {
 	}
 	a.pipe.SendQueryPrepared(st.name, a.params, nil, nil)
 	a.pending = append(a.pending, item{kind: itemChange, txn: a.txn, rel: ri, stmt: st, change: c})
+	if ri.skips && c.Op != stream.Delete {
+		return a.queueSkipped(ri, c)
+	}
 	return nil
 }
 
@@ -418,16 +426,67 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 	return nil
 }
 
-// ignoreColumn asks Options.IgnoreColumn about a remote column missing here.
-func (a *Applier) ignoreColumn(ctx context.Context, table, column string) (bool, error) {
-	if a.o.IgnoreColumn == nil {
-		return false, nil
+// missingColumn asks Options.MissingColumn about a remote column missing
+// here.
+func (a *Applier) missingColumn(ctx context.Context, table, column string) (ColumnFate, error) {
+	if a.o.MissingColumn == nil {
+		return ColumnUnknown, nil
 	}
-	ok, err := a.o.IgnoreColumn(ctx, table, column)
+	fate, err := a.o.MissingColumn(ctx, table, column)
 	if err != nil {
-		return false, fmt.Errorf("upstream %s: table %s: column %q missing here: is a DDL about it in flight? %w", a.o.Upstream, table, column, err)
+		return ColumnUnknown, fmt.Errorf("upstream %s: table %s: column %q missing here: is a DDL about it in flight? %w", a.o.Upstream, table, column, err)
 	}
-	return ok, nil
+	return fate, nil
+}
+
+// skippedSQL logs the row of a change that carries columns a DDL applied
+// here has dropped or renamed (ColumnGone): the values are not lost. It
+// answers like a change's statement, so that the log row is counted.
+var skippedSQL = `
+WITH logged AS (
+ INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, remote_row, remote_commit_time, remote_origin, remote_lsn)
+ VALUES ($1, ` + pg.QuoteLiteral(conflict.MissingColumn) + `, ` + pg.QuoteLiteral(conflict.SkipColumn) + `, $2::text::jsonb, $3::text::jsonb, $4::text::timestamptz, $5, $6::text::pg_lsn)
+ RETURNING kind, resolution)
+SELECT kind, resolution FROM logged`
+
+// queueSkipped queues the log row of a change whose new row carries values
+// of skipped columns: the key and the whole row the upstream sent, as
+// text.
+func (a *Applier) queueSkipped(ri *relInfo, c *stream.Change) error {
+	key, row := map[string]*string{}, map[string]*string{}
+	keyTuple := c.New
+	if c.Old != nil {
+		keyTuple = c.Old
+	}
+	for i, col := range ri.rel.Columns {
+		row[col.Name] = textOf(c.New[i])
+		if slices.Contains(ri.identCols, i) {
+			key[col.Name] = textOf(keyTuple[i])
+		}
+	}
+	keyJSON, err := json.Marshal(key)
+	if err != nil {
+		return err
+	}
+	rowJSON, err := json.Marshal(row)
+	if err != nil {
+		return err
+	}
+	t := a.txn
+	a.pipe.SendQueryParams(skippedSQL, [][]byte{[]byte(ri.name), keyJSON, rowJSON, t.commitTime, []byte(a.o.Upstream), t.commitLSN}, nil, nil, nil)
+	a.pending = append(a.pending, item{kind: itemChange, txn: t, rel: ri, change: c,
+		stmt: &stmt{what: "log the values of columns dropped here of"}})
+	return nil
+}
+
+// textOf is a value as JSON sees it: its text, null, or for an unchanged
+// TOAST value (not sent) null too.
+func textOf(v stream.Value) *string {
+	if v.Kind != stream.Text {
+		return nil
+	}
+	s := string(v.Data)
+	return &s
 }
 
 // identity appends the values that identify the changed row.

@@ -50,10 +50,10 @@ type Elem struct {
 	Collation string
 }
 
-// plain: every element a column compared with the ordinary = of its type,
+// Plain: every element a column compared with the ordinary = of its type,
 // no predicate, NULLs distinct, not deferrable: the conflicting rows are
 // those holding the same values, and a NULL conflicts with nothing.
-func (c Constraint) plain() bool {
+func (c Constraint) Plain() bool {
 	if c.Exclusion || c.Deferrable || c.NullsNotDistinct || c.Pred != "" {
 		return false
 	}
@@ -210,7 +210,7 @@ func (b *builder) checks(update bool) (checks []check, unchecked []string) {
 			unchecked = append(unchecked, c.Name)
 			continue
 		}
-		if c.plain() {
+		if c.Plain() {
 			cols := make([]string, len(c.Elems))
 			for i, e := range c.Elems {
 				cols[i] = e.Column
@@ -240,7 +240,7 @@ func (b *builder) checks(update bool) (checks []check, unchecked []string) {
 // be the innermost FROM item: the constraint's expressions name columns
 // without a table.
 func (k check) Conflicts(alias string) string {
-	if k.key || k.c.plain() && k.cols != nil {
+	if k.key || k.c.Plain() && k.cols != nil {
 		return k.b.Holds(alias, k.cols)
 	}
 	var conds []string
@@ -270,7 +270,7 @@ func (k check) Conflicts(alias string) string {
 // it conflict with another row. For a plain constraint a NULL new value
 // conflicts with nothing either.
 func (k check) Unchanged(alias string) string {
-	if k.key || k.c.plain() && k.cols != nil {
+	if k.key || k.c.Plain() && k.cols != nil {
 		var s strings.Builder
 		for _, c := range k.cols {
 			if !c.Key {

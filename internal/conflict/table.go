@@ -63,6 +63,10 @@ const (
 	DeleteOriginDiffers = "delete_origin_differs"
 	DeleteMissing       = "delete_missing"
 	UniqueConflict      = "unique_conflict"
+	// MissingColumn: a remote change carried a column that a DDL applied
+	// here has dropped or renamed and its upstream has not yet: the rest
+	// of the row was applied, the whole remote row is logged.
+	MissingColumn = "missing_column"
 	// TruncateOriginDiffers: a remote TRUNCATE removed a row that the
 	// truncating node had not seen (written concurrently).
 	TruncateOriginDiffers = "truncate_origin_differs"
@@ -81,6 +85,9 @@ const (
 	// unchanged TOAST columns did not come with the change.
 	SkipIncomplete = "skip_incomplete"
 	Skip           = "skip" // delete of a missing row: a tombstone is written
+	// SkipColumn: the values of columns missing here were not applied
+	// (MissingColumn).
+	SkipColumn = "skip_column"
 )
 
 // Table describes a replicated table on the applying node.

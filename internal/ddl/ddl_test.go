@@ -466,6 +466,8 @@ func TestInFlight(t *testing.T) {
 	}{
 		{"public.items", "note", true},
 		{"public.items", "other", false},
+		{"public.items", "no", false}, // a word of the DDL, not part of one
+		{"public.item", "note", false},
 		{"public.items", "", true},
 		{"public.orders", "note", false},
 		{"public.orders", "", false},
