@@ -587,6 +587,8 @@ func (a *Applier) queueTruncate(ctx context.Context, c *stream.Change) error {
 	a.startTxn(ctx)
 	t := a.txn
 	for _, ri := range ris {
+		a.pipe.SendQueryParams(conflict.TruncateLockSQL(ri.table), nil, nil, nil, nil)
+		a.pending = append(a.pending, item{kind: itemTruncate, txn: t, tables: ri.name})
 		a.pipe.SendQueryParams(conflict.TruncateSQL(ri.table), [][]byte{t.commitTime, []byte(a.o.Upstream), t.commitLSN}, nil, nil, nil)
 		a.pending = append(a.pending, item{kind: itemTruncate, txn: t, tables: ri.name})
 	}

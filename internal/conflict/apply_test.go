@@ -90,9 +90,24 @@ func TestApplyCases(t *testing.T) {
 		{name: "update_missing with unchanged TOAST is skipped", op: update, set: []string{"id", "email", "name"}, args: []any{1, 1, "a", "R"},
 			want: verdict{UpdateMissing, SkipIncomplete}, rows: "", log: []string{"update_missing/skip_incomplete/-/n1/-/R"}},
 		{name: "update that changes the key moves the row", setup: fs(as("n1", -hour, insA)), op: update, args: []any{1, 7, "a", "R", 0}, rows: "7:a:R:0"},
+		// The update wins its row (its node wrote it) but loses the key to
+		// the newer row 7: where it arrived before row 7, row 7 deleted
+		// it, so here too its row is gone, with the update's tombstone.
 		{name: "update onto an existing key: unique_conflict", setup: fs(as("n1", -hour, insA), local("INSERT INTO item VALUES (7, 'b', 'L')")),
 			op: update, at: -2 * hour, args: []any{1, 7, "a", "R", 0},
-			want: verdict{UniqueConflict, KeepLocal}, rows: "1:a:A:0 7:b:L:0", log: []string{"unique_conflict/keep_local/n3/n1/L/R"}},
+			want: verdict{UniqueConflict, KeepLocal}, rows: "7:b:L:0", log: []string{"unique_conflict/keep_local/n3/n1/L/R"}, tomb: `{"id": 1}@n1`},
+		{name: "update that wins its row and loses a unique value: the row goes, as where it arrived first",
+			setup: fs(as("n2", -2*hour, insA), local("INSERT INTO item VALUES (2, 'b', 'L')")),
+			op: update, at: -hour, args: []any{1, 1, "b", "R", 0},
+			want: verdict{UniqueConflict, KeepLocal}, rows: "2:b:L:0",
+			log: []string{"unique_conflict/keep_local/n3/n1/L/R", "update_origin_differs/apply_remote/n2/n1/A/R"}, tomb: `{"id": 1}@n1`},
+		{name: "keep_local: an update that loses a unique value is skipped", mod: policy(config.KeepLocal),
+			setup: fs(as("n1", -2*hour, insA), local("INSERT INTO item VALUES (2, 'b', 'L')")),
+			op: update, at: -hour, args: []any{1, 1, "b", "R", 0},
+			want: verdict{UniqueConflict, KeepLocal}, rows: "1:a:A:0 2:b:L:0", log: []string{"unique_conflict/keep_local/n3/n1/L/R"}},
+		{name: "a newer insert that wins a unique value: the holder's key gets a tombstone of its version",
+			setup: fs(local(insL)), op: insert, at: hour, args: []any{2, "a", "R", 0},
+			want: verdict{UniqueConflict, ApplyRemote}, rows: "2:a:R:0", log: []string{"unique_conflict/apply_remote/n3/n1/L/R"}, tomb: `{"id": 1}@n3`},
 		// UPDATE that moves the row to another key: a delete of the old
 		// key and an insert of the new row
 		{name: "move of an older row: tombstone of the old key", setup: fs(as("n1", -hour, insA)), op: move, args: []any{1, 7, "a", "R", 0},

@@ -1,5 +1,7 @@
 package conflict
 
+import "github.com/pgmesh/pgmesh/internal/pg"
+
 // Parameters of the statements built here. Every value is sent as text with
 // an unspecified type; the statement casts each parameter to its column's
 // type, always with the same cast, so the server infers one type per
@@ -90,9 +92,22 @@ func DeferredCheckSQL(t Table) string {
 // TruncateSQL is the statement that applies a remote TRUNCATE to t: it
 // removes the rows older than the truncate and records it
 // (templates/table.sql.tmpl). Its parameters are $1 to $3; it returns one
-// row (rows removed bigint, rows logged bigint).
+// row (rows removed bigint, rows logged bigint). Run TruncateLockSQL(t)
+// first, in the same transaction.
 func TruncateSQL(t Table) string {
 	return newBuilder(t, opTruncate, nil, fast).render(opTruncate)
+}
+
+// TruncateLockSQL locks t against every other writer until the transaction
+// that applies a TRUNCATE ends. A change of another link applied at the
+// same time could otherwise escape it: an insert older than the truncate,
+// committed after the truncate's snapshot and checked against a snapshot
+// without its tombstone, would survive on this node only. A writer that
+// waited for the lock sees the tombstone (its statement's snapshot is
+// taken once it holds its locks); one the lock waited for is seen by the
+// truncate.
+func TruncateLockSQL(t Table) string {
+	return "LOCK TABLE " + pg.Ident(t.Schema, t.Name) + " IN SHARE MODE"
 }
 
 // statement is the fast statement of a change with the full one as its

@@ -77,7 +77,7 @@ logged AS (
  SELECT 'public.account', v.kind, v.resolution, (SELECT k.key FROM key_json k), to_jsonb(s.img), (SELECT k.key FROM key_json k),
         v.state_time, $1::timestamptz, v.state_node, $2::text, $3::pg_lsn
    FROM verdict v, local_state s
-  WHERE v.kind IS NOT NULL AND v.unique_wins
+  WHERE v.kind IS NOT NULL AND (v.unique_wins)
  RETURNING 1)
 SELECT v.kind AS kind,
        v.resolution AS resolution

@@ -4,10 +4,10 @@ WITH locked AS MATERIALIZED (
            FROM (VALUES (pg_catalog.hashtextextended('public.account' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::uuid AS "id") x))::text, 0)), (pg_catalog.hashtextextended('public.account' || ((SELECT to_jsonb(x) FROM (SELECT $5::text::uuid AS "id") x))::text, 0))) h (h)
           ORDER BY h.h) l),
 removed AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_ecffaaa26ea5164b4d97c1e0', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_9eb504f9915b463621b65360', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
    FROM locked),
 added AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_89f16dfd1b6485dcb11c1d21', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, $7::text, $8::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_5fa7c7b7706055a832e00eb6', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, $7::text, $8::text]) AS verdict
    FROM removed)
 SELECT (v.verdict).kind, (v.verdict).resolution
   FROM (SELECT CASE WHEN (a.verdict).kind IS NOT NULL THEN a.verdict

@@ -74,6 +74,10 @@ unique_losers AS (
   WHERE (SELECT v.writes FROM verdict v)
     AND pgmesh_d.tableoid = h.toid AND pgmesh_d.ctid = h.tid
  RETURNING 1),
+loser_removed AS (
+ DELETE FROM "public"."ev" pgmesh_r
+  WHERE pgmesh_r.tableoid = (SELECT s.toid FROM local_state s) AND pgmesh_r.ctid = (SELECT s.tid FROM local_state s) AND (SELECT v.wins AND v.present AND NOT v.unique_wins FROM verdict v)
+ RETURNING 1),
 inserted AS (
  INSERT INTO "public"."ev" ("a", "b", "doc", "at")
  SELECT $4::integer, $5::text, $6::json, $7::timestamp with time zone
@@ -84,7 +88,7 @@ logged AS (
  SELECT 'public.ev', v.kind, v.resolution, (SELECT k.key FROM key_json k), to_jsonb(s.img), (SELECT to_jsonb(x) FROM (SELECT $4::integer AS "a", $5::text AS "b", $6::json AS "doc", $7::timestamp with time zone AS "at") x),
         v.state_time, $1::timestamptz, v.state_node, $2::text, $3::pg_lsn
    FROM verdict v, local_state s
-  WHERE v.kind IS NOT NULL AND v.unique_wins
+  WHERE v.kind IS NOT NULL AND (v.unique_wins OR v.present)
  RETURNING 1),
 unique_logged AS (
  INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, local_row, remote_row, local_commit_time, remote_commit_time, local_origin, remote_origin, remote_lsn)

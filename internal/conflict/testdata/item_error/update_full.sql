@@ -104,7 +104,7 @@ logged AS (
  SELECT 'public.item', v.kind, v.resolution, (SELECT k.key FROM key_json k), to_jsonb(s.img), (SELECT to_jsonb(x) FROM (SELECT $5::integer AS "id", $6::text AS "email", $7::text AS "name", $8::integer AS "qty") x),
         v.state_time, $1::timestamptz, v.state_node, $2::text, $3::pg_lsn
    FROM verdict v, local_state s
-  WHERE v.kind IS NOT NULL AND v.unique_wins
+  WHERE v.kind IS NOT NULL AND (v.unique_wins)
  RETURNING 1),
 unique_logged AS (
  INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, local_row, remote_row, local_commit_time, remote_commit_time, local_origin, remote_origin, remote_lsn)

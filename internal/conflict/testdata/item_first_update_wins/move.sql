@@ -4,10 +4,10 @@ WITH locked AS MATERIALIZED (
            FROM (VALUES (pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0)), (pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $5::text::integer AS "id") x))::text, 0))) h (h)
           ORDER BY h.h) l),
 removed AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_77f7d12783cab6f3058bfc22', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_48ac90c99333f86a4ddf0a8c', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
    FROM locked),
 added AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_4b106db62dfb223736262f50', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, $7::text, $8::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_1046110b8f06506a3746c530', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, $7::text, $8::text]) AS verdict
    FROM removed)
 SELECT (v.verdict).kind, (v.verdict).resolution
   FROM (SELECT CASE WHEN (a.verdict).kind IS NOT NULL THEN a.verdict

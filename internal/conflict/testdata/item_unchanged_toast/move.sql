@@ -9,10 +9,10 @@ locked AS MATERIALIZED (
            FROM (VALUES (pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0)), (pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $5::text::integer AS "id") x))::text, 0))) h (h)
           ORDER BY h.h) l),
 removed AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_a126e1d2981bebc0f55ada7f', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_e9b1e5fa718dea2845afae93', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
    FROM locked, (SELECT count(*) FROM moved_from) f),
 added AS MATERIALIZED (
- SELECT CASE WHEN EXISTS (SELECT FROM moved_from) THEN pgmesh.resolve_change('pgmesh_full_ade0ac9df750819ced9176aa', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, (SELECT f."name" FROM moved_from f), $7::text]) END AS verdict
+ SELECT CASE WHEN EXISTS (SELECT FROM moved_from) THEN pgmesh.resolve_change('pgmesh_full_a3d121dfb2f27d82f616f3a3', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, (SELECT f."name" FROM moved_from f), $7::text]) END AS verdict
    FROM removed),
 lost AS (
  INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, local_row, remote_row, local_commit_time, remote_commit_time, local_origin, remote_origin, remote_lsn)

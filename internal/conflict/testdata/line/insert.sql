@@ -11,5 +11,5 @@ WITH written AS (
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
                     WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.line' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::bigint AS "order_id", $5::text::integer AS "line_no") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_a20f48648392024c115ef20f', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text]) END AS verdict
+                    ELSE pgmesh.resolve_change('pgmesh_full_a4921639b0a53dba2e4620e8', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text]) END AS verdict
          OFFSET 0) r

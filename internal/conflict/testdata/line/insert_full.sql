@@ -78,7 +78,7 @@ logged AS (
  SELECT 'public.line', v.kind, v.resolution, (SELECT k.key FROM key_json k), to_jsonb(s.img), (SELECT to_jsonb(x) FROM (SELECT $4::bigint AS "order_id", $5::integer AS "line_no", $6::text AS "sku", $7::numeric(12,2) AS "amount") x),
         v.state_time, $1::timestamptz, v.state_node, $2::text, $3::pg_lsn
    FROM verdict v, local_state s
-  WHERE v.kind IS NOT NULL AND v.unique_wins
+  WHERE v.kind IS NOT NULL AND (v.unique_wins)
  RETURNING 1)
 SELECT v.kind AS kind,
        v.resolution AS resolution

@@ -90,6 +90,22 @@ unique_losers AS (
   WHERE (SELECT v.writes FROM verdict v)
     AND pgmesh_d."id" = (h.img)."id"
  RETURNING 1),
+loser_removed AS (
+ DELETE FROM "public"."member" pgmesh_r
+  WHERE pgmesh_r."id" = $4::integer AND (SELECT v.wins AND v.present AND NOT v.unique_wins FROM verdict v)
+ RETURNING 1),
+unique_tombstones AS (
+ INSERT INTO pgmesh.tombstone AS z (table_name, key, deleted_at, xid, node)
+ SELECT 'public.member', (SELECT to_jsonb(x) FROM (SELECT (h.img)."id" AS "id") x), h.commit_time, NULL::xid8, h.node
+   FROM verdict v, unique_holders h
+  WHERE v.writes
+ UNION ALL
+ SELECT 'public.member', (SELECT k.key FROM key_json k), $1::timestamptz, NULL::xid8, $2::text
+   FROM verdict v
+  WHERE v.wins AND NOT v.unique_wins
+ ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = excluded.deleted_at, xid = NULL, node = excluded.node
+  WHERE coalesce(pgmesh.tombstone_time(z.deleted_at, z.xid), '-infinity') < excluded.deleted_at
+ RETURNING 1),
 updated AS (
  UPDATE "public"."member" pgmesh_t
     SET "id" = $5::integer,
@@ -112,7 +128,7 @@ logged AS (
  SELECT 'public.member', v.kind, v.resolution, (SELECT k.key FROM key_json k), to_jsonb(s.img), (SELECT to_jsonb(x) FROM (SELECT $5::integer AS "id", $6::text AS "email", $7::integer AS "team", $8::boolean AS "active", $9::text AS "nick", $10::int4range AS "slot", $11::integer AS "seat", $12::text AS "code") x),
         v.state_time, $1::timestamptz, v.state_node, $2::text, $3::pg_lsn
    FROM verdict v, local_state s
-  WHERE v.kind IS NOT NULL AND v.unique_wins
+  WHERE v.kind IS NOT NULL AND (v.unique_wins OR v.present)
  RETURNING 1),
 unique_logged AS (
  INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, local_row, remote_row, local_commit_time, remote_commit_time, local_origin, remote_origin, remote_lsn)

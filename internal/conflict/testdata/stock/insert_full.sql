@@ -79,7 +79,7 @@ logged AS (
  SELECT 'public.stock', v.kind, v.resolution, (SELECT k.key FROM key_json k), to_jsonb(s.img), (SELECT to_jsonb(x) FROM (SELECT $4::integer AS "id", $5::text AS "name", $6::integer AS "qty", $7::numeric AS "price") x),
         v.state_time, $1::timestamptz, v.state_node, $2::text, $3::pg_lsn
    FROM verdict v, local_state s
-  WHERE v.kind IS NOT NULL AND v.unique_wins
+  WHERE v.kind IS NOT NULL AND (v.unique_wins)
  RETURNING 1)
 SELECT v.kind AS kind,
        v.resolution AS resolution

@@ -14,5 +14,5 @@ tombstone AS (
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
                     WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.tag' || ((SELECT to_jsonb(x) FROM (SELECT $4::text AS "name") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_fccc795f8e66f387285fc877', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) END AS verdict
+                    ELSE pgmesh.resolve_change('pgmesh_full_0c04b12415621b6b95478dc2', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) END AS verdict
          OFFSET 0) r

@@ -11,5 +11,5 @@ WITH written AS (
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
                     WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.tag' || ((SELECT to_jsonb(x) FROM (SELECT $4::text AS "name") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_0dcefb2f346f821e8ac06eea', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) END AS verdict
+                    ELSE pgmesh.resolve_change('pgmesh_full_f1a7275ac0443a0500286e0a', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) END AS verdict
          OFFSET 0) r
