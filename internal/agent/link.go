@@ -83,6 +83,10 @@ type link struct {
 	sessionConflicts config.Conflicts
 	endSession       context.CancelFunc
 	reload           bool
+	// recheck is the remote transaction that failed at its end on a
+	// deferrable constraint: the next session applies it with them
+	// decided row by row (apply.Options.RecheckDeferred).
+	recheck stream.LSN
 }
 
 // linkSnapshot is what the agent knows of a link at one moment. It is
@@ -293,9 +297,25 @@ func (l *link) run(ctx context.Context) {
 		}
 		l.noteFailure(err, streamed)
 		l.recordDDLFailure(ctx, err)
+		if lsn, ok := apply.DeferredCheckFailed(err); ok {
+			l.log.Warn("a remote transaction broke a deferrable constraint at its end: applying it again with the constraint decided row by row",
+				"commit_lsn", lsn.String())
+			l.mu.Lock()
+			l.recheck = lsn
+			l.mu.Unlock()
+		}
 		wait := l.backoff.next()
+		var held *apply.HeldError
+		if errors.As(err, &held) {
+			// Not a failure: a DDL is on its way over another link, and
+			// the change waits for it (the reason shows in status).
+			wait = heldRetry
+			l.backoff.reset()
+			l.log.Info("change held until a DDL arrives", "table", held.Table, "column", held.Column, "retry_in", wait.String())
+		} else {
+			l.log.Warn("link failed, retrying", "in", wait.String(), "err", err)
+		}
 		l.setState(StateRetrying, err)
-		l.log.Warn("link failed, retrying", "in", wait.String(), "err", err)
 		select {
 		case <-ctx.Done():
 			l.setState(StateStopped, nil)
@@ -348,6 +368,9 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 
 	ddlExec := &ddl.Executor{Node: l.Down, Logger: l.log}
 	cfg := l.conflicts()
+	l.mu.Lock()
+	recheck := l.recheck
+	l.mu.Unlock()
 	applier, err := apply.New(ctx, applyConn.PgConn(), apply.Options{
 		Upstream: l.Up,
 		Origin:   l.Origin(),
@@ -358,10 +381,11 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 		OnMessage: func(ctx context.Context, m stream.Message) error {
 			return ddlExec.Handle(ctx, ddl.ConnExecer{Conn: applyConn.PgConn()}, m)
 		},
-		IgnoreColumn: func(ctx context.Context, table, column string) (bool, error) {
-			return l.ddlInFlight(ctx, ddlConn, table, column)
+		MissingColumn: func(ctx context.Context, table, column string) (apply.ColumnFate, error) {
+			return l.columnFate(ctx, ddlConn, table, column)
 		},
-		OnApplied: func(ap apply.Applied) { l.applyTime.Observe(ap.Duration.Seconds()) },
+		RecheckDeferred: recheck,
+		OnApplied:       func(ap apply.Applied) { l.applyTime.Observe(ap.Duration.Seconds()) },
 	})
 	if err != nil {
 		return false, fmt.Errorf("link %s: start apply session on %s: %w", l.Name(), l.Down, err)
@@ -475,23 +499,25 @@ func memberState(ctx context.Context, conn *pgx.Conn) (string, error) {
 	return joinstate.StateOf(ctx, conn)
 }
 
-// ddlInFlight tells whether a column that the upstream sends but this node
-// lacks (or the reverse) belongs to a DDL that one of the two has applied
-// and the other not yet: then the column is left out until the DDL arrives.
-// local is a connection to the downstream that is free on the handler's
-// goroutine (the seen connection).
-func (l *link) ddlInFlight(ctx context.Context, local *pgx.Conn, table, column string) (bool, error) {
+// columnFate tells what becomes of a column that the upstream sends but
+// this node lacks (apply.ColumnFate): ColumnComing when a DDL mentioning it
+// has been applied upstream and not here (it adds or renames it, and is on
+// its way), ColumnGone when one has been applied here and not upstream (it
+// dropped or renamed it here first). local is a connection to the
+// downstream that is free on the handler's goroutine.
+func (l *link) columnFate(ctx context.Context, local *pgx.Conn, table, column string) (apply.ColumnFate, error) {
 	up, err := pg.Connect(ctx, l.Up, l.up.DSN, "pgmesh ddl check "+l.Name())
 	if err != nil {
-		return false, err
+		return apply.ColumnUnknown, err
 	}
 	defer up.Close(context.WithoutCancel(ctx))
-	// Added upstream, not here yet.
 	if ok, err := ddl.InFlight(ctx, local, up, table, column); err != nil || ok {
-		return ok, err
+		return apply.ColumnComing, err
 	}
-	// Dropped here, not yet upstream.
-	return ddl.InFlight(ctx, up, local, table, column)
+	if ok, err := ddl.InFlight(ctx, up, local, table, column); err != nil || ok {
+		return apply.ColumnGone, err
+	}
+	return apply.ColumnUnknown, nil
 }
 
 // recordDDLFailure keeps a DDL that stopped the link in the downstream's
@@ -541,6 +567,10 @@ func majorVersion(v string) (int, error) {
 	}
 	return n, nil
 }
+
+// heldRetry is how soon a link whose change waits for a DDL (apply.
+// HeldError) looks again: the DDL usually follows within moments.
+const heldRetry = time.Second
 
 // closeTimeout bounds the end of an apply session: committing what was
 // queued, rolling back an unfinished transaction, releasing the origin.

@@ -64,16 +64,53 @@ type Options struct {
 	// looked up again afterwards: the hook may have changed them (DDL).
 	// Without it messages are ignored.
 	OnMessage func(ctx context.Context, m stream.Message) error
-	// IgnoreColumn, when set, is asked about a remote column that does not
-	// exist locally ("schema.table", column). True means a DDL that adds
-	// or drops it is still on its way between the nodes: the column's
-	// values are left out until it arrives. False (or no hook) keeps it an
-	// apply error that names the column.
-	IgnoreColumn func(ctx context.Context, table, column string) (bool, error)
+	// MissingColumn, when set, is asked about a remote column that does not
+	// exist locally ("schema.table", column): is a DDL about it on its way
+	// between the nodes? See ColumnFate. Without it such a column is an
+	// apply error that names it.
+	MissingColumn func(ctx context.Context, table, column string) (ColumnFate, error)
+	// RecheckDeferred is the commit LSN of a remote transaction that failed
+	// at its end on a deferrable unique or exclusion constraint (see
+	// DeferredCheckFailed): it is applied with those constraints decided
+	// row by row (conflict.Table.DeferredNow), which cannot fail there.
+	RecheckDeferred stream.LSN
 	// OnApplied, when set, is called on the Applier's goroutine for every
 	// remote transaction whose COMMIT the server confirmed. It must return
 	// quickly (it runs between pipeline results).
 	OnApplied func(Applied)
+}
+
+// ColumnFate is what becomes of the values of a remote column that does
+// not exist here. No value is ever left out silently.
+type ColumnFate int
+
+const (
+	// ColumnUnknown: no DDL explains it. An apply error names the column.
+	ColumnUnknown ColumnFate = iota
+	// ColumnComing: a DDL that the upstream applied and this node has not
+	// yet (one that adds or renames it) is on its way. The change is held:
+	// the Applier fails with a *HeldError, and the transaction is applied
+	// again once the DDL has arrived.
+	ColumnComing
+	// ColumnGone: a DDL that this node applied and the upstream has not yet
+	// (one that drops or renames it). The upstream's changes written before
+	// it applies the DDL carry the column for good: the rest of each row
+	// is applied, and the row with the column's values is logged in
+	// pgmesh.conflict_log (kind missing_column, resolution skip_column).
+	ColumnGone
+)
+
+// HeldError stops the Applier before a change that carries a column which
+// a DDL still on its way here will create: the transaction is rolled back
+// and must be applied again once the DDL has been applied here (the caller
+// retries; nothing is lost, as the origin has not moved).
+type HeldError struct {
+	Upstream, Table, Column string
+}
+
+func (e *HeldError) Error() string {
+	return fmt.Sprintf("upstream %s: table %s: column %q sent by the upstream does not exist here yet: a DDL the upstream applied (pgmesh ddl list --pending) has not reached this node; the change waits for it",
+		e.Upstream, e.Table, e.Column)
 }
 
 // Applied describes one committed remote transaction.
@@ -188,9 +225,13 @@ type txn struct {
 	end                   stream.Commit
 	started               bool // BEGIN queued
 	skip                  bool // already applied before (at or before the origin's progress)
-	changes               uint64
-	queuedAt              time.Time              // when its BEGIN was queued
-	conflicts             map[ConflictKey]uint64 // met so far, counted in Stats once it commits
+	recheck               bool // Options.RecheckDeferred
+	// written are the keys it wrote in tables with deferrable constraints,
+	// checked when it ends (see queueDeferredChecks).
+	written   []*writtenKeys
+	changes   uint64
+	queuedAt  time.Time              // when its BEGIN was queued
+	conflicts map[ConflictKey]uint64 // met so far, counted in Stats once it commits
 }
 
 // Fixed statements, prepared once per session.
@@ -306,7 +347,8 @@ func (a *Applier) Begin(ctx context.Context, b stream.Begin) error {
 	if a.txn != nil {
 		return a.fail(fmt.Errorf("upstream %s: BEGIN of remote transaction %s inside transaction %s", a.o.Upstream, b.FinalLSN, a.txn.begin.FinalLSN))
 	}
-	a.txn = &txn{begin: b, commitTime: []byte(formatTime(b.CommitTime)), commitLSN: []byte(b.FinalLSN.String())}
+	a.txn = &txn{begin: b, commitTime: []byte(formatTime(b.CommitTime)), commitLSN: []byte(b.FinalLSN.String()),
+		recheck: a.o.RecheckDeferred != 0 && b.FinalLSN == a.o.RecheckDeferred}
 	// A transaction whose commit record lies before the end of the last one
 	// applied was applied already (a resend after a reconnect): skipping it
 	// keeps apply exactly-once whatever position the upstream resumes from.
@@ -398,6 +440,7 @@ func (a *Applier) Commit(ctx context.Context, c stream.Commit) error {
 	}
 	t.end = c
 	a.ensurePipe(ctx)
+	a.queueDeferredChecks(t)
 	a.pipe.SendQueryPrepared(stmtConstraints, nil, nil, nil)
 	a.pending = append(a.pending, item{kind: itemConstraints, txn: t})
 	if err := a.claim(t); err != nil {

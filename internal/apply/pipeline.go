@@ -227,7 +227,7 @@ func (a *Applier) describe(it *item, err error) error {
 	case itemBegin:
 		what = "BEGIN"
 	case itemConstraints:
-		what = "deferred constraints"
+		what = whatDeferred
 	case itemXact:
 		what = "origin setup"
 	case itemCommit:

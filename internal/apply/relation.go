@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,8 +36,9 @@ type relInfo struct {
 	// upstream's replica identity: a key-only old row then lacks it.
 	identSent bool
 	delta     []int // remote columns of table.DeltaColumns, in that order
-	// skip marks remote columns left out because a DDL about them is in
-	// flight (Options.IgnoreColumn); table.Columns holds the others.
+	// skip marks remote columns that a DDL applied here dropped or renamed
+	// (ColumnGone): their values are logged (queueSkipped), not applied;
+	// table.Columns holds the others.
 	skip    []bool
 	skips   bool // some column is skipped
 	builtIn *txn // the remote transaction the mapping was made in
@@ -99,16 +101,20 @@ func (a *Applier) lookup(ctx context.Context, r *stream.Relation) (*relInfo, err
 	for i, c := range r.Columns {
 		typ, ok := types[c.Name]
 		if !ok {
-			ignore, err := a.ignoreColumn(ctx, ri.name, c.Name)
+			fate, err := a.missingColumn(ctx, ri.name, c.Name)
 			if err != nil {
 				return nil, err
 			}
-			if !ignore {
-				return nil, fmt.Errorf("upstream %s: table %s: column %q sent by the upstream does not exist on this node (or is generated); if a DDL adding it is under way, it must reach this node first (pgmesh ddl list)", a.o.Upstream, ri.name, c.Name)
+			switch fate {
+			case ColumnComing:
+				return nil, &HeldError{Upstream: a.o.Upstream, Table: ri.name, Column: c.Name}
+			case ColumnGone:
+				a.o.Logger.Info("a DDL applied here dropped or renamed a column the upstream still sends: its values are logged in pgmesh.conflict_log",
+					"upstream", a.o.Upstream, "table", ri.name, "column", c.Name)
+				ri.skip[i], ri.skips = true, true
+				continue
 			}
-			a.o.Logger.Info("leaving out a column whose DDL is still in flight", "upstream", a.o.Upstream, "table", ri.name, "column", c.Name)
-			ri.skip[i], ri.skips = true, true
-			continue
+			return nil, fmt.Errorf("upstream %s: table %s: column %q sent by the upstream does not exist on this node (or is generated), and no DDL on its way explains it: add it here (pgmesh check shows the drift)", a.o.Upstream, ri.name, c.Name)
 		}
 		t.Columns, t.Types = append(t.Columns, c.Name), append(t.Types, typ)
 		remote[c.Name] = i
@@ -207,17 +213,27 @@ func (a *Applier) queueChange(ctx context.Context, c *stream.Change) error {
 		return fmt.Errorf("upstream %s: remote transaction %s: table %s: %w", a.o.Upstream, a.txn.begin.FinalLSN, ri.name, err)
 	}
 	a.startTxn(ctx)
-	st, ok := ri.stmts[string(a.shape)]
+	if ri.table.Deferrable() && len(ri.table.Key) > 0 && !a.txn.recheck && c.Op != stream.Delete {
+		a.txn.noteWritten(ri, c)
+	}
+	key := string(a.shape)
+	if a.txn.recheck && ri.table.Deferrable() && len(ri.table.Key) > 0 {
+		key += "!"
+	}
+	st, ok := ri.stmts[key]
 	if !ok {
 		var queued bool
 		st, queued = a.prepare(ri, c)
-		ri.stmts[string(a.shape)] = st
+		ri.stmts[key] = st
 		if queued {
 			a.pending = append(a.pending, item{kind: itemPrepare, txn: a.txn, rel: ri, stmt: st})
 		}
 	}
 	a.pipe.SendQueryPrepared(st.name, a.params, nil, nil)
 	a.pending = append(a.pending, item{kind: itemChange, txn: a.txn, rel: ri, stmt: st, change: c})
+	if ri.skips && c.Op != stream.Delete {
+		return a.queueSkipped(ri, c)
+	}
 	return nil
 }
 
@@ -226,6 +242,122 @@ const (
 	shapeValue = 'v' // a value (possibly NULL) is written
 	shapeSkip  = 'u' // unchanged TOAST: left alone
 )
+
+// whatDeferred names the check of the deferred constraints at the end of a
+// remote transaction (and their deferral) in errors.
+const whatDeferred = "deferred constraints"
+
+// DeferredCheckFailed tells whether err is the failure of a remote
+// transaction at its end on a deferrable unique or exclusion constraint,
+// and which: apply it again with Options.RecheckDeferred.
+func DeferredCheckFailed(err error) (stream.LSN, bool) {
+	var te *TxnError
+	var pe *pgconn.PgError
+	if !errors.As(err, &te) || te.What != whatDeferred || !errors.As(err, &pe) {
+		return 0, false
+	}
+	return te.CommitLSN, pe.Code == "23505" || pe.Code == "23P01"
+}
+
+// writtenKeys are the keys of the rows a remote transaction wrote in one
+// table with deferrable constraints, one list of values per key column.
+type writtenKeys struct {
+	ri   *relInfo
+	keys [][][]byte
+}
+
+// noteWritten remembers the key of the row an insert or update writes. A
+// deferrable constraint of the upstream held when its transaction
+// committed, not row by row: moving a value from one row to another goes
+// through a moment where two rows hold it. So the statements let a row
+// the remote had seen hold a value its change writes (the transaction
+// moves it), and the rows written are checked when the transaction ends
+// (queueDeferredChecks), as PostgreSQL does not in the replica role.
+func (t *txn) noteWritten(ri *relInfo, c *stream.Change) {
+	var w *writtenKeys
+	for _, x := range t.written {
+		if x.ri.name == ri.name {
+			w = x
+		}
+	}
+	if w == nil || w.ri != ri {
+		// A new description of the relation may order its columns
+		// otherwise: the keys already noted stay with the old one.
+		w = &writtenKeys{ri: ri, keys: make([][][]byte, len(ri.identCols))}
+		t.written = append(t.written, w)
+	}
+	for i, k := range ri.identCols {
+		v := c.New[k]
+		if v.Kind == stream.Unchanged && c.Old != nil {
+			v = c.Old[k]
+		}
+		w.keys[i] = append(w.keys[i], v.Data)
+	}
+}
+
+// queueDeferredChecks queues, at the end of remote transaction t, the check
+// of the deferrable constraints of each table it wrote
+// (conflict.DeferredCheckSQL). One that fails stops the transaction with
+// a unique violation: DeferredCheckFailed.
+func (a *Applier) queueDeferredChecks(t *txn) {
+	for _, w := range t.written {
+		params := make([][]byte, len(w.keys))
+		for i, vals := range w.keys {
+			params[i] = textArray(vals)
+		}
+		a.pipe.SendQueryParams(conflict.DeferredCheckSQL(w.ri.table), params, nil, nil, nil)
+		a.pending = append(a.pending, item{kind: itemConstraints, txn: t, rel: w.ri})
+	}
+	t.written = nil
+}
+
+// textArray is the text form of a text[] holding vals (none NULL).
+func textArray(vals [][]byte) []byte {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, v := range vals {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for _, c := range v {
+			if c == '"' || c == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(c)
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.Bytes()
+}
+
+// shapeMove replaces the operation byte of an UPDATE that moves its row to
+// another key: it is applied as a delete and an insert (conflict.MoveSQL).
+const shapeMove = 'M'
+
+// movesKey tells whether an UPDATE changed the row's key: the old key came
+// with it (it does when the key changed, and always under REPLICA IDENTITY
+// FULL) and differs from the new one. The text of a value is what the
+// upstream's type prints, so equal text is the same key.
+func (ri *relInfo) movesKey(c *stream.Change) bool {
+	if len(ri.table.Key) == 0 || c.Old == nil {
+		return false
+	}
+	moved := false
+	for _, k := range ri.identCols {
+		o, n := c.Old[k], c.New[k]
+		if n.Kind == stream.Unchanged {
+			// A key column must come with a new row that moves; an
+			// unchanged one (TOAST) did not move.
+			return false
+		}
+		if o.Kind != n.Kind || !bytes.Equal(o.Data, n.Data) {
+			moved = true
+		}
+	}
+	return moved
+}
 
 // buildShape fills a.shape (the statement cache key) and a.params (the
 // values, in statement parameter order, see conflict.InsertSQL) for a
@@ -255,6 +387,10 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 		if err := a.identity(ri, c, updateKeyTuple(c)); err != nil {
 			return err
 		}
+		move := ri.movesKey(c)
+		if move {
+			a.shape[0] = shapeMove
+		}
 		for i, v := range c.New {
 			if ri.skip[i] {
 				continue
@@ -267,6 +403,10 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 			a.params = append(a.params, value(v))
 		}
 		for _, d := range ri.delta {
+			if move {
+				// A move inserts the new row: nothing to merge.
+				break
+			}
 			if c.New[d].Kind == stream.Unchanged {
 				continue
 			}
@@ -286,16 +426,67 @@ func (a *Applier) buildShape(ri *relInfo, c *stream.Change) error {
 	return nil
 }
 
-// ignoreColumn asks Options.IgnoreColumn about a remote column missing here.
-func (a *Applier) ignoreColumn(ctx context.Context, table, column string) (bool, error) {
-	if a.o.IgnoreColumn == nil {
-		return false, nil
+// missingColumn asks Options.MissingColumn about a remote column missing
+// here.
+func (a *Applier) missingColumn(ctx context.Context, table, column string) (ColumnFate, error) {
+	if a.o.MissingColumn == nil {
+		return ColumnUnknown, nil
 	}
-	ok, err := a.o.IgnoreColumn(ctx, table, column)
+	fate, err := a.o.MissingColumn(ctx, table, column)
 	if err != nil {
-		return false, fmt.Errorf("upstream %s: table %s: column %q missing here: is a DDL about it in flight? %w", a.o.Upstream, table, column, err)
+		return ColumnUnknown, fmt.Errorf("upstream %s: table %s: column %q missing here: is a DDL about it in flight? %w", a.o.Upstream, table, column, err)
 	}
-	return ok, nil
+	return fate, nil
+}
+
+// skippedSQL logs the row of a change that carries columns a DDL applied
+// here has dropped or renamed (ColumnGone): the values are not lost. It
+// answers like a change's statement, so that the log row is counted.
+var skippedSQL = `
+WITH logged AS (
+ INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, remote_row, remote_commit_time, remote_origin, remote_lsn)
+ VALUES ($1, ` + pg.QuoteLiteral(conflict.MissingColumn) + `, ` + pg.QuoteLiteral(conflict.SkipColumn) + `, $2::text::jsonb, $3::text::jsonb, $4::text::timestamptz, $5, $6::text::pg_lsn)
+ RETURNING kind, resolution)
+SELECT kind, resolution FROM logged`
+
+// queueSkipped queues the log row of a change whose new row carries values
+// of skipped columns: the key and the whole row the upstream sent, as
+// text.
+func (a *Applier) queueSkipped(ri *relInfo, c *stream.Change) error {
+	key, row := map[string]*string{}, map[string]*string{}
+	keyTuple := c.New
+	if c.Old != nil {
+		keyTuple = c.Old
+	}
+	for i, col := range ri.rel.Columns {
+		row[col.Name] = textOf(c.New[i])
+		if slices.Contains(ri.identCols, i) {
+			key[col.Name] = textOf(keyTuple[i])
+		}
+	}
+	keyJSON, err := json.Marshal(key)
+	if err != nil {
+		return err
+	}
+	rowJSON, err := json.Marshal(row)
+	if err != nil {
+		return err
+	}
+	t := a.txn
+	a.pipe.SendQueryParams(skippedSQL, [][]byte{[]byte(ri.name), keyJSON, rowJSON, t.commitTime, []byte(a.o.Upstream), t.commitLSN}, nil, nil, nil)
+	a.pending = append(a.pending, item{kind: itemChange, txn: t, rel: ri, change: c,
+		stmt: &stmt{what: "log the values of columns dropped here of"}})
+	return nil
+}
+
+// textOf is a value as JSON sees it: its text, null, or for an unchanged
+// TOAST value (not sent) null too.
+func textOf(v stream.Value) *string {
+	if v.Kind != stream.Text {
+		return nil
+	}
+	s := string(v.Data)
+	return &s
 }
 
 // identity appends the values that identify the changed row.
@@ -337,23 +528,30 @@ func updateKeyTuple(c *stream.Change) stream.Tuple {
 // casts each one to its column's type.
 func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
 	st := &stmt{name: "pgmesh_s" + strconv.Itoa(len(a.stmts)+1)}
+	t := ri.table
+	// Without a key the rows written cannot be found again at the end
+	// (noteWritten): a table without key decides them row by row.
+	t.DeferredNow = a.txn.recheck || len(t.Key) == 0
 	var sql string
-	switch c.Op {
-	case stream.Insert:
-		st.what = "insert into"
-		sql = conflict.InsertSQL(ri.table)
-	case stream.Update:
-		st.what = "update"
-		var set []string
-		for i, s := range a.shape[1:] {
-			if s == shapeValue {
-				set = append(set, ri.table.Columns[i])
-			}
+	var set []string
+	for i, s := range a.shape[1:] {
+		if s == shapeValue {
+			set = append(set, ri.table.Columns[i])
 		}
-		sql = conflict.UpdateSQL(ri.table, set)
-	case stream.Delete:
+	}
+	switch {
+	case c.Op == stream.Insert:
+		st.what = "insert into"
+		sql = conflict.InsertSQL(t)
+	case a.shape[0] == shapeMove:
+		st.what = "update moving the key of"
+		sql = conflict.MoveSQL(t, set)
+	case c.Op == stream.Update:
+		st.what = "update"
+		sql = conflict.UpdateSQL(t, set)
+	case c.Op == stream.Delete:
 		st.what = "delete from"
-		sql = conflict.DeleteSQL(ri.table)
+		sql = conflict.DeleteSQL(t)
 	}
 	if name, ok := a.stmts[sql]; ok {
 		// Same statement for a newer description of the relation.
@@ -365,31 +563,35 @@ func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
 	return st, true
 }
 
-// queueTruncate queues TRUNCATE of all relations of the change in one
-// statement, as the upstream ran it.
+// queueTruncate queues, for each relation of a remote TRUNCATE, the
+// statement that removes the rows older than it and records it
+// (conflict.TruncateSQL): a TRUNCATE in a mesh removes what was written
+// before it, on every node, and nothing written after it anywhere. It
+// never cascades: the upstream's message lists every replicated table it
+// emptied, cascaded ones included, and a table of this node that the
+// upstream did not replicate is this node's own. RESTART IDENTITY is not
+// replayed either: each node's sequences hand out ids of their own range,
+// and the rows newer than the truncate keep theirs.
 func (a *Applier) queueTruncate(ctx context.Context, c *stream.Change) error {
-	var idents, names []string
+	var ris []*relInfo
 	for _, r := range c.TruncateRels {
 		ri, err := a.relFor(ctx, r)
 		if err != nil {
 			return err
 		}
-		idents = append(idents, ri.ident)
-		names = append(names, ri.name)
+		ris = append(ris, ri)
 	}
-	if len(idents) == 0 {
+	if len(ris) == 0 {
 		return nil
 	}
-	sql := "TRUNCATE " + strings.Join(idents, ", ")
-	if c.RestartIdentity {
-		sql += " RESTART IDENTITY"
-	}
-	if c.Cascade {
-		sql += " CASCADE"
-	}
 	a.startTxn(ctx)
-	a.pipe.SendQueryParams(sql, nil, nil, nil, nil)
-	a.pending = append(a.pending, item{kind: itemTruncate, txn: a.txn, tables: strings.Join(names, ", ")})
+	t := a.txn
+	for _, ri := range ris {
+		a.pipe.SendQueryParams(conflict.TruncateLockSQL(ri.table), nil, nil, nil, nil)
+		a.pending = append(a.pending, item{kind: itemTruncate, txn: t, tables: ri.name})
+		a.pipe.SendQueryParams(conflict.TruncateSQL(ri.table), [][]byte{t.commitTime, []byte(a.o.Upstream), t.commitLSN}, nil, nil, nil)
+		a.pending = append(a.pending, item{kind: itemTruncate, txn: t, tables: ri.name})
+	}
 	return nil
 }
 

@@ -68,6 +68,7 @@ var (
 		{"local_node", checkLocalNode},
 		{"privileges", checkPrivileges},
 		{"identity", checkIdentity},
+		{"constraints", checkConstraints},
 		{"slots", checkSlots},
 		{"join", checkJoin},
 	}

@@ -32,19 +32,20 @@ var statements = template.Must(template.New("statements").Funcs(template.FuncMap
 	"values": func(cols []column) string { return join(cols, func(c column) string { return c.Value }) },
 	// The kinds and resolutions, as literals: {{InsertExists}} is
 	// 'insert_exists'.
-	"InsertExists":        literal(InsertExists),
-	"InsertDeleted":       literal(InsertDeleted),
-	"UpdateOriginDiffers": literal(UpdateOriginDiffers),
-	"UpdateMissing":       literal(UpdateMissing),
-	"UpdateDeleted":       literal(UpdateDeleted),
-	"DeleteOriginDiffers": literal(DeleteOriginDiffers),
-	"DeleteMissing":       literal(DeleteMissing),
-	"UniqueConflict":      literal(UniqueConflict),
-	"ApplyRemote":         literal(ApplyRemote),
-	"KeepLocal":           literal(KeepLocal),
-	"KeepLocalClockSkew":  literal(KeepLocalClockSkew),
-	"SkipIncomplete":      literal(SkipIncomplete),
-	"Skip":                literal(Skip),
+	"InsertExists":          literal(InsertExists),
+	"InsertDeleted":         literal(InsertDeleted),
+	"UpdateOriginDiffers":   literal(UpdateOriginDiffers),
+	"UpdateMissing":         literal(UpdateMissing),
+	"UpdateDeleted":         literal(UpdateDeleted),
+	"DeleteOriginDiffers":   literal(DeleteOriginDiffers),
+	"DeleteMissing":         literal(DeleteMissing),
+	"UniqueConflict":        literal(UniqueConflict),
+	"TruncateOriginDiffers": literal(TruncateOriginDiffers),
+	"ApplyRemote":           literal(ApplyRemote),
+	"KeepLocal":             literal(KeepLocal),
+	"KeepLocalClockSkew":    literal(KeepLocalClockSkew),
+	"SkipIncomplete":        literal(SkipIncomplete),
+	"Skip":                  literal(Skip),
 }).ParseFS(templateFiles, "templates/*.sql.tmpl"))
 
 func literal(s string) func() string { return func() string { return pg.QuoteLiteral(s) } }
@@ -54,6 +55,14 @@ const (
 	opInsert = "insert"
 	opUpdate = "update"
 	opDelete = "delete"
+	// opMove is an update that changes the key: a delete of the old key
+	// and an insert of the new row (statements.go).
+	opMove = "move"
+	// opTruncate is a TRUNCATE of the table.
+	opTruncate = "truncate"
+	// opDeferredCheck checks the deferrable constraints at the end of a
+	// remote transaction (DeferredCheckSQL).
+	opDeferredCheck = "deferred_check"
 )
 
 // mode is how a statement refers to its parameters.
@@ -75,6 +84,7 @@ const (
 // column is a column of the table with the parameter that holds its value
 // in the statement.
 type column struct {
+	N     int    // the parameter's number
 	Name  string // unquoted
 	Type  string // as format_type prints it
 	Key   bool   // part of the table's key
@@ -102,11 +112,12 @@ type builder struct {
 	// values: every column for an insert, those that came with the change
 	// (all but unchanged TOAST values) for an update.
 	Row []column
-	// Uniques are the unique indexes checked before Row is written, with
-	// their new values: the secondary ones whose columns all are in Row,
-	// and for an update that sets the key, the key (the row may move onto
-	// another one).
-	Uniques [][]column
+	// Uniques are the unique indexes and exclusion constraints checked
+	// before Row is written (builder.checks).
+	Uniques []check
+	// Unchecked are the constraints this statement cannot check: a
+	// violation of one is caught by pgmesh.resolve_guarded.
+	Unchecked []string
 	// Delta: an update of a table with delta columns.
 	Delta bool
 	// Complete: an update that carries every column, so a missing row can
@@ -115,6 +126,13 @@ type builder struct {
 	// Fallback is, in a fast statement, the full statement it falls back
 	// to (in mode slow).
 	Fallback string
+	// Missing are, in a move, the columns the change did not carry
+	// (unchanged TOAST values): the new row takes them from the old one.
+	Missing []column
+	// Removal and Addition are, in a move, the full statements (in mode
+	// slow) of its two halves: the delete of the old key and the insert
+	// of the new row.
+	Removal, Addition string
 }
 
 // newBuilder allocates the parameters of one shape in the order of the
@@ -135,20 +153,54 @@ func newBuilder(t Table, op string, set []string, m mode) *builder {
 	case opInsert:
 		b.Row = b.params(t.Columns)
 		b.Ident = pick(b.Row, ident)
-		b.Uniques = b.checkedUniques(false)
-	case opUpdate:
+		b.Uniques, b.Unchecked = b.checks(false)
+	case opUpdate, opMove:
 		b.Ident = b.params(ident)
 		b.Row = b.params(set)
 		for _, d := range t.DeltaColumns {
+			if op == opMove {
+				// A move is a delete and an insert: nothing to merge.
+				break
+			}
 			if i := slices.IndexFunc(b.Row, func(c column) bool { return c.Name == d }); i >= 0 {
 				b.Row[i].Old = b.params([]string{d})[0].Value
 			}
 		}
-		b.Uniques = b.checkedUniques(true)
+		b.Uniques, b.Unchecked = b.checks(true)
 		b.Delta = len(t.DeltaColumns) > 0
 		b.Complete = len(set) == len(t.Columns)
+		if op == opMove {
+			for i, c := range t.Columns {
+				if !slices.Contains(set, c) {
+					b.Missing = append(b.Missing, column{Name: c, Type: t.Types[i]})
+				}
+			}
+			b.Removal = full(t, opDelete, nil, slow)
+			b.Addition = full(t, opInsert, t.Columns, slow)
+		}
 	case opDelete:
 		b.Ident = b.params(ident)
+	case opTruncate:
+	case opDeferredCheck:
+		// The rows the transaction wrote (w.img), by the keys it wrote:
+		// one text[] parameter per key column.
+		for i, c := range t.Columns {
+			b.Row = append(b.Row, column{Name: c, Type: t.Types[i], Key: slices.Contains(t.Key, c), Value: "(w.img)." + pg.Ident(c)})
+		}
+		b.next = 1
+		for _, k := range t.Key {
+			b.Ident = append(b.Ident, column{N: b.next, Name: k, Type: t.Types[slices.Index(t.Columns, k)], Key: true,
+				Value: fmt.Sprintf("$%d::text[]", b.next)})
+			b.next++
+		}
+		for _, c := range t.Constraints {
+			if c.Deferrable {
+				b.Uniques = append(b.Uniques, check{b: b, c: c})
+			}
+		}
+		if t.KeyDeferrable {
+			b.Uniques = append(b.Uniques, check{b: b, key: true, name: "the key", cols: pick(b.Row, t.Key)})
+		}
 	default:
 		panic("conflict: unknown operation " + op)
 	}
@@ -160,7 +212,7 @@ func (b *builder) params(cols []string) []column {
 	out := make([]column, len(cols))
 	for i, c := range cols {
 		typ := b.t.Types[slices.Index(b.t.Columns, c)]
-		out[i] = column{Name: c, Type: typ, Key: slices.Contains(b.t.Key, c), Value: b.arg(b.next, typ)}
+		out[i] = column{N: b.next, Name: c, Type: typ, Key: slices.Contains(b.t.Key, c), Value: b.arg(b.next, typ)}
 		b.next++
 	}
 	return out
@@ -193,25 +245,13 @@ func (b *builder) OriginPrefix() string { return pg.QuoteLiteral(topology.Origin
 // Fast: this is the fast statement of the shape.
 func (b *builder) Fast() bool { return b.mode == fast }
 
-// checkedUniques picks the unique indexes whose new values Row holds (see
-// Uniques); withKey adds the key.
-func (b *builder) checkedUniques(withKey bool) [][]column {
-	covers := func(idx []string) bool {
-		return !slices.ContainsFunc(idx, func(c string) bool {
-			return !slices.ContainsFunc(b.Row, func(r column) bool { return r.Name == c })
-		})
-	}
-	var out [][]column
-	for _, idx := range b.t.Uniques {
-		isKey := len(idx) == len(b.t.Key) && !slices.ContainsFunc(idx, func(c string) bool { return !slices.Contains(b.t.Key, c) })
-		if len(idx) > 0 && covers(idx) && !isKey {
-			out = append(out, pick(b.Row, idx))
-		}
-	}
-	if withKey && !b.Keyless && covers(b.t.Key) {
-		out = append(out, pick(b.Row, b.t.Key))
-	}
-	return out
+// KeyDeferrable: the key's index is deferrable, which ON CONFLICT cannot
+// name.
+func (b *builder) KeyDeferrable() bool { return b.t.KeyDeferrable }
+
+// AnyDeferred: some checked constraint is deferrable.
+func (b *builder) AnyDeferred() bool {
+	return slices.ContainsFunc(b.Uniques, func(k check) bool { return k.Deferred() })
 }
 
 // noEquality are types without an equality operator: compared as text.
@@ -252,6 +292,22 @@ func (b *builder) Holds(alias string, cols []column) string {
 	return list(cols, " AND ", func(c column) string { return alias + "." + pg.Ident(c.Name) + " = " + c.Value })
 }
 
+// NewKeyJSON is, in a move, the new key as jsonb, rendered as KeyJSON.
+func (b *builder) NewKeyJSON() string { return keyJSON(pick(b.Row, b.t.Key)) }
+
+// ImageKeyJSON is the key of the row image expr (a value of the table's
+// row type) as jsonb, rendered as KeyJSON; NULL for a table without key.
+func (b *builder) ImageKeyJSON(expr string) string {
+	if b.Keyless {
+		return "NULL::jsonb"
+	}
+	cols := make([]column, len(b.t.Key))
+	for i, k := range b.t.Key {
+		cols[i] = column{Name: k, Type: b.t.Types[slices.Index(b.t.Columns, k)], Value: "(" + expr + ")." + pg.Ident(k)}
+	}
+	return keyJSON(cols)
+}
+
 // KeyJSON is the changed row's identity as jsonb, as pgmesh.record_delete
 // stores it in tombstones: that trigger renders a key under TimeZone UTC
 // and IntervalStyle postgres, and so must the statements, or the tombstone
@@ -261,19 +317,25 @@ func (b *builder) Holds(alias string, cols []column) string {
 // (settingFree) use plain to_jsonb; any other type — timestamptz and
 // interval, but also ranges, domains and composites over them — the
 // function.
-func (b *builder) KeyJSON() string {
+func (b *builder) KeyJSON() string { return keyJSON(b.Ident) }
+
+func keyJSON(cols []column) string {
 	fn := "to_jsonb"
-	for _, c := range b.Ident {
+	for _, c := range cols {
 		if !settingFree.MatchString(c.Type) {
 			fn = "pgmesh.to_jsonb_utc"
 		}
 	}
-	return jsonOf(fn, b.Ident)
+	return jsonOf(fn, cols)
 }
 
 // settingFree matches the types (as format_type prints them, and arrays of
 // them) whose to_jsonb depends on no session setting.
 var settingFree = regexp.MustCompile(`^(smallint|integer|bigint|numeric(\(\d+(,\d+)?\))?|text|character varying(\(\d+\))?|character(\(\d+\))?|uuid|boolean|date|timestamp(\(\d\))? without time zone)(\[\])*$`)
+
+// TableKey is the key of a table's truncation in pgmesh.tombstone: no key
+// of a row is an empty object (sql/0011_keys.sql).
+func (b *builder) TableKey() string { return "'{}'::jsonb" }
 
 // RowJSON is the remote row image (Row) as jsonb, for the log.
 func (b *builder) RowJSON() string { return jsonOf("to_jsonb", b.Row) }
@@ -387,19 +449,60 @@ func (b *builder) With(arg string) withArg { return withArg{b, arg} }
 
 // FallbackName names the prepared statement of Fallback in a session: the
 // same text always gets the same name.
-func (b *builder) FallbackName() string {
-	sum := sha256.Sum256([]byte(b.Fallback))
-	return pg.QuoteLiteral(fmt.Sprintf("pgmesh_full_%x", sum[:12]))
-}
+func (b *builder) FallbackName() string { return StatementName(b.Fallback) }
 
 // FallbackText is Fallback as a dollar-quoted literal whose tag it does not
 // contain, so that it appears verbatim.
-func (b *builder) FallbackText() string {
+func (b *builder) FallbackText() string { return dollarQuote(b.Fallback) }
+
+// StatementName names the prepared statement of a full statement, as a
+// literal: the same text always gets the same name, so that a fast
+// statement and a move share the full statement they both run.
+func StatementName(sql string) string {
+	sum := sha256.Sum256([]byte(sql))
+	return pg.QuoteLiteral(fmt.Sprintf("pgmesh_full_%x", sum[:12]))
+}
+
+// dollarQuote is sql as a dollar-quoted literal whose tag it does not
+// contain.
+func dollarQuote(sql string) string {
 	tag := "$pgmesh$"
-	for i := 1; strings.Contains(b.Fallback, tag); i++ {
+	for i := 1; strings.Contains(sql, tag); i++ {
 		tag = "$pgmesh" + strconv.Itoa(i) + "$"
 	}
-	return tag + b.Fallback + tag
+	return tag + sql + tag
+}
+
+// RemovalName, RemovalText, AdditionName and AdditionText are the two
+// halves of a move as pgmesh.resolve_change takes them.
+func (b *builder) RemovalName() string  { return StatementName(b.Removal) }
+func (b *builder) RemovalText() string  { return dollarQuote(b.Removal) }
+func (b *builder) AdditionName() string { return StatementName(b.Addition) }
+func (b *builder) AdditionText() string { return dollarQuote(b.Addition) }
+
+// RemovalArgs are the parameters of a move's delete: the change's first
+// three and the old key, as text.
+func (b *builder) RemovalArgs() string {
+	args := []string{"$1::text", "$2::text", "$3::text"}
+	for _, c := range b.Ident {
+		args = append(args, fmt.Sprintf("$%d::text", c.N))
+	}
+	return strings.Join(args, ", ")
+}
+
+// AdditionArgs are the parameters of a move's insert: the change's first
+// three and the new row in the table's column order, a column the change
+// did not carry from the old row (moved_from).
+func (b *builder) AdditionArgs() string {
+	args := []string{"$1::text", "$2::text", "$3::text"}
+	for _, name := range b.t.Columns {
+		if i := slices.IndexFunc(b.Row, func(c column) bool { return c.Name == name }); i >= 0 {
+			args = append(args, fmt.Sprintf("$%d::text", b.Row[i].N))
+		} else {
+			args = append(args, "(SELECT f."+pg.Ident(name)+" FROM moved_from f)")
+		}
+	}
+	return strings.Join(args, ", ")
 }
 
 // TextParams are every parameter of the statement as text, in order: the

@@ -67,7 +67,7 @@ func newFixture(t testing.TB, ddl ...string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := InstallTriggers(ctx, f.conn, tables); err != nil {
+	if _, err := InstallTriggers(ctx, f.conn, tables); err != nil {
 		t.Fatal(err)
 	}
 	return f

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -39,6 +40,16 @@ var goldenDDL = []string{
 	"CREATE TABLE tag (name text PRIMARY KEY)",
 	// Names to quote.
 	`CREATE TABLE "it's ""odd""" ("Id" int PRIMARY KEY, "na""me" text)`,
+	// Every other kind of unique index, and an exclusion constraint.
+	`CREATE TABLE member (id int PRIMARY KEY, email text, team int, active bool, nick text, slot int4range, seat int, code text COLLATE "C")`,
+	"CREATE UNIQUE INDEX member_email ON member (lower(email))",
+	"CREATE UNIQUE INDEX member_captain ON member (team) WHERE active",
+	"CREATE UNIQUE INDEX member_nick ON member (team, nick) NULLS NOT DISTINCT",
+	"ALTER TABLE member ADD CONSTRAINT member_slot EXCLUDE USING gist (slot WITH &&)",
+	"ALTER TABLE member ADD CONSTRAINT member_seat UNIQUE (seat) DEFERRABLE INITIALLY DEFERRED",
+	`CREATE UNIQUE INDEX member_code ON member (code COLLATE "POSIX")`,
+	// A deferrable key.
+	"CREATE TABLE slot (id int PRIMARY KEY DEFERRABLE, v text)",
 }
 
 // goldenCase is one table with its conflict settings, and the statement
@@ -52,7 +63,7 @@ type goldenCase struct {
 
 var goldenCases = []goldenCase{
 	{name: "item", table: "item"},
-	{name: "item_unchanged_toast", table: "item", set: []string{"id", "email", "qty"}, shapes: []string{"update", "update_full"}},
+	{name: "item_unchanged_toast", table: "item", set: []string{"id", "email", "qty"}, shapes: []string{"update", "update_full", "move"}},
 	{name: "item_delete_wins", table: "item", mod: deleteWins},
 	{name: "item_first_update_wins", table: "item", mod: policy(config.FirstUpdateWins)},
 	{name: "item_keep_local", table: "item", mod: policy(config.KeepLocal)},
@@ -68,6 +79,22 @@ var goldenCases = []goldenCase{
 	{name: "session", table: "session"},
 	{name: "tag", table: "tag"},
 	{name: "quoting", table: `it's "odd"`},
+	{name: "member", table: "member"},
+	{name: "member_unchanged_toast", table: "member", set: []string{"id", "team", "active", "slot", "seat", "code"}, shapes: []string{"update", "update_full"}},
+	// The upstream does not send column code: member_code cannot be
+	// checked before a write.
+	{name: "member_code_not_sent", table: "member", mod: withoutColumn("code"), shapes: []string{"insert", "update", "move"}},
+	{name: "slot", table: "slot", shapes: []string{"insert", "deferred_check"}},
+}
+
+// withoutColumn narrows a table to the columns but one, as the applier
+// does when the upstream does not send that column.
+func withoutColumn(name string) func(*Table) {
+	return func(t *Table) {
+		i := slices.Index(t.Columns, name)
+		t.Columns = slices.Delete(slices.Clone(t.Columns), i, i+1)
+		t.Types = slices.Delete(slices.Clone(t.Types), i, i+1)
+	}
 }
 
 // Every statement shape of representative tables is its golden file, so
@@ -100,9 +127,17 @@ func TestGolden(t *testing.T) {
 			shapes[op] = elideFallback(t, statement(tbl, op, set), fallbacks[op])
 			shapes[op+"_full"] = full(tbl, op, set, direct)
 		}
+		if len(tbl.Key) > 0 && !slices.ContainsFunc(tbl.Key, func(k string) bool { return !slices.Contains(set, k) }) {
+			b := newBuilder(tbl, opMove, set, fast)
+			shapes[opMove] = elideFallback(t, elideFallback(t, MoveSQL(tbl, set), b.Removal), b.Addition)
+		}
+		shapes[opTruncate] = TruncateSQL(tbl)
+		if tbl.Deferrable() {
+			shapes[opDeferredCheck] = DeferredCheckSQL(tbl)
+		}
 		want := gc.shapes
 		if want == nil {
-			for _, shape := range []string{"insert", "insert_full", "update", "update_full", "delete", "delete_full"} {
+			for _, shape := range []string{"insert", "insert_full", "update", "update_full", "delete", "delete_full", "move", "truncate", "deferred_check"} {
 				if _, ok := shapes[shape]; ok {
 					want = append(want, shape)
 				}
@@ -118,8 +153,20 @@ func TestGolden(t *testing.T) {
 			checkGolden(t, path, sql)
 			checkTidy(t, path, sql)
 		}
-		for _, shape := range []string{"insert", "update", "delete"} {
-			sql := statement(tbl, shape, set)
+		for _, shape := range []string{"insert", "update", "delete", "move", "truncate", "deferred_check"} {
+			var sql string
+			switch {
+			case (shape == opMove || shape == opDeferredCheck) && shapes[shape] == "":
+				continue
+			case shape == opDeferredCheck:
+				sql = shapes[shape]
+			case shape == opMove:
+				sql = MoveSQL(tbl, set)
+			case shape == opTruncate:
+				sql = TruncateSQL(tbl)
+			default:
+				sql = statement(tbl, shape, set)
+			}
 			if _, err := f.conn.PgConn().Prepare(ctx, "", sql, nil); err != nil {
 				t.Errorf("%s %s: prepare: %v\n%s", gc.name, shape, err, sql)
 			}

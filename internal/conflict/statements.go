@@ -1,5 +1,7 @@
 package conflict
 
+import "github.com/pgmesh/pgmesh/internal/pg"
+
 // Parameters of the statements built here. Every value is sent as text with
 // an unspecified type; the statement casts each parameter to its column's
 // type, always with the same cast, so the server infers one type per
@@ -64,6 +66,50 @@ func UpdateSQL(t Table, set []string) string { return statement(t, opUpdate, set
 // DeleteSQL is the statement that applies a remote DELETE to t.
 func DeleteSQL(t Table) string { return statement(t, opDelete, nil) }
 
+// MoveSQL is the statement that applies a remote UPDATE that changed the
+// key of a row of t (which must have a key): for conflicts a delete of the
+// old key and an insert of the new row (templates/table.sql.tmpl says
+// why). Its parameters are UpdateSQL's but the old values of delta
+// columns, which it does not take; the new row must carry the key.
+func MoveSQL(t Table, set []string) string {
+	return newBuilder(t, opMove, set, fast).render(opMove)
+}
+
+// DeferredCheckSQL is the statement that checks, at the end of a remote
+// transaction that wrote rows of t, t's deferrable unique indexes and
+// exclusion constraints (and a deferrable key) for those rows: the apply
+// session's replica role keeps PostgreSQL from checking them at all (their
+// checks are triggers, which do not fire there). Its parameters are the
+// keys of the rows written (or moved to), one text[] per key column in
+// t.Key order; t must have a key. It returns one row, or raises (SQLSTATE
+// 23505) naming the first row that conflicts with another: the applier
+// then applies the transaction again with Table.DeferredNow. The keys are
+// its parameters $1, $2… (text[]).
+func DeferredCheckSQL(t Table) string {
+	return newBuilder(t, opDeferredCheck, nil, direct).render(opDeferredCheck)
+}
+
+// TruncateSQL is the statement that applies a remote TRUNCATE to t: it
+// removes the rows older than the truncate and records it
+// (templates/table.sql.tmpl). Its parameters are $1 to $3; it returns one
+// row (rows removed bigint, rows logged bigint). Run TruncateLockSQL(t)
+// first, in the same transaction.
+func TruncateSQL(t Table) string {
+	return newBuilder(t, opTruncate, nil, fast).render(opTruncate)
+}
+
+// TruncateLockSQL locks t against every other writer until the transaction
+// that applies a TRUNCATE ends. A change of another link applied at the
+// same time could otherwise escape it: an insert older than the truncate,
+// committed after the truncate's snapshot and checked against a snapshot
+// without its tombstone, would survive on this node only. A writer that
+// waited for the lock sees the tombstone (its statement's snapshot is
+// taken once it holds its locks); one the lock waited for is seen by the
+// truncate.
+func TruncateLockSQL(t Table) string {
+	return "LOCK TABLE " + pg.Ident(t.Schema, t.Name) + " IN SHARE MODE"
+}
+
 // statement is the fast statement of a change with the full one as its
 // fallback; for updates and deletes of a table without a key, the full
 // statement alone.
@@ -73,6 +119,9 @@ func statement(t Table, op string, set []string) string {
 	}
 	b := newBuilder(t, op, set, fast)
 	b.Fallback = full(t, op, set, slow)
+	if len(b.Unchecked) > 0 {
+		return b.render("guarded")
+	}
 	return b.render(op + "_fast")
 }
 

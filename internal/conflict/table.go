@@ -63,6 +63,13 @@ const (
 	DeleteOriginDiffers = "delete_origin_differs"
 	DeleteMissing       = "delete_missing"
 	UniqueConflict      = "unique_conflict"
+	// MissingColumn: a remote change carried a column that a DDL applied
+	// here has dropped or renamed and its upstream has not yet: the rest
+	// of the row was applied, the whole remote row is logged.
+	MissingColumn = "missing_column"
+	// TruncateOriginDiffers: a remote TRUNCATE removed a row that the
+	// truncating node had not seen (written concurrently).
+	TruncateOriginDiffers = "truncate_origin_differs"
 )
 
 // Resolutions, as returned by the statements and stored in
@@ -78,6 +85,9 @@ const (
 	// unchanged TOAST columns did not come with the change.
 	SkipIncomplete = "skip_incomplete"
 	Skip           = "skip" // delete of a missing row: a tombstone is written
+	// SkipColumn: the values of columns missing here were not applied
+	// (MissingColumn).
+	SkipColumn = "skip_column"
 )
 
 // Table describes a replicated table on the applying node.
@@ -94,10 +104,17 @@ type Table struct {
 	// subset of Columns. Empty for tables identified only by REPLICA
 	// IDENTITY FULL: then all of Columns identify a row.
 	Key []string
-	// Uniques are the other unique indexes (their columns), checked before
-	// a row image is written. Indexes on columns outside Columns are not
-	// checked.
-	Uniques [][]string
+	// Constraints are the other unique indexes and the exclusion
+	// constraints, checked before a row image is written.
+	Constraints []Constraint
+	// KeyDeferrable: the key's index is DEFERRABLE.
+	KeyDeferrable bool
+	// DeferredNow decides deferrable constraints as immediate ones: a row
+	// that holds a value the change writes is a conflict even when the
+	// remote node had seen it. The applier sets it for the one remote
+	// transaction whose deferred check failed at its end, applied again:
+	// a row the remote had seen still held the value when it committed.
+	DeferredNow bool
 	// FullIdentity is REPLICA IDENTITY FULL: updates and deletes come with
 	// the old values of every column.
 	FullIdentity bool
@@ -109,6 +126,13 @@ type Table struct {
 	// DeleteWins makes a delete beat every concurrent insert or update,
 	// whatever the commit times.
 	DeleteWins bool
+}
+
+// Deferrable tells whether the table has a deferrable constraint (its key
+// or another): the applier then defers the constraints of a remote
+// transaction that writes it until its end, as its upstream did.
+func (t Table) Deferrable() bool {
+	return t.KeyDeferrable || slices.ContainsFunc(t.Constraints, func(c Constraint) bool { return c.Deferrable })
 }
 
 // QualifiedName is "schema.table", as in the config and the conflict log.

@@ -466,6 +466,8 @@ func TestInFlight(t *testing.T) {
 	}{
 		{"public.items", "note", true},
 		{"public.items", "other", false},
+		{"public.items", "no", false}, // a word of the DDL, not part of one
+		{"public.item", "note", false},
 		{"public.items", "", true},
 		{"public.orders", "note", false},
 		{"public.orders", "", false},
@@ -558,7 +560,7 @@ func TestTombstoneTrigger(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := conflict.InstallTriggers(ctx, c, tables); err != nil {
+	if _, err := conflict.InstallTriggers(ctx, c, tables); err != nil {
 		t.Fatal(err)
 	}
 	initArgs, initXmin := triggerArgs(t, c, "public.a")

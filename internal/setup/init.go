@@ -237,43 +237,16 @@ ON CONFLICT (peer, origin) DO NOTHING`, names, node)
 			act(node, "recorded the existing rows as seen by %d peers", tag.RowsAffected())
 		}
 	}
-	// The trigger's arguments are the table's name and key columns; it is
-	// (re)installed where it is missing or has other arguments.
-	rows, err := conn.Query(ctx, `
-SELECT n.nspname || '.' || c.relname, t.tgargs
-  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE t.tgname = $1 AND t.tgparentid = 0`, conflict.TriggerName)
+	// The tombstone triggers are (re)installed where they are missing or
+	// have other arguments (the table's name and key columns).
+	changed, err := conflict.InstallTriggers(ctx, conn, tables)
 	if err != nil {
-		return fmt.Errorf("read tombstone triggers: %w", err)
-	}
-	installed := map[string]string{}
-	for rows.Next() {
-		var rel string
-		var args []byte
-		if err := rows.Scan(&rel, &args); err != nil {
-			return fmt.Errorf("read tombstone triggers: %w", err)
-		}
-		installed[rel] = string(args)
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read tombstone triggers: %w", err)
-	}
-	var missing []pg.Table
-	for _, t := range tables {
-		if len(t.KeyColumns) == 0 {
-			continue
-		}
-		// tgargs: each argument NUL-terminated.
-		want := t.QualifiedName() + "\x00" + strings.Join(t.KeyColumns, "\x00") + "\x00"
-		if installed[t.QualifiedName()] != want {
-			missing = append(missing, t)
-		}
-	}
-	if err := conflict.InstallTriggers(ctx, conn, missing); err != nil {
 		return err
 	}
-	for _, t := range missing {
-		act(node, "installed tombstone trigger on %s", t.QualifiedName())
+	for _, t := range tables {
+		if names := changed[t.QualifiedName()]; len(names) > 0 {
+			act(node, "installed tombstone triggers on %s: %s", t.QualifiedName(), strings.Join(names, ", "))
+		}
 	}
 	return nil
 }

@@ -64,13 +64,16 @@ func TestInitConverges(t *testing.T) {
 	if err != nil {
 		t.Fatalf("init: %v\n%s", err, render(rep))
 	}
+	// The tombstone triggers of a table with a key: TRUNCATE, DELETE, key
+	// changes.
+	const allTriggers = "pgmesh_truncate, pgmesh_tombstone, pgmesh_tombstone_key"
 	var want []string
 	for _, n := range []string{"n1", "n2", "n3"} {
 		want = append(want, n+": applied migration 0001_core", n+": set local node "+n+" of cluster test",
 			n+": created publication pgmesh with 3 tables", n+": set node ranks n1, n2, n3",
 			n+": recorded the existing rows as seen by 2 peers",
-			n+": installed tombstone trigger on public.accounts", n+": installed tombstone trigger on public.events",
-			n+": installed tombstone trigger on public.pairs",
+			n+": installed tombstone triggers on public.accounts: "+allTriggers, n+": installed tombstone triggers on public.events: "+allTriggers,
+			n+": installed tombstone triggers on public.pairs: "+allTriggers,
 			n+": set replicated schemas for DDL capture: public",
 			n+": set excluded tables for DDL capture: public.local_audit",
 			n+": created event trigger pgmesh_ddl_capture_end (ddl.capture: auto)",
@@ -144,7 +147,7 @@ func TestInitConverges(t *testing.T) {
 	}
 	want = nil
 	for _, n := range []string{"n1", "n2", "n3"} {
-		want = append(want, n+": installed tombstone trigger on public.added",
+		want = append(want, n+": installed tombstone triggers on public.added: "+allTriggers,
 			n+": set tables of publication pgmesh: 4 tables (added public.added)")
 	}
 	if got := actions(rep); !slices.Equal(got, want) {

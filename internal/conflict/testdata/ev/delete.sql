@@ -9,10 +9,14 @@ WITH local_row AS MATERIALIZED (
         LATERAL pg_catalog.pg_xact_commit_timestamp_origin(locked.xmin) ct),
 key_json AS MATERIALIZED (SELECT (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::integer AS "a", $5::text AS "b", $6::json AS "doc", $7::timestamp with time zone AS "at") x) AS key),
 local_state AS MATERIALIZED (
- SELECT coalesce(l.found, false) AS present, false AS tomb, l.img, l.tid, l.toid,
-        l.commit_time AS state_time, l.node AS state_node
+ SELECT coalesce(l.found, false) AS present, coalesce(tb.found, false) AS tomb, l.img, l.tid, l.toid,
+        CASE WHEN l.found THEN l.commit_time ELSE tb.deleted_at END AS state_time,
+        CASE WHEN l.found THEN l.node ELSE tb.node END AS state_node
    FROM (VALUES (1)) one (x)
-   LEFT JOIN local_row l ON true),
+   LEFT JOIN local_row l ON true
+   LEFT JOIN LATERAL (SELECT true AS found, pgmesh.tombstone_time(z.deleted_at, z.xid) AS deleted_at, z.node
+                        FROM pgmesh.tombstone z
+                       WHERE l.found IS NULL AND z.table_name = 'public.ev' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node)) tb ON true),
 compared AS MATERIALIZED (
  SELECT s.present, s.tomb, s.state_time, s.state_node,
         coalesce(s.state_node = $2::text, false) AS same,
@@ -63,7 +67,7 @@ logged AS (
  SELECT 'public.ev', v.kind, v.resolution, (SELECT k.key FROM key_json k), to_jsonb(s.img), (SELECT k.key FROM key_json k),
         v.state_time, $1::timestamptz, v.state_node, $2::text, $3::pg_lsn
    FROM verdict v, local_state s
-  WHERE v.kind IS NOT NULL AND v.unique_wins
+  WHERE v.kind IS NOT NULL AND (v.unique_wins)
  RETURNING 1)
 SELECT v.kind AS kind,
        v.resolution AS resolution

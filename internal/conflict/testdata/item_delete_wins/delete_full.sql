@@ -15,7 +15,10 @@ local_state AS MATERIALIZED (
    LEFT JOIN local_row l ON true
    LEFT JOIN LATERAL (SELECT true AS found, pgmesh.tombstone_time(z.deleted_at, z.xid) AS deleted_at, z.node
                         FROM pgmesh.tombstone z
-                       WHERE l.found IS NULL AND z.table_name = 'public.item' AND z.key = (SELECT k.key FROM key_json k)) tb ON true
+                       WHERE l.found IS NULL AND z.table_name = 'public.item' AND z.key IN ((SELECT k.key FROM key_json k), '{}'::jsonb)
+                         AND (z.key <> '{}'::jsonb OR NOT pgmesh.orders_after($1::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
+                       ORDER BY pgmesh.tombstone_time(z.deleted_at, z.xid) DESC NULLS LAST
+                       LIMIT 1) tb ON true
   WHERE l.found OR NOT EXISTS (SELECT FROM "public"."item" pgmesh_g WHERE pgmesh_g."id" = $4::integer)),
 compared AS MATERIALIZED (
  SELECT s.present, s.tomb, s.state_time, s.state_node,
@@ -74,7 +77,7 @@ logged AS (
  SELECT 'public.item', v.kind, v.resolution, (SELECT k.key FROM key_json k), to_jsonb(s.img), (SELECT k.key FROM key_json k),
         v.state_time, $1::timestamptz, v.state_node, $2::text, $3::pg_lsn
    FROM verdict v, local_state s
-  WHERE v.kind IS NOT NULL AND v.unique_wins
+  WHERE v.kind IS NOT NULL AND (v.unique_wins)
  RETURNING 1)
 SELECT v.kind AS kind,
        v.resolution AS resolution

@@ -15,5 +15,5 @@ SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
                     WHEN (SELECT false FROM pgmesh.close_gate('public.tag', (SELECT to_jsonb(x) FROM (SELECT $4::text AS "name") x))) THEN NULL
                     WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.tag' || ((SELECT to_jsonb(x) FROM (SELECT $4::text AS "name") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_d8af1054af9e8b34dd486d98', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) END AS verdict
+                    ELSE pgmesh.resolve_change('pgmesh_full_0c04b12415621b6b95478dc2', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) END AS verdict
          OFFSET 0) r

@@ -15,7 +15,10 @@ local_state AS MATERIALIZED (
    LEFT JOIN local_row l ON true
    LEFT JOIN LATERAL (SELECT true AS found, pgmesh.tombstone_time(z.deleted_at, z.xid) AS deleted_at, z.node
                         FROM pgmesh.tombstone z
-                       WHERE l.found IS NULL AND z.table_name = 'public.tag' AND z.key = (SELECT k.key FROM key_json k)) tb ON true
+                       WHERE l.found IS NULL AND z.table_name = 'public.tag' AND z.key IN ((SELECT k.key FROM key_json k), '{}'::jsonb)
+                         AND (z.key <> '{}'::jsonb OR NOT pgmesh.orders_after($1::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
+                       ORDER BY pgmesh.tombstone_time(z.deleted_at, z.xid) DESC NULLS LAST
+                       LIMIT 1) tb ON true
   WHERE l.found OR NOT EXISTS (SELECT FROM "public"."tag" pgmesh_g WHERE pgmesh_g."name" = $4::text)),
 compared AS MATERIALIZED (
  SELECT s.present, s.tomb, s.state_time, s.state_node,
@@ -83,6 +86,22 @@ unique_losers AS (
   WHERE (SELECT v.writes FROM verdict v)
     AND pgmesh_d."name" = (h.img)."name"
  RETURNING 1),
+loser_removed AS (
+ DELETE FROM "public"."tag" pgmesh_r
+  WHERE pgmesh_r."name" = $4::text AND (SELECT v.wins AND v.present AND NOT v.unique_wins FROM verdict v)
+ RETURNING 1),
+unique_tombstones AS (
+ INSERT INTO pgmesh.tombstone AS z (table_name, key, deleted_at, xid, node)
+ SELECT 'public.tag', (SELECT to_jsonb(x) FROM (SELECT (h.img)."name" AS "name") x), h.commit_time, NULL::xid8, h.node
+   FROM verdict v, unique_holders h
+  WHERE v.writes
+ UNION ALL
+ SELECT 'public.tag', (SELECT k.key FROM key_json k), $1::timestamptz, NULL::xid8, $2::text
+   FROM verdict v
+  WHERE v.wins AND NOT v.unique_wins
+ ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = excluded.deleted_at, xid = NULL, node = excluded.node
+  WHERE coalesce(pgmesh.tombstone_time(z.deleted_at, z.xid), '-infinity') < excluded.deleted_at
+ RETURNING 1),
 updated AS (
  UPDATE "public"."tag" pgmesh_t
     SET "name" = $5::text
@@ -98,7 +117,7 @@ logged AS (
  SELECT 'public.tag', v.kind, v.resolution, (SELECT k.key FROM key_json k), to_jsonb(s.img), (SELECT to_jsonb(x) FROM (SELECT $5::text AS "name") x),
         v.state_time, $1::timestamptz, v.state_node, $2::text, $3::pg_lsn
    FROM verdict v, local_state s
-  WHERE v.kind IS NOT NULL AND v.unique_wins
+  WHERE v.kind IS NOT NULL AND (v.unique_wins OR v.present)
  RETURNING 1),
 unique_logged AS (
  INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, local_row, remote_row, local_commit_time, remote_commit_time, local_origin, remote_origin, remote_lsn)
