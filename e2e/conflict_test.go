@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/sandbox"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 )
 
@@ -442,7 +443,7 @@ func TestDeltaColumns(t *testing.T) {
 	for n := range 3 {
 		wg.Go(func() {
 			ctx := context.Background()
-			c, err := pgx.Connect(ctx, env.DSNs[n])
+			c, err := pgx.Connect(ctx, env.DSNAs(n, sandbox.App))
 			if err != nil {
 				errs <- err
 				return

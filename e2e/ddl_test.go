@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgmesh/pgmesh/internal/sandbox"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 )
 
@@ -29,7 +30,7 @@ func ddlMesh(t *testing.T, items string) (*sandboxtest.Env, []*pgx.Conn) {
 // DDL id and the exit code.
 func runDDL(t *testing.T, env *sandboxtest.Env, node, sql string, args ...string) (string, int) {
 	t.Helper()
-	out, code := runCLI(t, append([]string{"ddl", "-c", env.ConfigPath, "--node", node, "--json", sql}, args...)...)
+	out, code := runCLI(t, append([]string{"ddl", "-c", env.ConfigPath, "--node", node, "--role", "app_owner", "--json", sql}, args...)...)
 	var res struct{ ID, Applied string }
 	if err := json.NewDecoder(strings.NewReader(out)).Decode(&res); err != nil || res.ID == "" {
 		t.Fatalf("pgmesh ddl --node %s %q: exit %d, no id (%v)\n%s", node, sql, code, err, out)
@@ -115,7 +116,7 @@ func TestDDLAddColumnUnderLoad(t *testing.T) {
 			defer wg.Done()
 			errs <- func() error {
 				ctx := context.Background()
-				c, err := pgx.Connect(ctx, env.DSNs[n])
+				c, err := pgx.Connect(ctx, env.DSNAs(n, sandbox.App))
 				if err != nil {
 					return err
 				}
@@ -264,7 +265,7 @@ func TestDDLDivergentColumns(t *testing.T) {
 	env, cs := ddlMesh(t, `CREATE TABLE items (id bigint PRIMARY KEY, node int NOT NULL, val int NOT NULL)`)
 	// Back to back: n2 has its column before n1's arrives there.
 	env.Exec(t, 0, `ALTER TABLE items ADD COLUMN color text`)
-	env.Exec(t, 1, `SET LOCAL pgmesh.in_ddl = on; ALTER TABLE items ADD COLUMN weight int`)
+	env.ExecUncaptured(t, 1, `ALTER TABLE items ADD COLUMN weight int`)
 	eventuallyAll(t, cs, "color on every node",
 		`SELECT string_agg(attname, ',') FROM pg_attribute WHERE attrelid = 'public.items'::regclass AND attname = 'color'`, "color")
 	// Rows in the columns every node has, from every node.
@@ -293,7 +294,7 @@ func TestDDLDivergentColumns(t *testing.T) {
 	eventuallyAll(t, cs, "rows of n1 and n3", `SELECT count(*)::text FROM items WHERE node IN (0, 2)`, "10")
 
 	for _, n := range []int{0, 2} {
-		env.Exec(t, n, `SET LOCAL pgmesh.in_ddl = on; ALTER TABLE items ADD COLUMN weight int`)
+		env.ExecUncaptured(t, n, `ALTER TABLE items ADD COLUMN weight int`)
 	}
 	// Column order differs between nodes now: compare by name.
 	st := waitConverged(t, env, cs, "(SELECT id, node, val, color, weight FROM items)", "id")
@@ -314,7 +315,7 @@ func TestDDLDivergentColumns(t *testing.T) {
 func TestDDLFailedOnPeerSkipped(t *testing.T) {
 	env, cs := ddlMesh(t, `CREATE TABLE items (id bigint PRIMARY KEY, val int NOT NULL)`)
 	const create = `CREATE TABLE x (id int PRIMARY KEY, v text)`
-	env.Exec(t, 2, `SET LOCAL pgmesh.in_ddl = on; `+create)
+	env.ExecUncaptured(t, 2, create)
 
 	id, code := runDDL(t, env, "n1", create)
 	if code != 0 {
@@ -328,7 +329,7 @@ func TestDDLFailedOnPeerSkipped(t *testing.T) {
 	})
 	// n2 is not held up; a next DDL refuses to start while n3 lags.
 	eventuallyAll(t, cs[:2], "x on n1 and n2", `SELECT v FROM x WHERE id = 1`, "one")
-	out, code := runCLI(t, "ddl", "-c", env.ConfigPath, "--node", "n2", "ALTER TABLE items ADD COLUMN note text")
+	out, code := runCLI(t, "ddl", "-c", env.ConfigPath, "--node", "n2", "--role", "app_owner", "ALTER TABLE items ADD COLUMN note text")
 	if code != 1 || !strings.Contains(out, id) || !strings.Contains(out, "n3 failed") {
 		t.Fatalf("ddl while %s failed on n3: exit %d, want 1 naming the DDL and n3:\n%s", id, code, out)
 	}
@@ -351,4 +352,36 @@ func TestDDLFailedOnPeerSkipped(t *testing.T) {
 	if strings.Contains(out, id) {
 		t.Fatalf("ddl %s still pending after skip:\n%s", id, out)
 	}
+}
+
+// TestDDLReplayedUnderIssuerSettings: a literal in a captured DDL reads on
+// the peers as it read where it ran, whatever the DateStyle, IntervalStyle
+// and TimeZone of the issuer's session and of the peers' databases.
+func TestDDLReplayedUnderIssuerSettings(t *testing.T) {
+	env := sandboxtest.New(t, 2)
+	initMesh(t, env, 2, `CREATE TABLE items (id int PRIMARY KEY)`)
+	// n2's database reads dates the other way round.
+	if _, err := env.Admin(t, 1).Exec(context.Background(), fmt.Sprintf(
+		`ALTER DATABASE %s SET DateStyle = 'SQL, MDY'`, env.DB)); err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, env.ConfigPath)
+	owner := env.Conn(t, 0)
+	for _, q := range []string{
+		`SET DateStyle = 'SQL, DMY'`, `SET IntervalStyle = 'sql_standard'`, `SET TimeZone = 'Asia/Kolkata'`,
+		`ALTER TABLE items ADD COLUMN d date DEFAULT '01/02/2024', ADD COLUMN i interval DEFAULT '-1 2:03:04',
+			ADD COLUMN ts timestamptz DEFAULT '2024-02-01 10:00'`,
+	} {
+		sqlOn(t, owner, q)
+	}
+	cs := conns(t, env, 2)
+	const q = `SELECT string_agg(pg_get_expr(d.adbin, d.adrelid), ' | ' ORDER BY d.adnum)
+		FROM pg_attrdef d WHERE d.adrelid = 'public.items'::regclass`
+	for _, c := range cs {
+		sqlOn(t, c, `SET DateStyle = 'ISO'`)
+		sqlOn(t, c, `SET IntervalStyle = 'postgres'`)
+		sqlOn(t, c, `SET TimeZone = 'UTC'`)
+	}
+	want := `'2024-02-01'::date | '-1 days -02:03:04'::interval | '2024-02-01 04:30:00+00'::timestamp with time zone`
+	eventuallyAll(t, cs, "the defaults on every node", q, want)
 }

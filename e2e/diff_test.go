@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgmesh/pgmesh/internal/sandbox"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 )
 
@@ -27,7 +28,7 @@ func TestDiffWhileWriting(t *testing.T) {
 			defer wg.Done()
 			// Keep writing until the diffs are done.
 			for i := 0; ctx.Err() == nil; i++ {
-				if err := writeItemsFrom(ctx, env.DSNs[n], n, i*1000, 20); err != nil && ctx.Err() == nil {
+				if err := writeItemsFrom(ctx, env.DSNAs(n, sandbox.App), n, i*1000, 20); err != nil && ctx.Err() == nil {
 					errs <- err
 					return
 				}
@@ -55,7 +56,7 @@ func TestDiffWhileWriting(t *testing.T) {
 	// And the checker can fail: a row changed under a foreign origin on n2
 	// only (not replicated) is reported.
 	waitConverged(t, env, conns(t, env, 3), "items", "id")
-	c := env.Conn(t, 1)
+	c := env.Inspect(t, 1) // only pgmesh's role may set up an origin
 	for _, q := range []string{
 		`SELECT pg_replication_origin_create('difftest_foreign')`,
 		`SELECT pg_replication_origin_session_setup('difftest_foreign')`,

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgmesh/pgmesh/internal/sandbox"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 )
 
@@ -52,13 +53,13 @@ func TestExactlyOnce(t *testing.T) {
 			agent := startAgent(t, env.ConfigPath)
 
 			const total = 500
-			writer := env.Conn(t, 0)
+			writer := env.App(t, 0)
 			ctx := context.Background()
 			for i := 1; i <= total; i++ {
 				if i == total/3 {
 					// Disrupt while transactions are flowing, not before
 					// the first one arrived.
-					n2 := env.Conn(t, 1)
+					n2 := env.App(t, 1)
 					eventually(t, 60*time.Second, "n2 applying", func() (bool, string) {
 						var n int
 						err := n2.QueryRow(ctx, `SELECT count(*) FROM ticks`).Scan(&n)
@@ -83,7 +84,7 @@ func TestExactlyOnce(t *testing.T) {
 
 			for node := 0; node < 3; node++ {
 				eventually(t, 90*time.Second, fmt.Sprintf("n%d has all %d transactions", node+1, total), func() (bool, string) {
-					c, err := pgx.Connect(ctx, env.DSNs[node])
+					c, err := pgx.Connect(ctx, env.DSNAs(node, sandbox.App))
 					if err != nil {
 						return false, err.Error()
 					}

@@ -7,9 +7,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,7 +22,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 )
 
-func TestMain(m *testing.M) { sandboxtest.Main(m, 3) }
+func TestMain(m *testing.M) { sandboxtest.Main(m, 4) }
 
 var (
 	buildOnce sync.Once
@@ -78,9 +81,10 @@ func mustCLI(t testing.TB, args ...string) string {
 
 // agentProc is a `pgmesh run` process.
 type agentProc struct {
-	t   testing.TB
-	cmd *exec.Cmd
-	out *syncBuffer
+	t    testing.TB
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	addr string // HTTP address, with startAgentListening
 }
 
 type syncBuffer struct {
@@ -104,7 +108,12 @@ func (s *syncBuffer) String() string {
 // cleanup and its log is printed when the test failed.
 func startAgent(t testing.TB, cfgPath string, args ...string) *agentProc {
 	t.Helper()
-	all := append([]string{"run", "-c", cfgPath, "--listen", "-", "--log-level", "debug"}, args...)
+	return startPgmesh(t, append([]string{"run", "-c", cfgPath, "--listen", "-", "--log-level", "debug"}, args...)...)
+}
+
+// startPgmesh starts pgmesh with exactly args, as startAgent does.
+func startPgmesh(t testing.TB, all ...string) *agentProc {
+	t.Helper()
 	cmd := exec.Command(pgmeshBin(t), all...)
 	buf := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = buf, buf
@@ -119,6 +128,48 @@ func startAgent(t testing.TB, cfgPath string, args ...string) *agentProc {
 		}
 	})
 	return a
+}
+
+// startAgentListening starts `pgmesh run -c cfg` with its HTTP endpoint on
+// a free local port, like startAgent.
+func startAgentListening(t testing.TB, cfgPath string) *agentProc {
+	t.Helper()
+	cmd := exec.Command(pgmeshBin(t), "run", "-c", cfgPath, "--listen", "127.0.0.1:0", "--log-level", "debug")
+	buf := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = buf, buf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start agent: %v", err)
+	}
+	a := &agentProc{t: t, cmd: cmd, out: buf}
+	t.Cleanup(func() {
+		a.stop()
+		if t.Failed() {
+			t.Logf("agent log (pid %d):\n%s", cmd.Process.Pid, tail(buf.String(), 60))
+		}
+	})
+	eventually(t, 30*time.Second, "agent HTTP listening", func() (bool, string) {
+		m := regexp.MustCompile(`HTTP listening"? addr=(\S+)`).FindStringSubmatch(buf.String())
+		if m != nil {
+			a.addr = m[1]
+		}
+		return m != nil, tail(buf.String(), 5)
+	})
+	return a
+}
+
+// get fetches path from the agent's HTTP endpoint and returns the body.
+func (a *agentProc) get(t testing.TB, path string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + a.addr + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return string(b)
 }
 
 // kill sends SIGKILL: no chance to clean up, as in a crash.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgmesh/pgmesh/internal/sandbox"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 )
 
@@ -52,7 +53,7 @@ func waitConverged(t testing.TB, env *sandboxtest.Env, conns []*pgx.Conn, table,
 func conns(t testing.TB, env *sandboxtest.Env, n int) []*pgx.Conn {
 	cs := make([]*pgx.Conn, n)
 	for i := range cs {
-		cs[i] = env.Conn(t, i)
+		cs[i] = env.Inspect(t, i)
 	}
 	return cs
 }
@@ -88,7 +89,7 @@ func TestMeshConverges(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					errs <- writeItems(env.DSNs[n], n, txns)
+					errs <- writeItems(env.DSNAs(n, sandbox.App), n, txns)
 				}()
 			}
 			wg.Wait()
@@ -210,11 +211,12 @@ func assertQuiet(t testing.TB, cs []*pgx.Conn, table, orderBy string) {
 	}
 }
 
-// originProgress lists the remote position of every pgmesh origin.
+// originProgress lists the remote position of every pgmesh origin (as
+// pgmesh's role reads it: pg_replication_origin_status is for superusers).
 func originProgress(t testing.TB, c *pgx.Conn) string {
 	var s string
-	if err := c.QueryRow(context.Background(), `SELECT coalesce(string_agg(external_id || '=' || remote_lsn::text, ',' ORDER BY external_id), '')
-		FROM pg_replication_origin_status WHERE external_id LIKE 'pgmesh%'`).Scan(&s); err != nil {
+	if err := c.QueryRow(context.Background(), `SELECT coalesce(string_agg(roname || '=' || pg_replication_origin_progress(roname, false)::text, ',' ORDER BY roname), '')
+		FROM pg_replication_origin WHERE roname LIKE 'pgmesh%'`).Scan(&s); err != nil {
 		t.Fatal(err)
 	}
 	return s

@@ -19,6 +19,7 @@ func init() { verbs = append(verbs, newDDLCmd) }
 func newDDLCmd() *cobra.Command {
 	var (
 		cfgPath, node, file string
+		role, searchPath    string
 		wait, force, asJSON bool
 		timeout             time.Duration
 	)
@@ -46,6 +47,7 @@ naming the lagging nodes. A DDL that fails on a node stops that node's link
 from NODE (pgmesh status shows the error and the DDL id): fix the node and
 restart the agent, or skip the DDL there with 'pgmesh ddl skip'.`,
 		Example: `  pgmesh ddl -c pgmesh.yaml --node n2 --wait "ALTER TABLE public.items ADD COLUMN note text DEFAULT ''"
+  pgmesh ddl -c pgmesh.yaml --node n1 --role app_owner "CREATE TABLE items (id bigint PRIMARY KEY, name text)"
   pgmesh ddl -c pgmesh.yaml --node n1 -f migrations/0042_orders.sql --wait --timeout 5m
   pgmesh ddl list -c pgmesh.yaml
   pgmesh ddl skip 6f1c0e52-4c0b-4be0-9d55-0c1f5f1b8a61 --node n3 -c pgmesh.yaml`,
@@ -64,7 +66,7 @@ restart the agent, or skip the DDL there with 'pgmesh ddl skip'.`,
 			}
 			ctx, cancel := signalContext(cmd.Context())
 			defer cancel()
-			id, err := ddl.Emit(ctx, cfg, node, sql, ddl.EmitOptions{Force: force})
+			id, err := ddl.Emit(ctx, cfg, node, sql, ddl.EmitOptions{Force: force, Role: role, SearchPath: searchPath})
 			if err != nil {
 				return exitCode(1, err)
 			}
@@ -106,6 +108,8 @@ restart the agent, or skip the DDL there with 'pgmesh ddl skip'.`,
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every node has applied the DDL")
 	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long --wait waits")
 	cmd.Flags().BoolVar(&force, "force", false, "run even if an earlier DDL is not applied on every node")
+	cmd.Flags().StringVar(&role, "role", "", "run the DDL as this role on every node (it owns what the DDL creates); default: pgmesh's role")
+	cmd.Flags().StringVar(&searchPath, "search-path", ddl.DefaultSearchPath, "search_path for the DDL's unqualified names, on every node")
 	cmd.AddCommand(newDDLSkipCmd(), newDDLListCmd())
 	return cmd
 }

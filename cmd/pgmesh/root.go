@@ -24,6 +24,10 @@ type globals struct {
 
 var g globals
 
+// logLevel is the level of the default logger's handler; `run` lets the
+// agent change it (agent.log_level, on SIGHUP) unless --log-level was given.
+var logLevel = new(slog.LevelVar)
+
 // exitError carries a specific exit code (2 = invalid config, 1 = failure or
 // findings). Its message is printed by main unless empty.
 type exitError struct {
@@ -64,6 +68,8 @@ are resolved by commit timestamp with every losing row logged.`,
 	for _, c := range verbs {
 		root.AddCommand(c())
 	}
+	// A bad flag is bad input, like an invalid config: exit code 2.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return exitCode(2, err) })
 	return root
 }
 
@@ -76,7 +82,8 @@ func setupLogging(w io.Writer) error {
 	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
 		return exitCode(2, fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel))
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	logLevel.Set(level)
+	opts := &slog.HandlerOptions{Level: logLevel}
 	switch g.logFormat {
 	case "text":
 		slog.SetDefault(slog.New(slog.NewTextHandler(w, opts)))

@@ -21,10 +21,15 @@ func newSandboxCmd() *cobra.Command {
 		Short: "Run a local cluster of real PostgreSQL servers for trying pgmesh out",
 		Long: `sandbox starts PostgreSQL servers (initdb, pg_ctl) in a directory on free
 local ports, with logical replication enabled, and writes a pgmesh.yaml naming
-them. Servers accept any local connection as user postgres without password.
+them. Every connection needs a password (SCRAM); the passwords are generated
+and kept in DIR/passfile (mode 0600), which the DSNs name. Each server has the
+roles of a least-privilege setup (README, Security): postgres (superuser, the
+admin_dsn), pgmesh (pgmesh's own role, in pgmesh.yaml), app_owner (owns the
+tables, runs DDL) and app (reads and writes the tables).
 As root, the servers run as the postgres OS user.`,
 		Example: `  pgmesh sandbox up --dir /tmp/mesh --nodes 3
-  psql "$(pgmesh sandbox dsn --dir /tmp/mesh n1)"
+  psql "$(pgmesh sandbox dsn --dir /tmp/mesh n1)"              # as app_owner
+  psql "$(pgmesh sandbox dsn --dir /tmp/mesh --role app n2)"   # as the application
   pgmesh sandbox down --dir /tmp/mesh`,
 	}
 	cmd.AddCommand(newSandboxUpCmd(), newSandboxDownCmd(), newSandboxDSNCmd())
@@ -75,7 +80,7 @@ newest /usr/lib/postgresql/*/bin.`,
 			}
 			out := sandboxJSON{Dir: c.Dir, Config: filepath.Join(c.Dir, "pgmesh.yaml"), Major: c.Major, BinDir: c.BinDir, DB: c.DB}
 			for _, n := range c.Nodes {
-				out.Nodes = append(out.Nodes, sandboxNodeJSON{Name: n.Name, Port: n.Port, DSN: c.DSN(n.Name, ""), DataDir: n.DataDir, Log: n.LogFile()})
+				out.Nodes = append(out.Nodes, sandboxNodeJSON{Name: n.Name, Port: n.Port, DSN: c.DSNAs(n.Name, "", sandbox.Owner), DataDir: n.DataDir, Log: n.LogFile()})
 			}
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), out)
@@ -88,7 +93,7 @@ newest /usr/lib/postgresql/*/bin.`,
 			if err := w.Flush(); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "\nPostgreSQL %d, config %s\n", out.Major, out.Config)
+			fmt.Fprintf(cmd.OutOrStdout(), "\nPostgreSQL %d, config %s; DSNs as role %s (other roles: pgmesh sandbox dsn --role)\n", out.Major, out.Config, sandbox.Owner)
 			return nil
 		},
 	}
@@ -131,14 +136,17 @@ not an error.`,
 }
 
 func newSandboxDSNCmd() *cobra.Command {
-	var dir, db string
+	var dir, db, role string
 	cmd := &cobra.Command{
 		Use:   "dsn NODE",
 		Short: "Print the DSN of a sandbox node",
-		Long: `dsn prints only the libpq DSN of NODE (n1, n2…), for psql or scripts. It works
-for any OS user: the servers trust local TCP connections as user postgres.`,
+		Long: `dsn prints only the libpq DSN of NODE (n1, n2…) for --role, for psql or
+scripts. The password is in the sandbox's passfile (mode 0600), which the DSN
+names: only the OS user that created the sandbox (and root) can use it.
+Roles: app_owner (default: owns the tables, runs DDL), app (reads and writes
+the tables), pgmesh (pgmesh's own role), postgres (superuser).`,
 		Example: `  psql "$(pgmesh sandbox dsn --dir /tmp/mesh n1)"
-  pgbench -i "$(pgmesh sandbox dsn --dir /tmp/mesh n2)"`,
+  pgbench -n -T 10 "$(pgmesh sandbox dsn --dir /tmp/mesh --role app n2)"`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := sandbox.Open(dir)
@@ -148,12 +156,17 @@ for any OS user: the servers trust local TCP connections as user postgres.`,
 			if _, err := c.Node(args[0]); err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), c.DSN(args[0], db))
+			r, err := sandbox.ParseRole(role)
+			if err != nil {
+				return exitCode(2, err)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), c.DSNAs(args[0], db, r))
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "sandbox directory")
 	cmd.Flags().StringVar(&db, "db", "", "database (default: the sandbox's, see `sandbox up --db`)")
+	cmd.Flags().StringVar(&role, "role", string(sandbox.Owner), "role: app_owner, app, pgmesh or postgres")
 	cmd.MarkFlagRequired("dir")
 	return cmd
 }

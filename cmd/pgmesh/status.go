@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -14,15 +15,18 @@ func init() { verbs = append(verbs, newStatusCmd) }
 
 func newStatusCmd() *cobra.Command {
 	var cfgPath string
-	var asJSON bool
+	var asJSON, asNodes bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show every link: state, lag, last applied commit, WAL retained by its slot",
-		Long: `status reads each link's slot on its upstream and the agent's record on its
-downstream. It works from any machine that reaches the nodes, whether or not
-agents run. Exit code 1 when a node cannot be read.`,
+		Long: `status shows each node's state (ready; copying, catching_up while pgmesh
+node add joins it, with each table's copy progress; leaving), then reads each
+link's slot on its upstream and the agent's record on its downstream. It
+works from any machine that reaches the nodes, whether or not agents run.
+Exit code 1 when a node cannot be read.`,
 		Example: `  pgmesh status -c pgmesh.yaml
-  pgmesh status -c pgmesh.yaml --json | jq '.[] | select(.lag_bytes > 1e6)'`,
+  pgmesh status -c pgmesh.yaml --json | jq '.[] | select(.lag_bytes > 1e6)'
+  pgmesh status -c pgmesh.yaml --json --nodes | jq '.[] | select(.state != "ready")'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := loadConfig(cfgPath)
@@ -33,11 +37,18 @@ agents run. Exit code 1 when a node cannot be read.`,
 			if err != nil {
 				return err
 			}
-			if asJSON {
+			nodes := agent.NodeStatuses(cmd.Context(), cfg)
+			switch {
+			case asJSON && asNodes:
+				if err := printJSON(cmd.OutOrStdout(), nodes); err != nil {
+					return err
+				}
+			case asJSON:
 				if err := printJSON(cmd.OutOrStdout(), sts); err != nil {
 					return err
 				}
-			} else {
+			default:
+				printNodes(cmd, nodes)
 				printStatus(cmd, sts)
 			}
 			for _, s := range sts {
@@ -50,7 +61,30 @@ agents run. Exit code 1 when a node cannot be read.`,
 	}
 	addConfigFlag(cmd, &cfgPath)
 	addJSONFlag(cmd, &asJSON)
+	cmd.Flags().BoolVar(&asNodes, "nodes", false, "with --json: print the nodes' join states (copy progress per table) instead of the links")
 	return cmd
+}
+
+// printNodes prints each node's state: ready, or joining with the copy's
+// progress, or leaving.
+func printNodes(cmd *cobra.Command, nodes []agent.NodeStatus) {
+	w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tSTATE\tDETAIL")
+	for _, n := range nodes {
+		state, detail := n.State, n.Detail()
+		if n.Problem != "" {
+			state, detail = "?", n.Problem
+		}
+		if n.Error != "" {
+			detail = strings.TrimSpace(detail + " " + n.Error)
+		}
+		if detail == "" {
+			detail = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\n", n.Node, state, detail)
+	}
+	w.Flush()
+	fmt.Fprintln(cmd.OutOrStdout())
 }
 
 func printStatus(cmd *cobra.Command, sts []agent.LinkStatus) {

@@ -7,10 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/pg"
@@ -24,20 +27,57 @@ type Options struct {
 	Node string
 	// Listen overrides agent.listen of the config; "-" disables HTTP.
 	Listen string
+	// Logger receives every log line; the lines of a link carry its name
+	// (link=n1->n2), the agent's own lines start with "agent".
 	Logger *slog.Logger
+	// LogLevel, when set, is the level of Logger's handler: the agent sets
+	// it from agent.log_level of the config at start and on Reload. nil
+	// leaves the level alone (a --log-level flag pins it).
+	LogLevel *slog.LevelVar
+	// SampleInterval is how often the agent reads the nodes for the
+	// metrics and the status page (lag, slots, clocks, recent conflicts);
+	// CountInterval how often it counts tombstones, conflict_log rows and
+	// pending DDL. Defaults DefaultSampleInterval, DefaultCountInterval.
+	SampleInterval, CountInterval time.Duration
 }
+
+// Default sampling intervals (see Options).
+const (
+	DefaultSampleInterval = 2 * time.Second
+	DefaultCountInterval  = 30 * time.Second
+)
 
 // Agent runs links.
 type Agent struct {
-	cfg   *config.Config
-	opts  Options
-	log   *slog.Logger
-	links []*link
+	opts Options
+	log  *slog.Logger
 
 	httpAddr chan string // the bound HTTP address, once
 
+	applyTime *prometheus.HistogramVec // per link: seconds per applied transaction
+	mon       *monitor
+
 	mu          sync.Mutex
+	cfg         *config.Config // the nodes whose links run, under mu
+	links       []*link        // under mu
 	conflictCfg *config.Config // last good read of the config file, under mu
+	// The outcome of the last Reload, under mu.
+	reloadOK bool
+	reloadAt time.Time
+}
+
+// config returns the config whose nodes the agent runs links of.
+func (a *Agent) config() *config.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
+// currentLinks returns the links the agent runs now.
+func (a *Agent) currentLinks() []*link {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.links)
 }
 
 // reloadConflicts reads the config file again for its conflict settings
@@ -52,7 +92,7 @@ func (a *Agent) reloadConflicts() *config.Config {
 	}
 	cfg, err := config.Load(a.cfg.Path)
 	if err != nil {
-		a.log.Warn("re-reading the config for conflict settings failed, keeping the previous ones", "path", a.cfg.Path, "err", err)
+		a.log.Warn("agent: re-reading the config for conflict settings failed, keeping the previous ones", "path", a.cfg.Path, "err", err)
 		return a.conflictCfg
 	}
 	a.conflictCfg = cfg
@@ -72,22 +112,100 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if opts.Listen == "" {
 		opts.Listen = cfg.Agent.Listen
 	}
-	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, httpAddr: make(chan string, 1), conflictCfg: cfg}
+	if opts.SampleInterval <= 0 {
+		opts.SampleInterval = DefaultSampleInterval
+	}
+	if opts.CountInterval <= 0 {
+		opts.CountInterval = DefaultCountInterval
+	}
+	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, httpAddr: make(chan string, 1), conflictCfg: cfg,
+		applyTime: newApplyTimeHistogram(), reloadOK: true, reloadAt: time.Now()}
+	a.setLogLevel(cfg)
+	a.links = a.wantLinks(cfg)
+	// With a config file, nodes may be added to it later (pgmesh node
+	// add): the agent waits for them.
+	if len(a.links) == 0 && cfg.Path == "" {
+		return nil, errors.New("no links to run: the cluster needs at least two nodes")
+	}
+	if len(a.links) == 0 {
+		a.log.Info("agent: no links yet: waiting for nodes to be added to the config", "path", cfg.Path)
+	}
+	a.mon = newMonitor(a)
+	return a, nil
+}
+
+// wantLinks returns the links of cfg this agent runs (new, not started).
+func (a *Agent) wantLinks(cfg *config.Config) []*link {
+	var out []*link
 	for _, l := range topology.FullMesh(cfg.NodeNames()) {
-		if opts.Node != "" && l.Down != opts.Node {
+		if a.opts.Node != "" && l.Down != a.opts.Node {
 			continue
 		}
 		up, _ := cfg.NodeByName(l.Up)
 		down, _ := cfg.NodeByName(l.Down)
-		a.links = append(a.links, &link{
-			Link: l, up: up, down: down, log: a.log, conflicts: a.reloadConflicts, workers: cfg.Agent.Workers(),
-			state: StateConnecting,
+		out = append(out, &link{
+			Link: l, up: up, down: down, log: a.log.With("link", l.Name()), conflicts: a.reloadConflicts,
+			workers:   cfg.Agent.Workers(),
+			state:     StateConnecting,
+			applyTime: a.applyTime.WithLabelValues(l.Name(), l.Up, l.Down),
 		})
 	}
-	if len(a.links) == 0 {
-		return nil, errors.New("no links to run: the cluster needs at least two nodes")
+	return out
+}
+
+// setLogLevel applies agent.log_level of cfg, when the agent owns the
+// level and the config sets one.
+func (a *Agent) setLogLevel(cfg *config.Config) {
+	if a.opts.LogLevel == nil || cfg.Agent.LogLevel == "" {
+		return
 	}
-	return a, nil
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(cfg.Agent.LogLevel)); err == nil {
+		a.opts.LogLevel.Set(lv)
+	}
+}
+
+// Reload reads the config file again (SIGHUP). What changes without a
+// restart: the conflict settings (policies, delta_columns, delete_wins),
+// applied by restarting the sessions of the links whose settings changed
+// (at a transaction boundary: see link.session); the retention windows,
+// used from the next prune round; agent.log_level. The nodes, their DSNs,
+// the cluster name and agent.listen need a restart of the agent: a change
+// to them is reported and ignored. A file that does not load leaves
+// everything as it was and is returned as the error.
+func (a *Agent) Reload() error {
+	running := a.config()
+	if running.Path == "" {
+		return errors.New("agent: reload: the config was not read from a file")
+	}
+	cfg, err := config.Load(running.Path)
+	a.mu.Lock()
+	a.reloadOK = err == nil
+	if err == nil {
+		a.conflictCfg, a.reloadAt = cfg, time.Now()
+	}
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Error("agent: config reload failed, keeping the running config", "path", running.Path, "err", err)
+		return fmt.Errorf("agent: reload %s: %w", running.Path, err)
+	}
+	var restart []string
+	if cfg.Cluster != running.Cluster || cfg.Agent.Listen != running.Agent.Listen {
+		restart = append(restart, "cluster or agent.listen")
+	}
+	if !reflect.DeepEqual(cfg.Replicate, running.Replicate) || cfg.DDL != running.DDL || cfg.Sequences != running.Sequences {
+		restart = append(restart, "replicate, ddl or sequences (run pgmesh init)")
+	}
+	a.setLogLevel(cfg)
+	var restarted []string
+	for _, l := range a.currentLinks() {
+		if l.restart(cfg) {
+			restarted = append(restarted, l.Name())
+		}
+	}
+	a.log.Info("agent: config reloaded", "path", running.Path, "log_level", cfg.Agent.LogLevel,
+		"links_restarted_for_conflict_settings", restarted, "changes_needing_a_restart", restart)
+	return nil
 }
 
 // HTTPAddr returns the address the HTTP endpoint listens on, once it does.
@@ -119,7 +237,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				a.log.Error("agent HTTP stopped", "err", err)
+				a.log.Error("agent: HTTP stopped", "err", err)
 			}
 		}()
 		go func() {
@@ -128,15 +246,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			defer c()
 			_ = srv.Shutdown(shut)
 		}()
-		a.log.Info("agent HTTP listening", "addr", ln.Addr().String())
+		a.log.Info("agent: HTTP listening", "addr", ln.Addr().String())
 	}
 
-	for _, l := range a.links {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l.run(ctx)
-		}()
+	for _, l := range a.currentLinks() {
+		a.start(ctx, &wg, l)
 	}
 	wg.Add(1)
 	go func() {
@@ -146,12 +260,94 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		a.followMembers(ctx, &wg)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
 		a.prune(ctx)
 	}()
-	a.log.Info("agent running", "links", len(a.links))
+	// The monitor feeds /metrics and the status page only.
+	if a.opts.Listen != "-" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.mon.run(ctx)
+		}()
+	}
+	a.log.Info("agent: running", "links", len(a.currentLinks()))
 	wg.Wait()
-	a.log.Info("agent stopped")
+	a.log.Info("agent: stopped")
 	return nil
+}
+
+// start runs l until ctx ends or l is stopped.
+func (a *Agent) start(ctx context.Context, wg *sync.WaitGroup, l *link) {
+	ctx, cancel := context.WithCancel(ctx)
+	l.stop = cancel
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		l.run(ctx)
+	}()
+}
+
+// MembersInterval is how often the agent reads the config file again for
+// nodes added (pgmesh node add) or removed (pgmesh node remove).
+const MembersInterval = 2 * time.Second
+
+// followMembers starts the links of nodes added to the config file and
+// stops those of nodes removed from it. A link of a node that is still
+// copying its data waits (see link.gate), so the file may list a node
+// before it is ready.
+func (a *Agent) followMembers(ctx context.Context, wg *sync.WaitGroup) {
+	path := a.config().Path
+	if path == "" {
+		return
+	}
+	tick := time.NewTicker(MembersInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cfg, err := config.Load(path)
+		if err != nil {
+			continue // reloadConflicts reports a broken file
+		}
+		a.mu.Lock()
+		if slices.Equal(cfg.Nodes, a.cfg.Nodes) {
+			a.mu.Unlock()
+			continue
+		}
+		want := a.wantLinks(cfg)
+		var keep, stop []*link
+		for _, l := range a.links {
+			if slices.ContainsFunc(want, func(w *link) bool { return w.Link == l.Link && w.up.DSN == l.up.DSN && w.down.DSN == l.down.DSN }) {
+				keep = append(keep, l)
+			} else {
+				stop = append(stop, l)
+			}
+		}
+		var started []*link
+		for _, w := range want {
+			if !slices.ContainsFunc(keep, func(l *link) bool { return l.Link == w.Link }) {
+				started = append(started, w)
+			}
+		}
+		a.cfg, a.links = cfg, append(keep, started...)
+		a.mu.Unlock()
+		for _, l := range stop {
+			a.log.Info("node left the config: stopping link", "link", l.Name())
+			l.stop()
+		}
+		for _, l := range started {
+			a.log.Info("node joined the config: starting link", "link", l.Name())
+			a.start(ctx, wg, l)
+		}
+	}
 }
 
 // recordStates writes each link's state into pgmesh.link_state on its
@@ -163,15 +359,20 @@ func (a *Agent) recordStates(ctx context.Context) {
 	written := map[string]linkSnapshot{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	promoted := time.Now()
 	for {
-		for _, l := range a.links {
+		if time.Since(promoted) >= PromoteInterval {
+			promoted = time.Now()
+			a.promote(ctx)
+		}
+		for _, l := range a.currentLinks() {
 			snap := l.snapshot()
 			if written[l.Name()] == snap {
 				continue
 			}
 			if err := w.write(ctx, l, snap); err != nil {
 				if ctx.Err() == nil {
-					a.log.Debug("record link state", "link", l.Name(), "err", err)
+					l.log.Debug("record link state", "err", err)
 				}
 				continue
 			}
@@ -181,7 +382,7 @@ func (a *Agent) recordStates(ctx context.Context) {
 		case <-ctx.Done():
 			// Record "stopped" on the way out, with a short deadline.
 			stopCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			for _, l := range a.links {
+			for _, l := range a.currentLinks() {
 				snap := l.snapshot()
 				snap.state, snap.lastErr = StateStopped, ""
 				_ = w.write(stopCtx, l, snap)

@@ -37,7 +37,7 @@ func (a *Agent) prune(ctx context.Context) {
 func (a *Agent) pruneNodes(ctx context.Context) {
 	cfg := a.reloadConflicts()
 	done := map[string]bool{}
-	for _, l := range a.links {
+	for _, l := range a.currentLinks() {
 		if done[l.Down] {
 			continue
 		}
@@ -45,11 +45,11 @@ func (a *Agent) pruneNodes(ctx context.Context) {
 		logs, tombs, err := pruneNode(ctx, l.down, cfg.Conflicts)
 		if err != nil {
 			if ctx.Err() == nil {
-				a.log.Warn("prune conflict log and tombstones", "node", l.Down, "err", err)
+				a.log.Warn("agent: prune conflict log and tombstones", "node", l.Down, "err", err)
 			}
 			continue
 		}
-		a.log.Debug("pruned", "node", l.Down, "conflict_log_rows", logs, "tombstones", tombs)
+		a.log.Debug("agent: pruned", "node", l.Down, "conflict_log_rows", logs, "tombstones", tombs)
 	}
 }
 

@@ -39,6 +39,10 @@ type LinkStatus struct {
 	// RetainedWALBytes is the WAL the slot keeps on the upstream's disk.
 	RetainedWALBytes int64  `json:"retained_wal_bytes"`
 	WALStatus        string `json:"wal_status,omitempty"`
+	// SafeWALBytes is the WAL that can still be written upstream before
+	// the slot is in danger of losing what it needs (max_slot_wal_keep_size);
+	// nil when that setting is unlimited.
+	SafeWALBytes *int64 `json:"safe_wal_size_bytes,omitempty"`
 	// Problem is set when a side could not be read (node down, no slot…).
 	Problem string `json:"problem,omitempty"`
 }
@@ -79,7 +83,7 @@ func Status(ctx context.Context, cfg *config.Config) ([]LinkStatus, error) {
 
 	out := make([]LinkStatus, 0, len(links))
 	for _, l := range links {
-		s := LinkStatus{Link: l.Name(), Upstream: l.Up, Downstream: l.Down, Slot: l.Slot(), State: "no agent"}
+		s := newLinkStatus(l)
 		if up := conns[l.Up]; up == nil {
 			s.Problem = errs[l.Up].Error()
 		} else if err := readSlot(ctx, up, &s); err != nil {
@@ -90,12 +94,26 @@ func Status(ctx context.Context, cfg *config.Config) ([]LinkStatus, error) {
 		} else if err := readLinkState(ctx, down, &s); err != nil {
 			s.Problem = joinProblem(s.Problem, err.Error())
 		}
-		if s.LagBytes > IdleLagBytes && s.LastCommitTime != nil {
-			s.LagSeconds = time.Since(*s.LastCommitTime).Seconds()
-		}
+		s.setLagSeconds(time.Now())
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// StateNoAgent is the state of a link no agent ever ran.
+const StateNoAgent = "no agent"
+
+func newLinkStatus(l topology.Link) LinkStatus {
+	return LinkStatus{Link: l.Name(), Upstream: l.Up, Downstream: l.Down, Slot: l.Slot(), State: StateNoAgent}
+}
+
+// setLagSeconds derives LagSeconds from the lag in bytes and the last
+// applied commit.
+func (s *LinkStatus) setLagSeconds(now time.Time) {
+	s.LagSeconds = 0
+	if s.LagBytes > IdleLagBytes && s.LastCommitTime != nil {
+		s.LagSeconds = max(0, now.Sub(*s.LastCommitTime).Seconds())
+	}
 }
 
 func joinProblem(a, b string) string {
@@ -111,8 +129,8 @@ func readSlot(ctx context.Context, conn *pgx.Conn, s *LinkStatus) error {
 SELECT active,
        COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint,
        COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
-       wal_status
-FROM pg_replication_slots WHERE slot_name = $1`, s.Slot).Scan(&s.SlotActive, &s.LagBytes, &s.RetainedWALBytes, &walStatus)
+       wal_status, safe_wal_size
+FROM pg_replication_slots WHERE slot_name = $1`, s.Slot).Scan(&s.SlotActive, &s.LagBytes, &s.RetainedWALBytes, &walStatus, &s.SafeWALBytes)
 	if err == pgx.ErrNoRows {
 		return fmt.Errorf("slot %s missing on %s (run pgmesh init)", s.Slot, s.Upstream)
 	}

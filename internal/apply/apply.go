@@ -83,13 +83,89 @@ type Options struct {
 	// are looked up again afterwards: the hook may have changed them (DDL).
 	// Without it messages are ignored.
 	OnMessage func(ctx context.Context, conn *pgconn.PgConn, m stream.Message) error
-	// IgnoreColumn, when set, is asked about a remote column that does not
-	// exist locally ("schema.table", column). True means a DDL that adds
-	// or drops it is still on its way between the nodes: the column's
-	// values are left out until it arrives. False (or no hook) keeps it an
-	// apply error that names the column. Workers call it concurrently.
-	IgnoreColumn func(ctx context.Context, table, column string) (bool, error)
+	// MissingColumn, when set, is asked about a remote column that does not
+	// exist locally ("schema.table", column): is a DDL about it on its way
+	// between the nodes? See ColumnFate. Without it such a column is an
+	// apply error that names it. Workers call it concurrently.
+	MissingColumn func(ctx context.Context, table, column string) (ColumnFate, error)
+	// RecheckDeferred is the commit LSN of a remote transaction that failed
+	// at its end on a deferrable unique or exclusion constraint (see
+	// DeferredCheckFailed): it is applied with those constraints decided
+	// row by row (conflict.Table.DeferredNow), which cannot fail there.
+	RecheckDeferred stream.LSN
+	// OnApplied, when set, is called for every remote transaction whose
+	// COMMIT the server confirmed, on the goroutine of the worker that
+	// applied it (workers call it concurrently). It must return quickly
+	// (it runs between pipeline results).
+	OnApplied func(Applied)
 }
+
+// ColumnFate is what becomes of the values of a remote column that does
+// not exist here. No value is ever left out silently.
+type ColumnFate int
+
+const (
+	// ColumnUnknown: no DDL explains it. An apply error names the column.
+	ColumnUnknown ColumnFate = iota
+	// ColumnComing: a DDL that the upstream applied and this node has not
+	// yet (one that adds or renames it) is on its way. The change is held:
+	// the Applier fails with a *HeldError, and the transaction is applied
+	// again once the DDL has arrived.
+	ColumnComing
+	// ColumnGone: a DDL that this node applied and the upstream has not yet
+	// (one that drops or renames it). The upstream's changes written before
+	// it applies the DDL carry the column for good: the rest of each row
+	// is applied, and the row with the column's values is logged in
+	// pgmesh.conflict_log (kind missing_column, resolution skip_column).
+	ColumnGone
+)
+
+// HeldError stops the Applier before a change that carries a column which
+// a DDL still on its way here will create: the transaction is rolled back
+// and must be applied again once the DDL has been applied here (the caller
+// retries; nothing is lost, as the origin has not moved).
+type HeldError struct {
+	Upstream, Table, Column string
+}
+
+func (e *HeldError) Error() string {
+	return fmt.Sprintf("upstream %s: table %s: column %q sent by the upstream does not exist here yet: a DDL the upstream applied (pgmesh ddl list --pending) has not reached this node; the change waits for it",
+		e.Upstream, e.Table, e.Column)
+}
+
+// Applied describes one committed remote transaction.
+type Applied struct {
+	CommitLSN stream.LSN // FinalLSN of the remote transaction
+	Changes   uint64
+	// Duration runs from its BEGIN being queued on the apply connection to
+	// its COMMIT being confirmed: execution, plus the wait behind the
+	// transactions pipelined before it.
+	Duration time.Duration
+}
+
+// ConflictKey names a conflict counter.
+type ConflictKey struct{ Table, Kind, Resolution string }
+
+// TxnError is the failure of one remote transaction: which transaction,
+// and the request of it that failed. The Applier is dead afterwards; the
+// transaction was rolled back on the downstream.
+type TxnError struct {
+	Upstream   string
+	CommitLSN  stream.LSN // FinalLSN: the LSN of its commit record upstream
+	CommitTime time.Time
+	XID        uint32
+	What       string // the failed request: "insert public.t", "COMMIT"…
+	Table      string // "schema.table" when the request concerned one table
+	Key        string // the changed row's key, when a row change failed
+	Err        error
+	hint       string
+}
+
+func (e *TxnError) Error() string {
+	return fmt.Sprintf("upstream %s: apply remote transaction %s: %s: %v%s", e.Upstream, e.CommitLSN, e.What, e.Err, e.hint)
+}
+
+func (e *TxnError) Unwrap() error { return e.Err }
 
 // Session is one apply connection to the downstream, dedicated to the
 // Applier, and the replication origin it applies under (must exist).
@@ -109,9 +185,11 @@ type Stats struct {
 	// Retries counts remote transactions rolled back by a deadlock,
 	// serialization failure or lock timeout and run again on the spot.
 	Retries uint64
-	// Conflicts counts the conflicts met (and resolved) by kind
-	// (conflict.InsertExists…), as logged in pgmesh.conflict_log.
+	// Conflicts counts the conflicts of the committed transactions by kind
+	// (conflict.InsertExists…): what pgmesh.conflict_log received.
 	Conflicts map[string]uint64
+	// ConflictsBy counts the same conflicts by table, kind and resolution.
+	ConflictsBy map[ConflictKey]uint64
 }
 
 // Applier applies one link's stream onto the downstream. It implements
@@ -153,6 +231,13 @@ type Applier struct {
 	received    map[string]time.Time // seen entries not yet recorded, by origin
 	claimed     time.Time            // newest commit time claimed
 	started     stream.LSN           // progress when the Applier started
+	// held is the LSN of the last non-transactional message handled: the
+	// link's progress must pass it (see saveMessages) before the stream
+	// may confirm it to the upstream. heldSince is when the first message
+	// not yet saved arrived.
+	held      stream.LSN
+	heldSince time.Time
+	saved     stream.LSN // held when saveMessages last committed it
 
 	mu          sync.Mutex
 	cond        *sync.Cond // signalled on every change of the state below
@@ -162,7 +247,7 @@ type Applier struct {
 	closing     bool       // Close: workers finish their queues and stop
 	err         error      // first fatal error; the Applier is dead afterwards
 	failed      chan struct{}
-	conflicts   map[string]uint64
+	conflicts   map[ConflictKey]uint64
 	closed      bool
 
 	txns, changes, flights, lastEndLSN, retries atomic.Uint64
@@ -193,7 +278,7 @@ func New(ctx context.Context, sessions []Session, o Options) (*Applier, error) {
 	a := &Applier{
 		o:           o,
 		log:         o.Logger.With("upstream", o.Upstream),
-		conflicts:   map[string]uint64{},
+		conflicts:   map[ConflictKey]uint64{},
 		received:    map[string]time.Time{},
 		depRels:     map[*stream.Relation]*depRel{},
 		failed:      make(chan struct{}),
@@ -240,7 +325,8 @@ func (a *Applier) Begin(ctx context.Context, b stream.Begin) error {
 	if a.cur != nil {
 		return a.fail(fmt.Errorf("upstream %s: BEGIN of remote transaction %s inside transaction %s", a.o.Upstream, b.FinalLSN, a.cur.begin.FinalLSN))
 	}
-	t := &txn{begin: b, commitTime: []byte(formatTime(b.CommitTime)), commitLSN: []byte(b.FinalLSN.String()), retain: true}
+	t := &txn{begin: b, commitTime: []byte(formatTime(b.CommitTime)), commitLSN: []byte(b.FinalLSN.String()), retain: true,
+		recheck: a.o.RecheckDeferred != 0 && b.FinalLSN == a.o.RecheckDeferred}
 	a.cur = t
 	// A transaction whose commit record lies before the end of the last one
 	// applied was applied already (a resend after a reconnect): skipping it
@@ -283,6 +369,12 @@ func (a *Applier) Change(ctx context.Context, c *stream.Change) error {
 func (a *Applier) Message(ctx context.Context, m stream.Message) error {
 	if err := a.Err(); err != nil {
 		return err
+	}
+	if !m.Transactional {
+		if a.held <= a.lastEnd {
+			a.heldSince = time.Now()
+		}
+		a.held = max(a.held, m.LSN)
 	}
 	if m.Prefix == conflict.SeenPrefix {
 		a.receiveSeen(m)
@@ -333,14 +425,19 @@ func (a *Applier) Commit(ctx context.Context, c stream.Commit) error {
 }
 
 // Idle tells the workers to send what they hold: the stream has nothing
-// else for now. It returns the error that stopped the Applier, if any.
+// else for now. Messages that no remote transaction has carried for a
+// while are saved then (saveMessages). It returns the error that stopped
+// the Applier, if any.
 func (a *Applier) Idle(ctx context.Context) error {
 	a.mu.Lock()
 	a.flushGen++
 	a.cond.Broadcast()
 	err := a.err
 	a.mu.Unlock()
-	return err
+	if err != nil {
+		return err
+	}
+	return a.saveMessages(ctx)
 }
 
 // Wait returns once every remote transaction handed over in full has
@@ -363,9 +460,9 @@ func (a *Applier) Progress(ctx context.Context) (stream.LSN, error) {
 		return 0, err
 	}
 	if a.last == nil {
-		return a.started, nil
+		return max(a.started, a.saved), nil
 	}
-	return max(a.started, a.last.end.EndLSN), nil
+	return max(a.started, a.saved, a.last.end.EndLSN), nil
 }
 
 // Err is the error that stopped the Applier, nil while it runs.
@@ -392,8 +489,12 @@ func (a *Applier) Stats() Stats {
 		s.LastCommitTime = time.Unix(0, ns)
 	}
 	a.mu.Lock()
-	s.Conflicts = maps.Clone(a.conflicts)
+	s.ConflictsBy = maps.Clone(a.conflicts)
 	a.mu.Unlock()
+	s.Conflicts = map[string]uint64{}
+	for k, n := range s.ConflictsBy {
+		s.Conflicts[k.Kind] += n
+	}
 	return s
 }
 
@@ -482,8 +583,14 @@ func (a *Applier) markCommitted(t *txn) {
 		a.committed = t.seq
 		a.committedN.Store(t.seq)
 	}
+	for k, n := range t.conflicts {
+		a.conflicts[k] += n
+	}
 	a.cond.Broadcast()
 	a.mu.Unlock()
+	if a.o.OnApplied != nil {
+		a.o.OnApplied(Applied{CommitLSN: t.begin.FinalLSN, Changes: t.changes, Duration: time.Since(t.queuedAt)})
+	}
 }
 
 // isCommitted tells whether transaction number seq has committed.
@@ -499,12 +606,6 @@ func (a *Applier) waitCommitted(seq uint64) error {
 		a.cond.Wait()
 	}
 	return a.err
-}
-
-func (a *Applier) countConflict(kind string) {
-	a.mu.Lock()
-	a.conflicts[kind]++
-	a.mu.Unlock()
 }
 
 // originID is the id of a replication origin.

@@ -116,25 +116,35 @@ func TestApplyUnchangedToast(t *testing.T) {
 	}
 }
 
+// A remote TRUNCATE removes the rows older than itself from the tables it
+// names, and nothing else: not the rows written here after it, not the
+// rows of a table that references them (no cascade on a peer: that table
+// may be this node's own), and it restarts no sequence.
 func TestApplyTruncate(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.exec(t, `CREATE TABLE p (id serial PRIMARY KEY)`)
 	e.exec(t, `CREATE TABLE c (id int PRIMARY KEY, pid int REFERENCES p)`)
 	e.exec(t, `CREATE TABLE other (id int PRIMARY KEY)`)
-	e.exec(t, `INSERT INTO p SELECT FROM generate_series(1, 3)`)
-	e.exec(t, `INSERT INTO c VALUES (1, 1)`)
-	e.exec(t, `INSERT INTO other VALUES (1)`)
 	a := e.applier(t, Options{})
 	r := newRemote()
 	pr, or := rel(4, "p", 'd', "*id"), rel(5, "other", 'd', "*id")
+	r.apply(t, a, ins(pr, "1"), ins(pr, "2"), ins(or, "1"))
+	// Written here after the remote truncate's commit time (the remote
+	// clock of newRemote is in the past).
+	e.exec(t, `SELECT nextval('p_id_seq') FROM generate_series(1, 3)`)
+	e.exec(t, `INSERT INTO c VALUES (1, 1)`)
+	e.exec(t, `INSERT INTO other VALUES (2)`)
 	r.apply(t, a, &stream.Change{Op: stream.Truncate, TruncateRels: []*stream.Relation{pr, or}, Cascade: true, RestartIdentity: true})
-	got := e.rows(t, "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM c), (SELECT count(*) FROM other), nextval('p_id_seq')")
-	if want := []string{"0|0|0|1"}; !slices.Equal(got, want) {
-		t.Fatalf("counts p, c, other, next id: %q, want %q", got, want)
+	got := e.rows(t, "SELECT (SELECT count(*) FROM p), (SELECT string_agg(id::text, ',') FROM c), (SELECT string_agg(id::text, ',') FROM other), nextval('p_id_seq')")
+	if want := []string{"0|1|2|4"}; !slices.Equal(got, want) {
+		t.Fatalf("rows of p, ids of c and other, next id: %q, want %q", got, want)
 	}
-	if st := a.Stats(); st.Changes != 1 {
-		t.Errorf("changes = %d, want 1", st.Changes)
+	if got := e.rows(t, "SELECT table_name || ' ' || key::text FROM pgmesh.tombstone ORDER BY 1"); !slices.Equal(got, []string{"public.other {}", "public.p {}"}) {
+		t.Errorf("tombstones %q, want the two tables'", got)
+	}
+	if st := a.Stats(); st.Changes != 4 {
+		t.Errorf("changes = %d, want 4", st.Changes)
 	}
 }
 
@@ -217,19 +227,21 @@ func TestApplyFailureStopsLaterTransactions(t *testing.T) {
 		maxFlight int
 		bad       func(tr *stream.Relation) *stream.Change
 		wantErr   []string
+		// What the TxnError names: the failed request, its table and key.
+		wantWhat, wantTable, wantKey string
 	}{
 		{"statement fails, same flight", 0,
 			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "∅") },
-			[]string{"insert into public.t", "null value"}},
+			[]string{"insert into public.t", "null value"}, "insert into public.t", "public.t", "id=3"},
 		{"statement fails, later flights in the air", 3,
 			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "∅") },
-			[]string{"insert into public.t", "null value"}},
+			[]string{"insert into public.t", "null value"}, "insert into public.t", "public.t", "id=3"},
 		{"commit fails", 0,
 			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "-1") },
-			[]string{"deferred constraints", "v must not be negative"}},
+			[]string{"deferred constraints", "v must not be negative"}, "deferred constraints", "", ""},
 		{"commit fails, later flights in the air", 4,
 			func(tr *stream.Relation) *stream.Change { return ins(tr, "3", "-1") },
-			[]string{"deferred constraints", "v must not be negative"}},
+			[]string{"deferred constraints", "v must not be negative"}, "deferred constraints", "", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -242,9 +254,11 @@ func TestApplyFailureStopsLaterTransactions(t *testing.T) {
 			e.exec(t, `CREATE CONSTRAINT TRIGGER v_check AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED
 				FOR EACH ROW EXECUTE FUNCTION v_check()`)
 			e.exec(t, `ALTER TABLE t ENABLE ALWAYS TRIGGER v_check`)
-			a := e.applier(t, Options{MaxFlight: tc.maxFlight})
+			var applied []Applied
+			a := e.applier(t, Options{MaxFlight: tc.maxFlight, OnApplied: func(ap Applied) { applied = append(applied, ap) }})
 			r := newRemote()
 			tr := rel(1, "t", 'd', "*id", "v")
+			var begins []stream.Begin
 			var commits []stream.Commit
 			var err error
 			ctx := context.Background()
@@ -254,7 +268,7 @@ func TestApplyFailureStopsLaterTransactions(t *testing.T) {
 					ch = tc.bad(tr)
 				}
 				b, c := r.next()
-				commits = append(commits, c)
+				begins, commits = append(begins, b), append(commits, c)
 				if err = a.Begin(ctx, b); err != nil {
 					break
 				}
@@ -275,6 +289,19 @@ func TestApplyFailureStopsLaterTransactions(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not mention %q", err, w)
 				}
+			}
+			var te *TxnError
+			if !errors.As(err, &te) {
+				t.Fatalf("error %q is not a *TxnError", err)
+			}
+			got := [...]any{te.CommitLSN, te.CommitTime, te.XID, te.What, te.Table, te.Key}
+			want := [...]any{begins[2].FinalLSN, begins[2].CommitTime, begins[2].XID, tc.wantWhat, tc.wantTable, tc.wantKey}
+			if got != want {
+				t.Errorf("TxnError names %v, want %v", got, want)
+			}
+			if len(applied) != 2 || applied[0].CommitLSN != begins[0].FinalLSN || applied[1].CommitLSN != begins[1].FinalLSN ||
+				applied[0].Changes != 1 || applied[0].Duration <= 0 {
+				t.Errorf("OnApplied saw %+v, want transactions 1 and 2, one change each, with their durations", applied)
 			}
 			if _, err2 := a.Progress(ctx); !errors.Is(err2, err) {
 				t.Errorf("applier still usable after an error: Progress returned %v", err2)
@@ -313,16 +340,24 @@ func TestApplyConflictsGoOn(t *testing.T) {
 		upd(tr, nil, "7", "x"),            // update_missing: inserted
 		del(tr, "8", "∅"),                 // delete_missing
 		ins(tr, "2", "new"),               // and the transaction goes on
-		upd(tr, tup("9", "∅"), "10", "y"), // key change of a missing row: inserted
+		upd(tr, tup("9", "∅"), "10", "y"), // key change of a missing row: a delete_missing, and the insert
 	)
 	want := []string{"1|local", "2|new", "7|x", "10|y"}
 	if got := e.rows(t, "SELECT id, v FROM t ORDER BY id"); !slices.Equal(got, want) {
 		t.Errorf("rows %q, want %q", got, want)
 	}
 	st := a.Stats()
-	wantC := map[string]uint64{conflict.InsertExists: 1, conflict.UpdateMissing: 2, conflict.DeleteMissing: 1}
+	wantC := map[string]uint64{conflict.InsertExists: 1, conflict.UpdateMissing: 1, conflict.DeleteMissing: 2}
 	if !maps.Equal(st.Conflicts, wantC) {
 		t.Errorf("conflicts %v, want %v", st.Conflicts, wantC)
+	}
+	wantBy := map[ConflictKey]uint64{
+		{"public.t", conflict.InsertExists, conflict.KeepLocal}:    1,
+		{"public.t", conflict.UpdateMissing, conflict.ApplyRemote}: 1,
+		{"public.t", conflict.DeleteMissing, conflict.Skip}:        2,
+	}
+	if !maps.Equal(st.ConflictsBy, wantBy) {
+		t.Errorf("conflicts by table, kind and resolution %v, want %v", st.ConflictsBy, wantBy)
 	}
 	if st.Txns != 1 {
 		t.Errorf("txns = %d, want 1", st.Txns)
@@ -331,7 +366,7 @@ func TestApplyConflictsGoOn(t *testing.T) {
 		`insert_exists|keep_local|{"id": 1}|` + e.origin,
 		`update_missing|apply_remote|{"id": 7}|` + e.origin,
 		`delete_missing|skip|{"id": 8}|` + e.origin,
-		`update_missing|apply_remote|{"id": 9}|` + e.origin,
+		`delete_missing|skip|{"id": 9}|` + e.origin,
 	}
 	if got := e.rows(t, "SELECT kind, resolution, key::text, remote_origin FROM pgmesh.conflict_log ORDER BY id"); !slices.Equal(got, wantLog) {
 		t.Errorf("conflict_log %q, want %q", got, wantLog)
@@ -340,11 +375,35 @@ func TestApplyConflictsGoOn(t *testing.T) {
 		`kind=insert_exists resolution=keep_local table=public.t key="id=1"`,
 		`kind=update_missing resolution=apply_remote table=public.t key="id=7"`,
 		`kind=delete_missing resolution=skip table=public.t key="id=8"`,
-		`kind=update_missing resolution=apply_remote table=public.t key="id=9"`,
+		`kind=delete_missing resolution=skip table=public.t key="id=9"`,
 	} {
 		if !strings.Contains(log.String(), w) {
 			t.Errorf("log lacks %s:\n%s", w, log.String())
 		}
+	}
+}
+
+// The conflicts of a transaction that fails are rolled back with its
+// conflict_log rows: they are not counted, so that applying it again later
+// counts them once.
+func TestApplyConflictsCountedAtCommit(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL)`)
+	e.exec(t, `INSERT INTO t VALUES (1, 'local')`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	tr := rel(1, "t", 'd', "*id", "v")
+	ctx := context.Background()
+	r.feed(t, a, ins(tr, "1", "remote"), ins(tr, "2", "∅"))
+	if err := a.Idle(ctx); err == nil {
+		t.Fatal("no error for a NULL in a NOT NULL column")
+	}
+	if st := a.Stats(); len(st.Conflicts) != 0 || len(st.ConflictsBy) != 0 {
+		t.Errorf("conflicts of a rolled back transaction counted: %v %v", st.Conflicts, st.ConflictsBy)
+	}
+	if got := e.rows(t, "SELECT count(*) FROM pgmesh.conflict_log"); !slices.Equal(got, []string{"0"}) {
+		t.Errorf("conflict_log rows %q, want none", got)
 	}
 }
 
@@ -703,5 +762,125 @@ func TestApplyRecordsSeen(t *testing.T) {
 	}
 	if n := strings.Count(log.String(), "ignoring malformed seen message"); n != 2 {
 		t.Errorf("%d warnings about malformed seen messages, want 2:\n%s", n, log.String())
+	}
+}
+
+// A deferrable unique constraint is checked when the remote transaction
+// ends, as on its upstream. When that check fails (a row the upstream had
+// seen still holds the value: the change that moved it has not arrived),
+// the failure says so, and the transaction applied again with
+// RecheckDeferred decides the constraint row by row: a unique_conflict,
+// resolved and logged, and the link goes on.
+func TestApplyDeferredRecheck(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE m (id int PRIMARY KEY, seat int UNIQUE DEFERRABLE INITIALLY IMMEDIATE)`)
+	a := e.applier(t, Options{})
+	r := newRemote()
+	mr := rel(1, "m", 'd', "*id", "seat")
+	r.apply(t, a, ins(mr, "1", "1"))
+	ctx := context.Background()
+	b, c := r.next()
+	run := func(a *Applier) error {
+		if err := a.Begin(ctx, b); err != nil {
+			return err
+		}
+		if err := a.Change(ctx, ins(mr, "2", "1")); err != nil {
+			return err
+		}
+		if err := a.Commit(ctx, c); err != nil {
+			return err
+		}
+		return a.Idle(ctx)
+	}
+	err := run(a)
+	lsn, ok := DeferredCheckFailed(err)
+	if !ok || lsn != b.FinalLSN {
+		t.Fatalf("error %v: DeferredCheckFailed = %s, %v; want %s, true", err, lsn, ok, b.FinalLSN)
+	}
+	if err := a.Close(ctx); err != nil {
+		t.Logf("close after failure: %v", err)
+	}
+	a2 := e.applier(t, Options{RecheckDeferred: lsn})
+	if err := run(a2); err != nil {
+		t.Fatalf("applied again with RecheckDeferred: %v", err)
+	}
+	if got := e.rows(t, "SELECT id, seat FROM m ORDER BY id"); !slices.Equal(got, []string{"2|1"}) {
+		t.Errorf("rows %q, want the newer row 2 only", got)
+	}
+	if got := e.rows(t, "SELECT kind, resolution FROM pgmesh.conflict_log"); !slices.Equal(got, []string{"unique_conflict|apply_remote"}) {
+		t.Errorf("conflict_log %q, want one unique_conflict", got)
+	}
+}
+
+// A remote column missing here is never left out silently: a DDL on its
+// way here (ColumnComing) holds the change — the transaction is rolled back
+// and nothing of it applied — a DDL applied here first (ColumnGone) lets
+// the rest of the row apply and logs the whole row, and any other missing
+// column is an apply error naming it.
+func TestApplyMissingColumn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	fates := map[string]ColumnFate{"coming": ColumnComing, "gone": ColumnGone}
+	opts := Options{MissingColumn: func(_ context.Context, table, column string) (ColumnFate, error) {
+		if table != "public.t" {
+			return ColumnUnknown, fmt.Errorf("asked about table %s", table)
+		}
+		return fates[column], nil
+	}}
+	ctx := context.Background()
+	r := newRemote()
+	apply := func(a *Applier, changes ...*stream.Change) error {
+		b, c := r.next()
+		if err := a.Begin(ctx, b); err != nil {
+			return err
+		}
+		for _, ch := range changes {
+			if err := a.Change(ctx, ch); err != nil {
+				return err
+			}
+		}
+		if err := a.Commit(ctx, c); err != nil {
+			return err
+		}
+		return a.Idle(ctx)
+	}
+
+	a := e.applier(t, opts)
+	plain := rel(1, "t", 'd', "*id", "v")
+	gone := rel(1, "t", 'd', "*id", "v", "gone")
+	if err := apply(a, ins(plain, "1", "a"), ins(gone, "2", "b", "kept in the log"), upd(gone, nil, "1", "a2", "x")); err != nil {
+		t.Fatalf("a column dropped here: %v", err)
+	}
+	if got := e.rows(t, "SELECT id, v FROM t ORDER BY id"); !slices.Equal(got, []string{"1|a2", "2|b"}) {
+		t.Errorf("rows %q", got)
+	}
+	want := []string{
+		`missing_column|skip_column|{"id": "2"}|{"v": "b", "id": "2", "gone": "kept in the log"}|` + e.origin,
+		`missing_column|skip_column|{"id": "1"}|{"v": "a2", "id": "1", "gone": "x"}|` + e.origin,
+	}
+	if got := e.rows(t, "SELECT kind, resolution, key::text, remote_row::text, remote_origin FROM pgmesh.conflict_log ORDER BY id"); !slices.Equal(got, want) {
+		t.Errorf("conflict_log %q, want %q", got, want)
+	}
+	if c := a.Stats().Conflicts; c[conflict.MissingColumn] != 2 {
+		t.Errorf("conflicts %v, want missing_column 2", c)
+	}
+
+	coming := rel(2, "t", 'd', "*id", "v", "coming")
+	err := apply(a, ins(plain, "3", "c"), ins(coming, "4", "d", "wait for me"))
+	var held *HeldError
+	if !errors.As(err, &held) || held.Column != "coming" || !strings.Contains(err.Error(), "waits for it") {
+		t.Fatalf("a column on its way: %v, want a *HeldError for it", err)
+	}
+	a.Close(ctx)
+	if got := e.rows(t, "SELECT id FROM t ORDER BY id"); !slices.Equal(got, []string{"1", "2"}) {
+		t.Errorf("rows %q: nothing of the held transaction may be applied", got)
+	}
+
+	a = e.applier(t, opts)
+	other := rel(3, "t", 'd', "*id", "v", "other")
+	if err := apply(a, ins(other, "5", "e", "?")); err == nil || !strings.Contains(err.Error(), `column "other"`) {
+		t.Errorf("an unexplained column: %v, want an error naming it", err)
 	}
 }

@@ -46,6 +46,16 @@ import (
 //     exclusion constraint) waits for everything before it on the table,
 //     and everything after it on the table waits for it. Inserts into a
 //     key-less table wait only for those.
+//   - the key gates (sql/0010_key_gates.sql): a fast insert holds its key's
+//     gate, one of 64 per table, in share mode until it commits; a delete
+//     that falls back and a key move hold the old key's gate exclusively.
+//     Keys of a table share gates, so a later transaction's insert of one
+//     key holding the gate that an earlier transaction's delete of another
+//     key waits for would close a cycle with the commit order (the insert's
+//     transaction waits for the delete's to commit): every insert into a
+//     table with a key waits for the last transaction that deleted from it
+//     or moved a key in it. Inserts alone, and deletes after inserts, need
+//     no such wait: the one holding the gate commits first.
 //   - everything: TRUNCATE … CASCADE (it reaches tables it does not name)
 //     waits for every transaction before it, and every later one for it.
 //     Received seen messages (recorded at the start of the next
@@ -57,6 +67,7 @@ type tracker struct {
 	idxWild  map[string]*txn // unique index → last transaction that may have freed any value
 	tblAny   map[string]*txn // table → last transaction that changed it
 	tblWide  map[string]*txn // table → last transaction that changed it as a whole
+	tblGate  map[string]*txn // table → last transaction that deleted from it or moved a key in it
 	global   *txn            // last transaction that everything after it waits for, change by change
 	after    *txn            // last transaction that everything after it waits for, from its start
 	inserted int             // keys added since the last pruning
@@ -64,7 +75,7 @@ type tracker struct {
 
 func newTracker() *tracker {
 	return &tracker{last: map[string]*txn{}, idxAny: map[string]*txn{}, idxWild: map[string]*txn{},
-		tblAny: map[string]*txn{}, tblWide: map[string]*txn{}}
+		tblAny: map[string]*txn{}, tblWide: map[string]*txn{}, tblGate: map[string]*txn{}}
 }
 
 // pruneEvery is how many keys are added between two prunings of the keys
@@ -81,7 +92,7 @@ func (tr *tracker) prune(committed uint64) {
 		return
 	}
 	tr.inserted = 0
-	for _, m := range []map[string]*txn{tr.last, tr.idxAny, tr.idxWild, tr.tblAny, tr.tblWide} {
+	for _, m := range []map[string]*txn{tr.last, tr.idxAny, tr.idxWild, tr.tblAny, tr.tblWide, tr.tblGate} {
 		for k, t := range m {
 			if t.seq <= committed {
 				delete(m, k)
@@ -376,6 +387,14 @@ func (a *Applier) changeDeps(ctx context.Context, t *txn, c *stream.Change) (*tx
 			return true
 		}
 		return false
+	}
+	// The key gates: see tracker.
+	switch {
+	case dr.ident == nil:
+	case c.Op == stream.Insert:
+		d.wait(tr.tblGate[dr.table])
+	case c.Op == stream.Delete || (c.Op == stream.Update && old != nil):
+		d.set(tr.tblGate, dr.table)
 	}
 	switch c.Op {
 	case stream.Insert:

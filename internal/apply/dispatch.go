@@ -41,10 +41,17 @@ type txn struct {
 	nops   int
 	retain bool
 
+	recheck bool // Options.RecheckDeferred: deferrable constraints decided row by row
+
 	// Worker state, the worker's goroutine only.
 	changes uint64 // row changes applied, reported at commit
 	waited  uint64 // number of the latest transaction it already waited for
 	tries   int    // failed attempts
+	// written are the keys it wrote in tables with deferrable constraints,
+	// checked when it ends (see queueDeferredChecks).
+	written   []*writtenKeys
+	queuedAt  time.Time              // when its BEGIN was first queued
+	conflicts map[ConflictKey]uint64 // met so far, counted in Stats once it commits
 }
 
 // opKind is what a worker is asked to do.
@@ -56,6 +63,7 @@ const (
 	opMessage                   // run OnMessage (inside t, or outside any transaction when t is nil)
 	opCommit                    // commit t
 	opForget                    // look the local tables up again
+	opSave                      // commit the seen entries and the progress of messages (saveMessages)
 )
 
 type op struct {
@@ -64,7 +72,8 @@ type op struct {
 	c    *stream.Change
 	m    stream.Message
 	dep  *txn          // transaction to wait for first (nil: none)
-	done chan struct{} // opMessage outside a transaction: closed once run
+	done chan struct{} // opMessage outside a transaction, opSave: closed once run
+	seen []seenEntry   // opSave
 }
 
 // maxQueue bounds the ops waiting for one worker; the dispatcher (and so

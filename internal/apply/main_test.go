@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/origin"
+	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 	"github.com/pgmesh/pgmesh/internal/setup"
 	"github.com/pgmesh/pgmesh/internal/stream"
@@ -43,8 +44,15 @@ func newEnv(t testing.TB) *testEnv { return newEnvN(t, 1) }
 func newEnvN(t testing.TB, n int) *testEnv {
 	t.Helper()
 	env := sandboxtest.New(t, 1)
+	// Origins are per server. Not named pgmesh_*: sandboxtest drops unused
+	// ones of that name when any test ends. Conflict resolution names the
+	// writer of a row after its origin (origin_node: the origin's name
+	// when it is not pgmesh_<node>), so the upstream of the test's
+	// appliers is called like the origin, a valid node name.
+	// pgmesh's role, which owns schema pgmesh and (here) the test tables,
+	// with public on the search_path for the tests' own SQL.
 	sum := fmt.Sprintf("%08x", crc32.ChecksumIEEE([]byte(env.DB)))
-	e := &testEnv{dsn: env.DSNs[0], origin: "at_" + sum, db: env.Conn(t, 0)}
+	e := &testEnv{dsn: env.DSNs[0], origin: "at_" + sum, db: env.Pgmesh(t, 0)}
 	if n == 1 {
 		e.origins = []string{e.origin}
 	} else {
@@ -56,6 +64,7 @@ func newEnvN(t testing.TB, n int) *testEnv {
 	if _, err := setup.Migrate(context.Background(), e.db); err != nil {
 		t.Fatal(err)
 	}
+	e.exec(t, "SET search_path = public")
 	e.exec(t, "INSERT INTO pgmesh.local_node (cluster, name) VALUES ('test', 'n2')")
 	if err := conflict.SyncNodes(context.Background(), e.db, []string{e.origin, "n2"}); err != nil {
 		t.Fatal(err)
@@ -78,11 +87,24 @@ func newEnvN(t testing.TB, n int) *testEnv {
 	return e
 }
 
+// connect opens a session of pgmesh's role with the role's own search_path,
+// for the tests' own SQL.
 func connect(t testing.TB, dsn string) *pgx.Conn {
 	t.Helper()
 	conn, err := pgx.Connect(context.Background(), dsn)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// pinned opens a session as the agent opens its apply sessions.
+func pinned(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	conn, err := pg.Connect(context.Background(), "n2", dsn, "pgmesh apply test")
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	return conn
@@ -99,12 +121,13 @@ func (e *testEnv) exec(t testing.TB, sql string, args ...any) {
 // closed at cleanup.
 func (e *testEnv) applier(t testing.TB, o Options) *Applier {
 	t.Helper()
+	// As the agent opens them: search_path pinned (pg.SearchPath).
 	var sessions []Session
 	for _, origin := range e.origins {
-		sessions = append(sessions, Session{Conn: connect(t, e.dsn).PgConn(), Origin: origin})
+		sessions = append(sessions, Session{Conn: pinned(t, e.dsn).PgConn(), Origin: origin})
 	}
 	if len(sessions) > 1 {
-		o.Catalog = connect(t, e.dsn).PgConn()
+		o.Catalog = pinned(t, e.dsn).PgConn()
 	}
 	o.Upstream = e.origin
 	if o.Logger == nil {

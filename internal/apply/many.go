@@ -12,9 +12,10 @@ import (
 // Consecutive inserts into one table within a remote transaction go as one
 // statement (conflict.InsertManySQL) when they are queued together: a big
 // transaction's rows, a bulk load. The statement applies each row as
-// InsertSQL would, so the only condition is the one it states: no two rows
-// of a batch share a key or a unique value (a batch ends before such a row),
-// and a key-less table has no unique index.
+// InsertSQL would, so the only conditions are the ones it states: no two
+// rows of a batch share a key or a unique value (a batch ends before such a
+// row), and the table is one it serves (conflict.ManyOK: plain unique
+// indexes only, nothing deferrable).
 
 // maxBatch is the most rows in one statement.
 const maxBatch = 1000
@@ -30,7 +31,8 @@ func (w *worker) queueInserts(o op) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if len(ri.table.Key) == 0 && len(ri.table.Uniques) > 0 {
+	// Skipped columns log each row on its own (queueSkipped).
+	if ri.skips || !conflict.ManyOK(ri.table) {
 		return false, nil
 	}
 	uniques, ok := uniquePositions(ri)
@@ -61,7 +63,7 @@ func (w *worker) queueInserts(o op) (bool, error) {
 		if ri.skip[i] {
 			continue
 		}
-		params = append(params, textArray(batch, i))
+		params = append(params, columnArray(batch, i))
 		formats = append(formats, 1)
 	}
 	w.pipe.SendQueryPrepared(st.name, params, formats, nil)
@@ -80,7 +82,15 @@ func uniquePositions(ri *relInfo) ([][]int, bool) {
 		}
 	}
 	var out [][]int
-	for _, idx := range append([][]string{ri.table.Key}, ri.table.Uniques...) {
+	idxs := [][]string{ri.table.Key}
+	for _, c := range ri.table.Constraints {
+		var cols []string
+		for _, e := range c.Elems {
+			cols = append(cols, e.Column)
+		}
+		idxs = append(idxs, cols)
+	}
+	for _, idx := range idxs {
 		if len(idx) == 0 {
 			continue
 		}
@@ -161,8 +171,8 @@ func (w *worker) mustWait(t, d *txn) bool {
 	return d != nil && d != t && d.seq > t.waited && d.w != w && !w.a.isCommitted(d.seq)
 }
 
-// textArray is column i of the batch's rows as a text[] in binary format.
-func textArray(batch []*stream.Change, i int) []byte {
+// columnArray is column i of the batch's rows as a text[] in binary format.
+func columnArray(batch []*stream.Change, i int) []byte {
 	size := 20
 	for _, c := range batch {
 		size += 4 + len(c.New[i].Data)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/pgmesh/pgmesh/internal/conflict"
 )
@@ -59,9 +60,27 @@ const (
 	stmtWait        = "pgmesh_wait"
 	stmtEnd         = "pgmesh_end"
 	stmtRelease     = "pgmesh_release"
+	stmtPause       = "pgmesh_pause"
 )
 
-// A serial remote transaction ends with stmtConstraints, stmtClaim (see
+// PauseLock is the advisory lock (two-key form: 'pm', 'join') that every
+// apply transaction, on every worker's session, holds in share mode from
+// right after its BEGIN (and its ordering lock) until it has committed.
+// `pgmesh node add` takes it exclusively on the source node for the moment
+// it creates the copy's snapshot and reads the source's origin progress:
+// origin progress is not MVCC, so only with apply paused do the snapshot
+// and the progress describe the same set of applied transactions. Locks
+// are released after the commit is visible and the origin advanced, and
+// the lock is taken before the transaction writes (has an xid), so the
+// slot creation, which waits for running xids, never waits for a paused
+// apply transaction. It is taken after apply_begin, which releases the
+// ordering lock of the session's previous transaction: a transaction of
+// another worker that holds the pause lock in share mode and waits for
+// that one to commit is not kept waiting by the pause.
+var PauseLock = [2]int32{28781, 0x6a6f696e}
+
+// A remote transaction starts with stmtBegin, (parallel) stmtStart and
+// stmtPause. A serial remote transaction ends with stmtConstraints, stmtClaim (see
 // seen.go), stmtXact and stmtCommit; a parallel one with stmtConstraints,
 // stmtEnd (wait, claim and origin setup) and stmtCommit.
 // PostgreSQL 15+ advances the session's origin to the LSN given to
@@ -84,6 +103,7 @@ var fixedStatements = []struct{ name, sql string }{
 	{stmtWait, "SELECT pgmesh.apply_await($1, $2, $3, $4, $5, $6)"},
 	{stmtEnd, "SELECT pgmesh.apply_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"},
 	{stmtRelease, "SELECT pgmesh.apply_release($1, $2)"},
+	{stmtPause, fmt.Sprintf("SELECT pg_catalog.pg_advisory_xact_lock_shared(%d, %d)", PauseLock[0], PauseLock[1])},
 }
 
 // waitTimeout bounds each wait of a transaction for another one (the
@@ -118,6 +138,13 @@ func (w *worker) queueBegin(t *txn) {
 		}
 		w.pipe.SendQueryPrepared(stmtStart, [][]byte{w.linkText(), seqText(t.seq), w.gateText(), prev}, nil, nil)
 		w.add(item{kind: itemStart, txn: t})
+	}
+	w.pipe.SendQueryPrepared(stmtPause, nil, nil, nil)
+	w.add(item{kind: itemPause, txn: t})
+	if t.queuedAt.IsZero() {
+		t.queuedAt = time.Now()
+	}
+	if w.parallel() {
 		w.waitFor(t, t.after)
 	}
 	w.queueReceived(t)
@@ -160,6 +187,7 @@ func (w *worker) timeout(t *txn) []byte {
 // workers, the release of its lock, which ends the flight.
 func (w *worker) queueCommit(t *txn) error {
 	w.ensurePipe()
+	w.queueDeferredChecks(t)
 	w.pipe.SendQueryPrepared(stmtConstraints, nil, nil, nil)
 	w.add(item{kind: itemConstraints, txn: t})
 	end, ts := []byte(t.end.EndLSN.String()), []byte(formatTime(t.end.CommitTime))

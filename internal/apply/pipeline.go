@@ -30,6 +30,7 @@ const (
 	itemTruncate
 	itemSeen
 	itemClaim
+	itemPause
 	itemSync
 )
 
@@ -277,7 +278,12 @@ func (w *worker) handleResult(it *item, res any) error {
 		w.committed(it.txn)
 	}
 	for _, v := range conflicts {
-		w.a.countConflict(v.kind)
+		// Counted when the transaction commits: a transaction rolled back
+		// and applied again must not count its conflicts twice.
+		if it.txn.conflicts == nil {
+			it.txn.conflicts = map[ConflictKey]uint64{}
+		}
+		it.txn.conflicts[ConflictKey{Table: it.rel.name, Kind: v.kind, Resolution: v.resolution}]++
 		w.a.log.Info("conflict", "kind", v.kind, "resolution", v.resolution, "table", it.rel.name,
 			"key", it.rel.keyText(v.change), "commit_lsn", it.txn.String())
 	}
@@ -319,7 +325,7 @@ func (w *worker) describe(it *item, err error) error {
 	case itemWait:
 		what = "wait for an earlier transaction to commit"
 	case itemConstraints:
-		what = "deferred constraints"
+		what = whatDeferred
 	case itemXact:
 		what = "origin setup"
 	case itemCommit:
@@ -334,6 +340,8 @@ func (w *worker) describe(it *item, err error) error {
 		what = "record peer_seen"
 	case itemClaim:
 		what = "seen message"
+	case itemPause:
+		what = "wait for a joining node's snapshot (pause lock)"
 	case itemSync:
 		what = "sync"
 	}
@@ -347,7 +355,23 @@ func (w *worker) describe(it *item, err error) error {
 	if it.txn == nil {
 		return wrapKeep(err, fmt.Sprintf("upstream %s: apply: %s", up, what), hint)
 	}
-	return wrapKeep(err, fmt.Sprintf("upstream %s: apply remote transaction %s: %s", up, it.txn, what), hint)
+	te := &TxnError{Upstream: up, CommitLSN: it.txn.begin.FinalLSN, CommitTime: it.txn.begin.CommitTime,
+		XID: it.txn.begin.XID, What: what, Err: err, hint: hint}
+	if it.rel != nil {
+		te.Table = it.rel.name
+	} else if it.kind == itemTruncate {
+		te.Table = it.tables
+	}
+	if it.kind == itemChange && it.change != nil {
+		te.Key = it.rel.keyText(it.change)
+	}
+	// A fatal mark stays outside, where retryable looks for it.
+	var f fatal
+	if errors.As(err, &f) {
+		te.Err = f.error
+		return fatal{te}
+	}
+	return te
 }
 
 // wrapKeep wraps err with a prefix (and a suffix), keeping a fatal mark.

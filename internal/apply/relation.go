@@ -1,7 +1,9 @@
 package apply
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -34,8 +36,9 @@ type relInfo struct {
 	// upstream's replica identity: a key-only old row then lacks it.
 	identSent bool
 	delta     []int // remote columns of table.DeltaColumns, in that order
-	// skip marks remote columns left out because a DDL about them is in
-	// flight (Options.IgnoreColumn); table.Columns holds the others.
+	// skip marks remote columns that a DDL applied here dropped or renamed
+	// (ColumnGone): their values are logged (queueSkipped), not applied;
+	// table.Columns holds the others.
 	skip    []bool
 	skips   bool // some column is skipped
 	builtIn *txn // the remote transaction the mapping was made in
@@ -85,6 +88,9 @@ func (w *worker) lookup(ctx context.Context, r *stream.Relation) (*relInfo, erro
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", a.o.Upstream, err)
 	}
+	if err := w.checkTrusted(ctx, ri); err != nil {
+		return nil, err
+	}
 	types := make(map[string]string, len(local.Columns))
 	for i, c := range local.Columns {
 		types[c] = local.Types[i]
@@ -99,16 +105,20 @@ func (w *worker) lookup(ctx context.Context, r *stream.Relation) (*relInfo, erro
 	for i, c := range r.Columns {
 		typ, ok := types[c.Name]
 		if !ok {
-			ignore, err := w.ignoreColumn(ctx, ri.name, c.Name)
+			fate, err := w.missingColumn(ctx, ri.name, c.Name)
 			if err != nil {
 				return nil, err
 			}
-			if !ignore {
-				return nil, fmt.Errorf("upstream %s: table %s: column %q sent by the upstream does not exist on this node (or is generated); if a DDL adding it is under way, it must reach this node first (pgmesh ddl list)", a.o.Upstream, ri.name, c.Name)
+			switch fate {
+			case ColumnComing:
+				return nil, &HeldError{Upstream: a.o.Upstream, Table: ri.name, Column: c.Name}
+			case ColumnGone:
+				a.o.Logger.Info("a DDL applied here dropped or renamed a column the upstream still sends: its values are logged in pgmesh.conflict_log",
+					"upstream", a.o.Upstream, "table", ri.name, "column", c.Name)
+				ri.skip[i], ri.skips = true, true
+				continue
 			}
-			a.o.Logger.Info("leaving out a column whose DDL is still in flight", "upstream", a.o.Upstream, "table", ri.name, "column", c.Name)
-			ri.skip[i], ri.skips = true, true
-			continue
+			return nil, fmt.Errorf("upstream %s: table %s: column %q sent by the upstream does not exist on this node (or is generated), and no DDL on its way explains it: add it here (pgmesh check shows the drift)", a.o.Upstream, ri.name, c.Name)
 		}
 		t.Columns, t.Types = append(t.Columns, c.Name), append(t.Types, typ)
 		remote[c.Name] = i
@@ -143,6 +153,54 @@ func (w *worker) lookup(ctx context.Context, r *stream.Relation) (*relInfo, erro
 	return ri, nil
 }
 
+// checkTrusted refuses to apply to a table whose triggers (those that fire
+// in apply sessions), constraints, defaults, index expressions… call a
+// function that would run with the apply session's privileges while its
+// owner is another role: that role could act as pgmesh. The capture event
+// trigger refuses DDL that adds such a function; this catches the rest
+// (ddl.capture: manual, a superuser demoted since). Every replicated table
+// is checked in one query, once per session and again after a DDL message
+// (which clears the mappings, see Message).
+func (w *worker) checkTrusted(ctx context.Context, ri *relInfo) error {
+	a := w.a
+	if _, ok := w.checked[ri.name]; !ok {
+		var bad, checked []byte
+		err := connQuerier{w.conn}.QueryRow(ctx, `
+WITH t AS MATERIALIZED (SELECT pg_catalog.array_append(pgmesh.replicated_tables(), $1::regclass::oid) AS rels)
+SELECT (SELECT coalesce(json_object_agg(n.nspname || '.' || c.relname,
+                 pg_catalog.format('function %s (owner %s) would run with pgmesh''s privileges when pgmesh applies changes to it (%s): make it run as its owner: ALTER FUNCTION %s SECURITY DEFINER; (or have a superuser own it)',
+                                   u.func, u.owner, u.via, u.func)), '{}')::text
+          FROM t, pgmesh.untrusted_code(t.rels) u
+          JOIN pg_catalog.pg_class c ON c.oid = u.rel JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace),
+       (SELECT coalesce(json_agg(n.nspname || '.' || c.relname), '[]')::text
+          FROM t, unnest(t.rels) r
+          JOIN pg_catalog.pg_class c ON c.oid = r JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)`, ri.ident).Scan(&bad, &checked)
+		if err != nil {
+			return fmt.Errorf("upstream %s: table %s: look for code that would run as pgmesh: %w", a.o.Upstream, ri.name, err)
+		}
+		var msgs map[string]string
+		var names []string
+		if err := json.Unmarshal(bad, &msgs); err != nil {
+			return fmt.Errorf("upstream %s: table %s: look for code that would run as pgmesh: %w", a.o.Upstream, ri.name, err)
+		}
+		if err := json.Unmarshal(checked, &names); err != nil {
+			return fmt.Errorf("upstream %s: table %s: look for code that would run as pgmesh: %w", a.o.Upstream, ri.name, err)
+		}
+		for _, n := range names {
+			w.checked[n] = msgs[n]
+		}
+		// A table the catalog query could not see (dropped meanwhile) is
+		// looked up again next time.
+		if _, ok := w.checked[ri.name]; !ok {
+			return nil
+		}
+	}
+	if msg := w.checked[ri.name]; msg != "" {
+		return fmt.Errorf("upstream %s: table %s: %s", a.o.Upstream, ri.name, msg)
+	}
+	return nil
+}
+
 // queueChange queues the statement of one change of t (preparing it first
 // if this shape is new) in the current flight.
 func (w *worker) queueChange(t *txn, c *stream.Change) error {
@@ -161,20 +219,30 @@ func (w *worker) queueChange(t *txn, c *stream.Change) error {
 		return fatal{fmt.Errorf("upstream %s: remote transaction %s: table %s: %w", up, t, ri.name, err)}
 	}
 	w.ensurePipe()
+	if ri.table.Deferrable() && len(ri.table.Key) > 0 && !t.recheck && c.Op != stream.Delete {
+		t.noteWritten(ri, c)
+	}
 	st := w.stmtFor(t, ri, c)
 	w.pipe.SendQueryPrepared(st.name, w.params, nil, nil)
 	w.add(item{kind: itemChange, txn: t, rel: ri, stmt: st, change: c})
+	if ri.skips && c.Op != stream.Delete {
+		return w.queueSkipped(t, ri, c)
+	}
 	return nil
 }
 
 // stmtFor returns the prepared statement for the shape in w.shape,
 // queueing its preparation if it is new.
 func (w *worker) stmtFor(t *txn, ri *relInfo, c *stream.Change) *stmt {
-	st, ok := ri.stmts[string(w.shape)]
+	key := string(w.shape)
+	if t.recheck && ri.table.Deferrable() && len(ri.table.Key) > 0 {
+		key += "!"
+	}
+	st, ok := ri.stmts[key]
 	if !ok {
 		var queued bool
-		st, queued = w.prepare(ri, c)
-		ri.stmts[string(w.shape)] = st
+		st, queued = w.prepare(t, ri, c)
+		ri.stmts[key] = st
 		if queued {
 			w.add(item{kind: itemPrepare, txn: t, rel: ri, stmt: st})
 		}
@@ -187,6 +255,122 @@ const (
 	shapeValue = 'v' // a value (possibly NULL) is written
 	shapeSkip  = 'u' // unchanged TOAST: left alone
 )
+
+// whatDeferred names the check of the deferred constraints at the end of a
+// remote transaction (and their deferral) in errors.
+const whatDeferred = "deferred constraints"
+
+// DeferredCheckFailed tells whether err is the failure of a remote
+// transaction at its end on a deferrable unique or exclusion constraint,
+// and which: apply it again with Options.RecheckDeferred.
+func DeferredCheckFailed(err error) (stream.LSN, bool) {
+	var te *TxnError
+	var pe *pgconn.PgError
+	if !errors.As(err, &te) || te.What != whatDeferred || !errors.As(err, &pe) {
+		return 0, false
+	}
+	return te.CommitLSN, pe.Code == "23505" || pe.Code == "23P01"
+}
+
+// writtenKeys are the keys of the rows a remote transaction wrote in one
+// table with deferrable constraints, one list of values per key column.
+type writtenKeys struct {
+	ri   *relInfo
+	keys [][][]byte
+}
+
+// noteWritten remembers the key of the row an insert or update writes. A
+// deferrable constraint of the upstream held when its transaction
+// committed, not row by row: moving a value from one row to another goes
+// through a moment where two rows hold it. So the statements let a row
+// the remote had seen hold a value its change writes (the transaction
+// moves it), and the rows written are checked when the transaction ends
+// (queueDeferredChecks), as PostgreSQL does not in the replica role.
+func (t *txn) noteWritten(ri *relInfo, c *stream.Change) {
+	var w *writtenKeys
+	for _, x := range t.written {
+		if x.ri.name == ri.name {
+			w = x
+		}
+	}
+	if w == nil || w.ri != ri {
+		// A new description of the relation may order its columns
+		// otherwise: the keys already noted stay with the old one.
+		w = &writtenKeys{ri: ri, keys: make([][][]byte, len(ri.identCols))}
+		t.written = append(t.written, w)
+	}
+	for i, k := range ri.identCols {
+		v := c.New[k]
+		if v.Kind == stream.Unchanged && c.Old != nil {
+			v = c.Old[k]
+		}
+		w.keys[i] = append(w.keys[i], v.Data)
+	}
+}
+
+// queueDeferredChecks queues, at the end of remote transaction t, the check
+// of the deferrable constraints of each table it wrote
+// (conflict.DeferredCheckSQL). One that fails stops the transaction with
+// a unique violation: DeferredCheckFailed.
+func (w *worker) queueDeferredChecks(t *txn) {
+	for _, wk := range t.written {
+		params := make([][]byte, len(wk.keys))
+		for i, vals := range wk.keys {
+			params[i] = textArray(vals)
+		}
+		w.pipe.SendQueryParams(conflict.DeferredCheckSQL(wk.ri.table), params, nil, nil, nil)
+		w.add(item{kind: itemConstraints, txn: t, rel: wk.ri})
+	}
+	t.written = nil
+}
+
+// textArray is the text form of a text[] holding vals (none NULL).
+func textArray(vals [][]byte) []byte {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, v := range vals {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for _, c := range v {
+			if c == '"' || c == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(c)
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.Bytes()
+}
+
+// shapeMove replaces the operation byte of an UPDATE that moves its row to
+// another key: it is applied as a delete and an insert (conflict.MoveSQL).
+const shapeMove = 'M'
+
+// movesKey tells whether an UPDATE changed the row's key: the old key came
+// with it (it does when the key changed, and always under REPLICA IDENTITY
+// FULL) and differs from the new one. The text of a value is what the
+// upstream's type prints, so equal text is the same key.
+func (ri *relInfo) movesKey(c *stream.Change) bool {
+	if len(ri.table.Key) == 0 || c.Old == nil {
+		return false
+	}
+	moved := false
+	for _, k := range ri.identCols {
+		o, n := c.Old[k], c.New[k]
+		if n.Kind == stream.Unchanged {
+			// A key column must come with a new row that moves; an
+			// unchanged one (TOAST) did not move.
+			return false
+		}
+		if o.Kind != n.Kind || !bytes.Equal(o.Data, n.Data) {
+			moved = true
+		}
+	}
+	return moved
+}
 
 // buildShape fills w.shape (the statement cache key) and w.params (the
 // values, in statement parameter order, see conflict.InsertSQL) for a
@@ -215,6 +399,10 @@ func (w *worker) buildShape(t *txn, ri *relInfo, c *stream.Change) error {
 		if err := w.identity(ri, c, updateKeyTuple(c)); err != nil {
 			return err
 		}
+		move := ri.movesKey(c)
+		if move {
+			w.shape[0] = shapeMove
+		}
 		for i, v := range c.New {
 			if ri.skip[i] {
 				continue
@@ -227,6 +415,10 @@ func (w *worker) buildShape(t *txn, ri *relInfo, c *stream.Change) error {
 			w.params = append(w.params, value(v))
 		}
 		for _, d := range ri.delta {
+			if move {
+				// A move inserts the new row: nothing to merge.
+				break
+			}
 			if c.New[d].Kind == stream.Unchanged {
 				continue
 			}
@@ -246,17 +438,67 @@ func (w *worker) buildShape(t *txn, ri *relInfo, c *stream.Change) error {
 	return nil
 }
 
-// ignoreColumn asks Options.IgnoreColumn about a remote column missing here.
-func (w *worker) ignoreColumn(ctx context.Context, table, column string) (bool, error) {
+// missingColumn asks Options.MissingColumn about a remote column missing
+// here.
+func (w *worker) missingColumn(ctx context.Context, table, column string) (ColumnFate, error) {
 	a := w.a
-	if a.o.IgnoreColumn == nil {
-		return false, nil
+	if a.o.MissingColumn == nil {
+		return ColumnUnknown, nil
 	}
-	ok, err := a.o.IgnoreColumn(ctx, table, column)
+	fate, err := a.o.MissingColumn(ctx, table, column)
 	if err != nil {
-		return false, fmt.Errorf("upstream %s: table %s: column %q missing here: is a DDL about it in flight? %w", a.o.Upstream, table, column, err)
+		return ColumnUnknown, fmt.Errorf("upstream %s: table %s: column %q missing here: is a DDL about it in flight? %w", a.o.Upstream, table, column, err)
 	}
-	return ok, nil
+	return fate, nil
+}
+
+// skippedSQL logs the row of a change that carries columns a DDL applied
+// here has dropped or renamed (ColumnGone): the values are not lost. It
+// answers like a change's statement, so that the log row is counted.
+var skippedSQL = `
+WITH logged AS (
+ INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, remote_row, remote_commit_time, remote_origin, remote_lsn)
+ VALUES ($1, ` + pg.QuoteLiteral(conflict.MissingColumn) + `, ` + pg.QuoteLiteral(conflict.SkipColumn) + `, $2::text::jsonb, $3::text::jsonb, $4::text::timestamptz, $5, $6::text::pg_lsn)
+ RETURNING kind, resolution)
+SELECT kind, resolution FROM logged`
+
+// queueSkipped queues the log row of a change whose new row carries values
+// of skipped columns: the key and the whole row the upstream sent, as
+// text.
+func (w *worker) queueSkipped(t *txn, ri *relInfo, c *stream.Change) error {
+	key, row := map[string]*string{}, map[string]*string{}
+	keyTuple := c.New
+	if c.Old != nil {
+		keyTuple = c.Old
+	}
+	for i, col := range ri.rel.Columns {
+		row[col.Name] = textOf(c.New[i])
+		if slices.Contains(ri.identCols, i) {
+			key[col.Name] = textOf(keyTuple[i])
+		}
+	}
+	keyJSON, err := json.Marshal(key)
+	if err != nil {
+		return err
+	}
+	rowJSON, err := json.Marshal(row)
+	if err != nil {
+		return err
+	}
+	w.pipe.SendQueryParams(skippedSQL, [][]byte{[]byte(ri.name), keyJSON, rowJSON, t.commitTime, []byte(w.a.o.Upstream), t.commitLSN}, nil, nil, nil)
+	w.add(item{kind: itemChange, txn: t, rel: ri, change: c,
+		stmt: &stmt{what: "log the values of columns dropped here of"}})
+	return nil
+}
+
+// textOf is a value as JSON sees it: its text, null, or for an unchanged
+// TOAST value (not sent) null too.
+func textOf(v stream.Value) *string {
+	if v.Kind != stream.Text {
+		return nil
+	}
+	s := string(v.Data)
+	return &s
 }
 
 // identity appends the values that identify the changed row.
@@ -296,20 +538,26 @@ func updateKeyTuple(c *stream.Change) stream.Tuple {
 // the current shape, unless this session prepared the same SQL before
 // (reported by the second result). Parameters are untyped: the statement
 // casts each one to its column's type.
-func (w *worker) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
-	switch c.Op {
-	case stream.Insert:
-		return w.prepareSQL("insert into", conflict.InsertSQL(ri.table))
-	case stream.Update:
-		var set []string
-		for i, s := range w.shape[1:] {
-			if s == shapeValue {
-				set = append(set, ri.table.Columns[i])
-			}
+func (w *worker) prepare(tx *txn, ri *relInfo, c *stream.Change) (*stmt, bool) {
+	t := ri.table
+	// Without a key the rows written cannot be found again at the end
+	// (noteWritten): a table without key decides them row by row.
+	t.DeferredNow = tx.recheck || len(t.Key) == 0
+	var set []string
+	for i, s := range w.shape[1:] {
+		if s == shapeValue {
+			set = append(set, ri.table.Columns[i])
 		}
-		return w.prepareSQL("update", conflict.UpdateSQL(ri.table, set))
+	}
+	switch {
+	case c.Op == stream.Insert:
+		return w.prepareSQL("insert into", conflict.InsertSQL(t))
+	case w.shape[0] == shapeMove:
+		return w.prepareSQL("update moving the key of", conflict.MoveSQL(t, set))
+	case c.Op == stream.Update:
+		return w.prepareSQL("update", conflict.UpdateSQL(t, set))
 	default:
-		return w.prepareSQL("delete from", conflict.DeleteSQL(ri.table))
+		return w.prepareSQL("delete from", conflict.DeleteSQL(t))
 	}
 }
 
@@ -327,31 +575,34 @@ func (w *worker) prepareSQL(what, sql string) (*stmt, bool) {
 	return st, true
 }
 
-// queueTruncate queues TRUNCATE of all relations of the change in one
-// statement, as the upstream ran it.
+// queueTruncate queues, for each relation of a remote TRUNCATE, the
+// statement that removes the rows older than it and records it
+// (conflict.TruncateSQL): a TRUNCATE in a mesh removes what was written
+// before it, on every node, and nothing written after it anywhere. It
+// never cascades: the upstream's message lists every replicated table it
+// emptied, cascaded ones included, and a table of this node that the
+// upstream did not replicate is this node's own. RESTART IDENTITY is not
+// replayed either: each node's sequences hand out ids of their own range,
+// and the rows newer than the truncate keep theirs.
 func (w *worker) queueTruncate(t *txn, c *stream.Change) error {
-	var idents, names []string
+	var ris []*relInfo
 	for _, r := range c.TruncateRels {
 		ri, err := w.relFor(r)
 		if err != nil {
 			return err
 		}
-		idents = append(idents, ri.ident)
-		names = append(names, ri.name)
+		ris = append(ris, ri)
 	}
-	if len(idents) == 0 {
+	if len(ris) == 0 {
 		return nil
 	}
-	sql := "TRUNCATE " + strings.Join(idents, ", ")
-	if c.RestartIdentity {
-		sql += " RESTART IDENTITY"
-	}
-	if c.Cascade {
-		sql += " CASCADE"
-	}
 	w.ensurePipe()
-	w.pipe.SendQueryParams(sql, nil, nil, nil, nil)
-	w.add(item{kind: itemTruncate, txn: t, tables: strings.Join(names, ", ")})
+	for _, ri := range ris {
+		w.pipe.SendQueryParams(conflict.TruncateLockSQL(ri.table), nil, nil, nil, nil)
+		w.add(item{kind: itemTruncate, txn: t, tables: ri.name})
+		w.pipe.SendQueryParams(conflict.TruncateSQL(ri.table), [][]byte{t.commitTime, []byte(w.a.o.Upstream), t.commitLSN}, nil, nil, nil)
+		w.add(item{kind: itemTruncate, txn: t, tables: ri.name})
+	}
 	return nil
 }
 

@@ -1,6 +1,10 @@
 package apply
 
 import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/pgmesh/pgmesh/internal/conflict"
@@ -45,20 +49,37 @@ import (
 // a key that a remote update or delete found missing holds no row lock, so
 // a local insert of it may commit after the claim without having seen the
 // change (the peers then take the insert as later, which it is in commit
-// order); and commit timestamps are taken before the commit record is inserted,
-// so they are not strictly monotone in commit order: two transactions of U
-// committing within microseconds of each other may be seen out of order,
-// which peer_seen cannot tell apart.
+// order, and keep it as this node does, but the loss of a delete that the
+// insert did not see may be logged nowhere); and commit timestamps are
+// taken before the commit record is inserted, so they are not strictly
+// monotone in commit order: two transactions of U committing within
+// microseconds of each other may be seen out of order, which peer_seen
+// cannot tell apart (a local write between the two may be taken for one
+// that had seen both). The same missing key written by another link's
+// apply transaction is no such gap: a remote insert and a remote delete of
+// a key absent here are ordered by the key's gate (sql/0010_key_gates.sql),
+// so the second sees the first's row or tombstone.
 //
 // The claim is recorded in the downstream's own pgmesh.peer_seen too (peer
 // = itself), which the conflict statements use to tell an update or delete
-// of a row whose insert is still in flight from a conflict (see
-// internal/conflict, classifyCTE); it commits with the transaction.
+// of a row whose insert is still in flight from a conflict (see the
+// causality CTEs in internal/conflict/templates/full.sql.tmpl); it commits
+// with the transaction.
 //
 // Receiving side: a seen message from the upstream is queued and its
 // entries are upserted at the start of the upstream's next remote
 // transaction, after BEGIN and before its changes, so they commit
-// atomically with the origin progress (a crash replays both).
+// atomically with the origin progress (a crash replays both). The stream
+// confirms a message to the upstream only once the link's durable progress
+// has passed it, so a claim is never confirmed, and dropped by the
+// upstream, while it is only in memory here. An upstream that relays its
+// peers' changes but writes nothing itself sends claims and no
+// transaction: when none has come for saveDelay, the claims are saved in a
+// transaction of their own that sets the progress of the first worker's
+// origin to the last message (saveMessages), and the upstream may forget
+// them. (Not at once: a busy upstream sends a claim after nearly every
+// transaction it applies, and its own next transaction carries them for
+// free.)
 //
 // With several workers the claims and the recorded entries mean what they
 // mean in a serial apply. A transaction claims after its predecessor has
@@ -123,8 +144,93 @@ func (a *Applier) receiveSeen(m stream.Message) {
 // in t just begun.
 func (w *worker) queueReceived(t *txn) {
 	for _, e := range t.seen {
-		params := [][]byte{[]byte(w.a.o.Upstream), []byte(e.origin), []byte(e.until.UTC().Format(time.RFC3339Nano))}
-		w.pipe.SendQueryPrepared(stmtSeen, params, nil, nil)
+		w.pipe.SendQueryPrepared(stmtSeen, w.a.seenParams(e), nil, nil)
 		w.add(item{kind: itemSeen, txn: t})
 	}
+}
+
+func (a *Applier) seenParams(e seenEntry) [][]byte {
+	return [][]byte{[]byte(a.o.Upstream), []byte(e.origin), []byte(e.until.UTC().Format(time.RFC3339Nano))}
+}
+
+// saveDelay is how long messages wait for a remote transaction to carry
+// them before saveMessages commits them on their own.
+const saveDelay = time.Second
+
+// saveMessages commits, between remote transactions, what the messages
+// received since the last one say (the seen entries) together with the
+// first worker's origin's progress set to the last message's LSN: from
+// then on the stream may confirm them, and a restart resumes after them.
+// Every transaction before them has committed first, so the link's
+// progress (the greatest of its origins') stays the end of a prefix of the
+// stream. Nothing is done when a remote transaction dispatched after them
+// carries both, or while one may still come to do it.
+func (a *Applier) saveMessages(ctx context.Context) error {
+	if a.cur != nil || a.held <= a.lastEnd || time.Since(a.heldSince) < saveDelay {
+		return nil
+	}
+	if a.last != nil {
+		if err := a.waitCommitted(a.last.seq); err != nil {
+			return err
+		}
+	}
+	var seen []seenEntry
+	for _, origin := range slices.Sorted(maps.Keys(a.received)) {
+		seen = append(seen, seenEntry{origin, a.received[origin]})
+	}
+	done := make(chan struct{})
+	if err := a.push(a.workers[0], op{kind: opSave, m: stream.Message{LSN: a.held}, seen: seen, done: done}); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.flushGen++
+	a.cond.Broadcast()
+	a.mu.Unlock()
+	select {
+	case <-done:
+	case <-a.failed:
+		return a.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	clear(a.received)
+	a.lastEnd, a.saved = a.held, a.held
+	return nil
+}
+
+// save runs the transaction of saveMessages on this worker's session, with
+// nothing else in flight.
+func (w *worker) save(o op) error {
+	a := w.a
+	if err := w.release(); err != nil {
+		return err
+	}
+	if err := w.drain(); err != nil {
+		return err
+	}
+	type step struct {
+		what, name string
+		params     [][]byte
+	}
+	steps := []step{{"BEGIN", stmtBegin, nil}}
+	for _, e := range o.seen {
+		steps = append(steps, step{"record peer_seen", stmtSeen, a.seenParams(e)})
+	}
+	// The commit time is only the origin's bookkeeping here: the
+	// transaction writes no replicated row.
+	steps = append(steps,
+		step{"origin setup", stmtXact, [][]byte{[]byte(o.m.LSN.String()), []byte(formatTime(time.Now()))}},
+		step{"COMMIT", stmtCommit, nil})
+	w.busy.Store(true)
+	defer w.busy.Store(false)
+	for _, st := range steps {
+		if _, err := w.conn.ExecPrepared(a.ctx, st.name, st.params, nil, nil).Close(); err != nil {
+			if w.conn.TxStatus() != 'I' {
+				_, _ = w.conn.Exec(a.ctx, "ROLLBACK").ReadAll()
+			}
+			return fatal{fmt.Errorf("upstream %s: save the messages received up to %s: %s: %w", a.o.Upstream, o.m.LSN, st.what, err)}
+		}
+	}
+	close(o.done)
+	return nil
 }

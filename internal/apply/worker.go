@@ -43,10 +43,14 @@ type worker struct {
 	open []*txn // transactions begun on this session and not committed, in order
 	// held is the committed transaction whose lock the session's next
 	// transaction releases (0: none).
-	held  uint64
-	rels  map[uint32]*relInfo
-	stmts map[string]*stmt // SQL → prepared statement
-	nstmt int              // prepared statement names given out
+	held uint64
+	rels map[uint32]*relInfo
+	// checked maps the tables checked for code that would run as pgmesh
+	// ("schema.table") to the refusal, "" when the table is fine
+	// (checkTrusted); cleared with rels.
+	checked map[string]string
+	stmts   map[string]*stmt // SQL → prepared statement
+	nstmt   int              // prepared statement names given out
 
 	params [][]byte // scratch: parameters of the statement being queued
 	shape  []byte   // scratch: statement shape key
@@ -56,7 +60,7 @@ type worker struct {
 // with other sessions (parallel) its gate (order.go). It returns the
 // origin's progress.
 func newWorker(ctx context.Context, a *Applier, id int, s Session, parallel bool) (*worker, stream.LSN, error) {
-	w := &worker{a: a, id: id, conn: s.Conn, origin: s.Origin, rels: map[uint32]*relInfo{}, stmts: map[string]*stmt{}}
+	w := &worker{a: a, id: id, conn: s.Conn, origin: s.Origin, rels: map[uint32]*relInfo{}, checked: map[string]string{}, stmts: map[string]*stmt{}}
 	w.log = a.log.With("origin", s.Origin).Info
 	up := a.o.Upstream
 	setup := []struct{ what, sql string }{
@@ -234,7 +238,10 @@ func (w *worker) do(o op) error {
 		return w.queueCommit(o.t)
 	case opForget:
 		clear(w.rels)
+		clear(w.checked)
 		return nil
+	case opSave:
+		return w.save(o)
 	}
 	return fmt.Errorf("upstream %s: unknown apply op %d", w.a.o.Upstream, o.kind)
 }
@@ -280,9 +287,15 @@ func (w *worker) message(o op) error {
 	err := a.o.OnMessage(a.ctx, w.conn, o.m)
 	w.busy.Store(false)
 	if err != nil {
+		if t := o.t; t != nil {
+			b := t.begin
+			return fatal{&TxnError{Upstream: a.o.Upstream, CommitLSN: b.FinalLSN, CommitTime: b.CommitTime, XID: b.XID,
+				What: fmt.Sprintf("message %q at %s", o.m.Prefix, o.m.LSN), Err: err}}
+		}
 		return fatal{fmt.Errorf("upstream %s: message %q at %s: %w", a.o.Upstream, o.m.Prefix, o.m.LSN, err)}
 	}
 	clear(w.rels)
+	clear(w.checked)
 	if o.done != nil {
 		close(o.done)
 	}
@@ -419,7 +432,7 @@ func (w *worker) retry(cause error) error {
 	w.q = append(redo, rest...)
 	a.mu.Unlock()
 	for _, t := range again {
-		t.changes, t.waited = 0, 0
+		t.changes, t.waited, t.conflicts, t.written = 0, 0, nil, nil
 	}
 	first := again[0]
 	first.tries++

@@ -68,12 +68,15 @@ var (
 		{"local_node", checkLocalNode},
 		{"privileges", checkPrivileges},
 		{"identity", checkIdentity},
+		{"constraints", checkConstraints},
 		{"slots", checkSlots},
+		{"join", checkJoin},
 	}
 	clusterChecks = []clusterCheck{
 		{"tables", checkPresence},
 		{"schema", checkDrift},
 		{"sequences", checkSequences},
+		{"money", checkMoney},
 	}
 )
 

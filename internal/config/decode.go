@@ -46,6 +46,9 @@ var Policies = []Policy{LastUpdateWins, FirstUpdateWins, KeepLocal, ApplyRemote,
 // SequenceStrategies lists the accepted sequences.strategy values.
 var SequenceStrategies = []string{"snowflake", "step", "range", "none"}
 
+// LogLevels lists the accepted agent.log_level values.
+var LogLevels = []string{"debug", "info", "warn", "error"}
+
 // DDLCaptures lists the accepted ddl.capture values.
 var DDLCaptures = []string{"auto", "manual"}
 
@@ -122,8 +125,15 @@ func (p *parser) config(data []byte) *Config {
 						}
 						cfg.Agent.ApplyWorkers = n
 					}
+				case "log_level":
+					if s, ok := p.str(f, "agent.log_level"); ok {
+						if !slices.Contains(LogLevels, s) {
+							p.errorf(f.line, "agent.log_level: %q is not one of %s", s, strings.Join(LogLevels, ", "))
+						}
+						cfg.Agent.LogLevel = s
+					}
 				default:
-					p.unknown(f, "agent", "listen", "apply_workers")
+					p.unknown(f, "agent", "listen", "apply_workers", "log_level")
 				}
 			}
 		default:
@@ -154,7 +164,7 @@ func (p *parser) cluster(cfg *Config, e entry) {
 	}
 }
 
-var nodeKeys = []string{"name", "dsn", "id"}
+var nodeKeys = []string{"name", "dsn", "admin_dsn", "id"}
 
 func (p *parser) nodes(cfg *Config, e entry) {
 	n, ok := p.plain(e.val, e.line)
@@ -207,6 +217,8 @@ func (p *parser) nodes(cfg *Config, e entry) {
 			case "dsn":
 				haveDSN = true
 				node.DSN = p.dsn(f, what)
+			case "admin_dsn":
+				node.AdminDSN = p.dsn(f, what)
 			case "id":
 				id, ok := p.integer(f, what+": id")
 				if !ok {
@@ -239,7 +251,8 @@ var envRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 // dsn returns the DSN of entry f with ${VAR} expanded. Messages never quote
 // the DSN: it may hold a password.
 func (p *parser) dsn(f entry, what string) string {
-	s, ok := p.str(f, what+": dsn")
+	what += ": " + f.key
+	s, ok := p.str(f, what)
 	if !ok {
 		return ""
 	}
@@ -253,11 +266,11 @@ func (p *parser) dsn(f entry, what string) string {
 		return v
 	})
 	if len(missing) > 0 {
-		p.errorf(f.line, "%s: dsn: environment variable %s is not set", what, strings.Join(missing, ", "))
+		p.errorf(f.line, "%s: environment variable %s is not set", what, strings.Join(missing, ", "))
 		return ""
 	}
 	if strings.TrimSpace(s) == "" {
-		p.errorf(f.line, "%s: dsn is empty", what)
+		p.errorf(f.line, "%s is empty", what)
 	}
 	return s
 }

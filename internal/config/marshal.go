@@ -17,6 +17,9 @@ func (c *Config) Marshal() []byte {
 	b.WriteString("nodes:\n")
 	for i, n := range c.Nodes {
 		fmt.Fprintf(&b, "  - name: %s\n    dsn: %s\n", q(n.Name), q(n.DSN))
+		if n.AdminDSN != "" {
+			fmt.Fprintf(&b, "    admin_dsn: %s\n", q(n.AdminDSN))
+		}
 		if n.ID != i+1 {
 			fmt.Fprintf(&b, "    id: %d\n", n.ID)
 		}
@@ -55,6 +58,9 @@ func (c *Config) Marshal() []byte {
 	fmt.Fprintf(&b, "sequences:\n  strategy: %s\n  max_nodes: %d\n", q(c.Sequences.Strategy), c.Sequences.MaxNodes)
 	fmt.Fprintf(&b, "ddl:\n  capture: %s\n", q(c.DDL.Capture))
 	fmt.Fprintf(&b, "agent:\n  listen: %s\n  apply_workers: %d\n", q(c.Agent.Listen), c.Agent.Workers())
+	if c.Agent.LogLevel != "" {
+		fmt.Fprintf(&b, "  log_level: %s\n", q(c.Agent.LogLevel))
+	}
 	return b.Bytes()
 }
 

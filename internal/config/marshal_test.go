@@ -54,7 +54,7 @@ func TestMarshalBuiltConfig(t *testing.T) {
 		},
 		Sequences: Sequences{Strategy: "none", MaxNodes: 5},
 		DDL:       DDL{Capture: "auto"},
-		Agent:     Agent{Listen: "[::1]:9187", ApplyWorkers: 3},
+		Agent:     Agent{Listen: "[::1]:9187", ApplyWorkers: 3, LogLevel: "debug"},
 	}
 	back, err := Parse(cfg.Marshal(), "")
 	if err != nil {

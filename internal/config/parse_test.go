@@ -30,7 +30,7 @@ var parseErrorTests = []struct {
 	{"unknown top key", twoNodes + "nodez: []\n", 7,
 		`unknown key "nodez" (known: cluster, nodes, replicate, conflicts, sequences, ddl, agent)`},
 	{"unknown node key", "cluster: shop\nnodes:\n  - name: a\n    dsn: x\n    port: 5432\n", 5,
-		`node #1: unknown key "port" (known: name, dsn, id)`},
+		`node #1: unknown key "port" (known: name, dsn, admin_dsn, id)`},
 	{"unknown replicate key", twoNodes + "replicate:\n  schema: [public]\n", 8,
 		`replicate: unknown key "schema" (known: schemas, exclude)`},
 	{"unknown conflicts key", twoNodes + "conflicts:\n  defaults: keep_local\n", 8,
@@ -40,7 +40,7 @@ var parseErrorTests = []struct {
 	{"unknown sequences key", twoNodes + "sequences: {strategy: step, nodes: 4}\n", 7,
 		`sequences: unknown key "nodes"`},
 	{"unknown ddl key", twoNodes + "ddl:\n  mode: auto\n", 8, `ddl: unknown key "mode" (known: capture)`},
-	{"unknown agent key", twoNodes + "agent:\n  port: 9187\n", 8, `agent: unknown key "port" (known: listen, apply_workers)`},
+	{"unknown agent key", twoNodes + "agent:\n  port: 9187\n", 8, `agent: unknown key "port" (known: listen, apply_workers, log_level)`},
 	{"duplicate top key", twoNodes + "cluster: other\n", 7, `duplicate key "cluster" (first at line 1)`},
 	{"duplicate node name", twoNodes + "  - name: paris\n    dsn: y\n", 7,
 		`duplicate node name "paris" (first at line 3)`},
@@ -94,6 +94,7 @@ var parseErrorTests = []struct {
 	{"step id beyond max_nodes", twoNodes + "  - name: berlin\n    dsn: z\n    id: 9\nsequences: {strategy: step, max_nodes: 4}\n", 7,
 		`node "berlin": id 9 exceeds sequences.max_nodes 4, which strategy step needs`},
 	{"bad ddl capture", twoNodes + "ddl: {capture: always}\n", 7, `ddl.capture: "always" is not one of auto, manual`},
+	{"bad log level", twoNodes + "agent:\n  log_level: verbose\n", 8, `agent.log_level: "verbose" is not one of debug, info, warn, error`},
 	{"listen without port", twoNodes + "agent:\n  listen: localhost\n", 8, `agent.listen: "localhost": want host:port`},
 	{"listen bad port", twoNodes + "agent:\n  listen: \"127.0.0.1:http\"\n", 8, `agent.listen: "127.0.0.1:http": port "http" is not a number`},
 	{"node name clashes with apply origins", "cluster: c\nnodes:\n  - name: a\n    dsn: x\n  - name: a_2\n    dsn: y\n", 5, `node "a_2": the name is node "a"'s followed by _<number>`},
@@ -239,7 +240,7 @@ conflicts:
       delete_wins: true
 sequences: { strategy: step, max_nodes: 8 }
 ddl: { capture: manual }
-agent: { listen: ":9200", apply_workers: 4 }
+agent: { listen: ":9200", apply_workers: 4, log_level: warn }
 `
 
 func TestParseFull(t *testing.T) {
@@ -272,7 +273,7 @@ func TestParseFull(t *testing.T) {
 		},
 		Sequences: Sequences{Strategy: "step", MaxNodes: 8},
 		DDL:       DDL{Capture: "manual"},
-		Agent:     Agent{Listen: ":9200", ApplyWorkers: 4},
+		Agent:     Agent{Listen: ":9200", ApplyWorkers: 4, LogLevel: "warn"},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)

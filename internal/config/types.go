@@ -18,6 +18,11 @@ type Config struct {
 type Node struct {
 	Name string
 	DSN  string // ${ENV} references already expanded
+	// AdminDSN (optional) connects as a superuser. Only `pgmesh init` uses
+	// it, for what pgmesh's own role may not do: its grants and the DDL
+	// capture event triggers (internal/grants). Leave it out to have a DBA
+	// run `pgmesh setup-sql` instead.
+	AdminDSN string
 	// ID is the node id used by snowflake sequences: explicit `id:` or the
 	// 1-based position in the config.
 	ID   int
@@ -76,6 +81,9 @@ type Agent struct {
 	// origins) per inbound link; 0 (a config built in code) means
 	// DefaultApplyWorkers. Read it with Workers.
 	ApplyWorkers int
+	// LogLevel is the agent's log level (debug, info, warn, error; "" =
+	// the --log-level flag). Unlike Listen it is applied again on SIGHUP.
+	LogLevel string
 }
 
 // Workers is ApplyWorkers with the default filled in.

@@ -40,7 +40,14 @@ func TestApplyCases(t *testing.T) {
 		insert  = "insert"
 		update  = "update"
 		deleteO = "delete"
+		move    = "move"
 	)
+	// tombOfKey: node deleted row id.
+	tombOfKey := func(node string, id int) func(f *fixture, now time.Time) {
+		return func(f *fixture, now time.Time) {
+			f.exec(`INSERT INTO pgmesh.tombstone (table_name, key, deleted_at, node) VALUES ('public.item', jsonb_build_object('id', $1::int), $2, $3)`, id, now, node)
+		}
+	}
 	row := []any{1, "a", "R", 0}
 	updRow := []any{1, 1, "a", "R", 0} // old id, then the new row
 	cases := []struct {
@@ -83,9 +90,47 @@ func TestApplyCases(t *testing.T) {
 		{name: "update_missing with unchanged TOAST is skipped", op: update, set: []string{"id", "email", "name"}, args: []any{1, 1, "a", "R"},
 			want: verdict{UpdateMissing, SkipIncomplete}, rows: "", log: []string{"update_missing/skip_incomplete/-/n1/-/R"}},
 		{name: "update that changes the key moves the row", setup: fs(as("n1", -hour, insA)), op: update, args: []any{1, 7, "a", "R", 0}, rows: "7:a:R:0"},
+		// The update wins its row (its node wrote it) but loses the key to
+		// the newer row 7: where it arrived before row 7, row 7 deleted
+		// it, so here too its row is gone, with the update's tombstone.
 		{name: "update onto an existing key: unique_conflict", setup: fs(as("n1", -hour, insA), local("INSERT INTO item VALUES (7, 'b', 'L')")),
 			op: update, at: -2 * hour, args: []any{1, 7, "a", "R", 0},
-			want: verdict{UniqueConflict, KeepLocal}, rows: "1:a:A:0 7:b:L:0", log: []string{"unique_conflict/keep_local/n3/n1/L/R"}},
+			want: verdict{UniqueConflict, KeepLocal}, rows: "7:b:L:0", log: []string{"unique_conflict/keep_local/n3/n1/L/R"}, tomb: `{"id": 1}@n1`},
+		{name: "update that wins its row and loses a unique value: the row goes, as where it arrived first",
+			setup: fs(as("n2", -2*hour, insA), local("INSERT INTO item VALUES (2, 'b', 'L')")),
+			op:    update, at: -hour, args: []any{1, 1, "b", "R", 0},
+			want: verdict{UniqueConflict, KeepLocal}, rows: "2:b:L:0",
+			log: []string{"unique_conflict/keep_local/n3/n1/L/R", "update_origin_differs/apply_remote/n2/n1/A/R"}, tomb: `{"id": 1}@n1`},
+		{name: "keep_local: an update that loses a unique value is skipped", mod: policy(config.KeepLocal),
+			setup: fs(as("n1", -2*hour, insA), local("INSERT INTO item VALUES (2, 'b', 'L')")),
+			op:    update, at: -hour, args: []any{1, 1, "b", "R", 0},
+			want: verdict{UniqueConflict, KeepLocal}, rows: "1:a:A:0 2:b:L:0", log: []string{"unique_conflict/keep_local/n3/n1/L/R"}},
+		{name: "a newer insert that wins a unique value: the holder's key gets a tombstone of its version",
+			setup: fs(local(insL)), op: insert, at: hour, args: []any{2, "a", "R", 0},
+			want: verdict{UniqueConflict, ApplyRemote}, rows: "2:a:R:0", log: []string{"unique_conflict/apply_remote/n3/n1/L/R"}, tomb: `{"id": 1}@n3`},
+		// UPDATE that moves the row to another key: a delete of the old
+		// key and an insert of the new row
+		{name: "move of an older row: tombstone of the old key", setup: fs(as("n1", -hour, insA)), op: move, args: []any{1, 7, "a", "R", 0},
+			rows: "7:a:R:0", tomb: `{"id": 1}@n1`},
+		{name: "move older than a local update of the old key: both halves lose", setup: fs(local(insL)), op: move, at: -hour, args: []any{1, 7, "a", "R", 0},
+			want: verdict{UniqueConflict, KeepLocal}, rows: "1:a:L:0",
+			log: []string{`delete_origin_differs/keep_local/n3/n1/L/{"id": 1}`, "unique_conflict/keep_local/n3/n1/L/R"}},
+		{name: "move newer than a local update of the old key", setup: fs(local(insL)), op: move, at: hour, args: []any{1, 7, "a", "R", 0},
+			want: verdict{DeleteOriginDiffers, ApplyRemote}, rows: "7:a:R:0", log: []string{`delete_origin_differs/apply_remote/n3/n1/L/{"id": 1}`},
+			tomb: `{"id": 1}@n1`},
+		{name: "move onto a key deleted later elsewhere: the insert half loses", setup: fs(as("n1", -2*hour, insA), tombOfKey("n2", 7)),
+			op: move, at: -hour, args: []any{1, 7, "a", "R", 0},
+			want: verdict{InsertDeleted, KeepLocal}, rows: "", log: []string{"insert_deleted/keep_local/n2/n1/-/R"}, tomb: `{"id": 1}@n1 {"id": 7}@n2`},
+		{name: "move onto a local row: insert_exists", setup: fs(as("n1", -2*hour, insA), local("INSERT INTO item VALUES (7, 'b', 'L')")),
+			op: move, at: -hour, args: []any{1, 7, "a", "R", 0},
+			want: verdict{InsertExists, KeepLocal}, rows: "7:b:L:0", log: []string{"insert_exists/keep_local/n3/n1/L/R"}, tomb: `{"id": 1}@n1`},
+		{name: "move with unchanged TOAST takes the values from the old row", setup: fs(as("n1", -hour, insA)),
+			op: move, set: []string{"id", "email", "qty"}, args: []any{1, 7, "a", 5}, rows: "7:a:A:5", tomb: `{"id": 1}@n1`},
+		{name: "move with unchanged TOAST of a missing row: logged", op: move, set: []string{"id", "email", "qty"}, args: []any{1, 7, "a", 5},
+			want: verdict{UpdateMissing, SkipIncomplete}, rows: "",
+			log: []string{`delete_missing/skip/-/n1/-/{"id": 1}`, `update_missing/skip_incomplete/-/n1/-/{"id": 7, "qty": 5, "email": "a"}`}, tomb: `{"id": 1}@n1`},
+		{name: "error: move with unchanged TOAST of a missing row stops the link", mod: policy(config.PolicyError),
+			op: move, set: []string{"id", "email", "qty"}, args: []any{1, 7, "a", 5}, wantErr: "conflict update_missing on table public.item key {\"id\": 7}"},
 		// DELETE
 		{name: "delete of own older row", setup: fs(as("n1", -hour, insA)), op: deleteO, args: []any{1}, rows: "", tomb: `{"id": 1}@n1`},
 		{name: "delete of older row of another origin", setup: fs(as("n2", -hour, insA)), op: deleteO, args: []any{1},
@@ -211,6 +256,12 @@ func TestApplyCases(t *testing.T) {
 				sql = UpdateSQL(tbl, set)
 			case deleteO:
 				sql = DeleteSQL(tbl)
+			case move:
+				set := tc.set
+				if set == nil {
+					set = tbl.Columns
+				}
+				sql = MoveSQL(tbl, set)
 			}
 			node := tc.node
 			if node == "" {

@@ -192,6 +192,11 @@ type rollbackSession struct {
 func newRollbackSession(t *testing.T, f *fixture, node string) *rollbackSession {
 	t.Helper()
 	ctx := context.Background()
+	// track_functions counts the calls of resolve_change: a superuser
+	// parameter, granted to pgmesh's role for this test.
+	if _, err := f.env.Admin(t, 0).Exec(ctx, "GRANT SET ON PARAMETER track_functions TO pgmesh"); err != nil {
+		t.Fatal(err)
+	}
 	conn, err := pgx.Connect(ctx, f.env.DSNs[0])
 	if err != nil {
 		t.Fatal(err)

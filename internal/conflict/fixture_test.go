@@ -34,7 +34,10 @@ func newFixture(t testing.TB, ddl ...string) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	env := sandboxtest.New(t, 1)
-	f := &fixture{t: t, env: env, conn: env.Conn(t, 0)}
+	// pgmesh's role, which owns schema pgmesh and (here) the test tables,
+	// with public on the search_path for the tests' own SQL.
+	f := &fixture{t: t, env: env, conn: env.Pgmesh(t, 0)}
+	f.exec("SET search_path = public")
 	// The embedded migrations, run directly rather than through
 	// internal/setup, whose other dependencies are irrelevant here.
 	ms, err := migrations.All()
@@ -57,11 +60,14 @@ func newFixture(t testing.TB, ddl ...string) *fixture {
 	for _, d := range ddl {
 		f.exec(d)
 	}
+	// Local sessions of the tests (the owner's, the application's) write
+	// the test tables too.
+	f.exec("GRANT ALL ON ALL TABLES IN SCHEMA public TO app_owner, app")
 	tables, err := pg.ReplicatedTables(ctx, f.conn, []string{"public"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := InstallTriggers(ctx, f.conn, tables); err != nil {
+	if _, err := InstallTriggers(ctx, f.conn, tables); err != nil {
 		t.Fatal(err)
 	}
 	return f
@@ -149,25 +155,32 @@ type verdict struct{ kind, resolution string }
 func (f *fixture) apply(node string, ts time.Time, sql string, values ...*string) (verdict, error) {
 	var v verdict
 	err := f.session(node, ts, func(ctx context.Context, conn *pgx.Conn) error {
-		params := [][]byte{[]byte(ts.Format(time.RFC3339Nano)), []byte(node), []byte("0/" + fmt.Sprintf("%X", f.lsn.Load()))}
-		for _, val := range values {
-			if val == nil {
-				params = append(params, nil)
-			} else {
-				params = append(params, []byte(*val))
-			}
-		}
-		res := conn.PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
-		if res.Err != nil {
-			return res.Err
-		}
-		if len(res.Rows) != 1 {
-			return fmt.Errorf("statement returned %d rows, want 1", len(res.Rows))
-		}
-		v = verdict{string(res.Rows[0][0]), string(res.Rows[0][1])}
-		return nil
+		var err error
+		v, err = f.exec1(ctx, conn, sql, ts, node, values...)
+		return err
 	})
 	return v, err
+}
+
+// exec1 runs an apply statement of node committed at ts on conn, inside
+// the transaction f.session opened, and returns its verdict.
+func (f *fixture) exec1(ctx context.Context, conn *pgx.Conn, sql string, ts time.Time, node string, values ...*string) (verdict, error) {
+	params := [][]byte{[]byte(ts.Format(time.RFC3339Nano)), []byte(node), []byte("0/" + fmt.Sprintf("%X", f.lsn.Load()))}
+	for _, val := range values {
+		if val == nil {
+			params = append(params, nil)
+		} else {
+			params = append(params, []byte(*val))
+		}
+	}
+	res := conn.PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
+	if res.Err != nil {
+		return verdict{}, res.Err
+	}
+	if len(res.Rows) != 1 {
+		return verdict{}, fmt.Errorf("statement returned %d rows, want 1", len(res.Rows))
+	}
+	return verdict{string(res.Rows[0][0]), string(res.Rows[0][1])}, nil
 }
 
 func (f *fixture) mustApply(node string, ts time.Time, sql string, values ...*string) verdict {

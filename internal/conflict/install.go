@@ -3,7 +3,6 @@ package conflict
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -32,28 +31,29 @@ func SyncNodes(ctx context.Context, conn *pgx.Conn, names []string) error {
 	return nil
 }
 
-// TriggerName is the tombstone trigger on every replicated table.
+// TriggerName is the tombstone trigger of deletes on every replicated table
+// with a key; pgmesh_tombstone_key (key changes) and pgmesh_truncate
+// (TRUNCATE, also on tables without key) are its siblings, all made by
+// pgmesh.tombstone_triggers.
 const TriggerName = "pgmesh_tombstone"
 
-// InstallTriggers creates (or replaces) the trigger that records local
-// deletes as tombstones on each table with a key. Tables identified only by
-// their whole row get none: their rows have no identity to remember.
-func InstallTriggers(ctx context.Context, conn *pgx.Conn, tables []pg.Table) error {
+// InstallTriggers gives each table the triggers that record what local
+// sessions remove as tombstones (deleted rows, keys moved away, truncates),
+// creating or replacing those that are missing or have other arguments, and
+// returns, per table ("schema.table"), the triggers it changed. The SQL
+// function pgmesh.tombstone_triggers does the work, as it does for DDL
+// (ddl_reconcile), so the two never differ.
+func InstallTriggers(ctx context.Context, conn *pgx.Conn, tables []pg.Table) (map[string][]string, error) {
+	changed := map[string][]string{}
 	for _, t := range tables {
-		if len(t.KeyColumns) == 0 {
-			continue
+		var names []string
+		err := conn.QueryRow(ctx, "SELECT pgmesh.tombstone_triggers($1::regclass, $2::text[])", t.Ident(), t.KeyColumns).Scan(&names)
+		if err != nil {
+			return changed, fmt.Errorf("table %s: install tombstone triggers: %w", t.QualifiedName(), err)
 		}
-		// Trigger arguments are literals: utility statements take no
-		// parameters.
-		args := []string{pg.QuoteLiteral(t.QualifiedName())}
-		for _, k := range t.KeyColumns {
-			args = append(args, pg.QuoteLiteral(k))
-		}
-		sql := fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION pgmesh.record_delete(%s)",
-			pg.Ident(TriggerName), t.Ident(), strings.Join(args, ", "))
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("table %s: install tombstone trigger: %w", t.QualifiedName(), err)
+		if len(names) > 0 {
+			changed[t.QualifiedName()] = names
 		}
 	}
-	return nil
+	return changed, nil
 }

@@ -148,3 +148,161 @@ func TestConcurrentLocalDelete(t *testing.T) {
 		})
 	}
 }
+
+// Two links apply, at once, the insert of a key (n2) and its delete by a
+// node that had seen the insert (n1), while the key is absent here: the
+// delete finds no row (the insert has not committed) and leaves only a
+// tombstone, which the insert, not committed either, cannot see. Had both
+// committed, this node would keep a row that every other node deleted,
+// and a later local write over it would reach the peers as if it had seen
+// the delete: the delete lost without a trace anywhere. Whichever comes
+// first, the second must wait for it and then decide on what it wrote: the
+// delete removes the inserted row; the insert, meeting the delete's
+// tombstone, is superseded. Neither is a conflict.
+func TestAbsentKeyInsertAndDelete(t *testing.T) {
+	now := time.Now().Truncate(time.Microsecond)
+	insAt, delAt := now.Add(-2*time.Second), now.Add(-time.Second)
+	for _, first := range []string{"insert", "delete"} {
+		t.Run(first+" first", func(t *testing.T) {
+			f := newFixture(t, itemDDL)
+			tbl := f.table("item", nil)
+			// n1 had applied n2's insert when it deleted; this node has
+			// applied nothing of n2 yet: the row is in flight.
+			f.exec(SeenSQL(), "n1", "n2", insAt)
+			ins := func(ctx context.Context, conn *pgx.Conn) (verdict, error) {
+				return f.exec1(ctx, conn, InsertSQL(tbl), insAt, "n2", vals(1, "a", "R", 0)...)
+			}
+			del := func(ctx context.Context, conn *pgx.Conn) (verdict, error) {
+				return f.exec1(ctx, conn, DeleteSQL(tbl), delAt, "n1", vals(1)...)
+			}
+			type op struct {
+				what, node string
+				at         time.Time
+				run        func(context.Context, *pgx.Conn) (verdict, error)
+			}
+			a, b := op{"insert", "n2", insAt, ins}, op{"delete", "n1", delAt, del}
+			if first == "delete" {
+				a, b = b, a
+			}
+			va, vb, waited := f.interleave(a.node, a.at, a.run, b.node, b.at, b.run)
+			if !waited {
+				t.Errorf("the %s did not wait for the first transaction", b.what)
+			}
+			if va != (verdict{}) || vb != (verdict{}) {
+				t.Errorf("verdicts: %s first %v, then %v; want no conflict", first, va, vb)
+			}
+			if got := f.rows(); got != "" {
+				t.Errorf("rows: got %q, want none (n1 deleted the row after it had seen the insert)", got)
+			}
+			if got, want := f.tombstones(), `{"id": 1}@n1`; got != want {
+				t.Errorf("tombstones: got %q, want %q", got, want)
+			}
+			if got := f.logRows(); len(got) > 0 {
+				t.Errorf("conflict log: got %v, want none", got)
+			}
+		})
+	}
+}
+
+// interleave runs a's statement in a transaction of node aNode and, while
+// that transaction is open, b's in another of bNode; it commits a's once
+// b's waits for a lock (or has finished without waiting), then b's
+// finishes. It returns both verdicts and whether b's waited.
+func (f *fixture) interleave(aNode string, aAt time.Time, a func(context.Context, *pgx.Conn) (verdict, error),
+	bNode string, bAt time.Time, b func(context.Context, *pgx.Conn) (verdict, error)) (verdict, verdict, bool) {
+	f.t.Helper()
+	type result struct {
+		v   verdict
+		err error
+	}
+	done := make(chan result, 1)
+	var va verdict
+	var waited bool
+	err := f.session(aNode, aAt, func(ctx context.Context, conn *pgx.Conn) error {
+		var err error
+		if va, err = a(ctx, conn); err != nil {
+			return err
+		}
+		go func() {
+			var v verdict
+			err := f.session(bNode, bAt, func(ctx context.Context, conn *pgx.Conn) error {
+				var err error
+				v, err = b(ctx, conn)
+				return err
+			})
+			done <- result{v, err}
+		}()
+		for {
+			if err := f.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted)`).Scan(&waited); err != nil {
+				return err
+			}
+			if waited {
+				return nil
+			}
+			select {
+			case r := <-done:
+				done <- r
+				return nil
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	})
+	if err != nil {
+		f.t.Fatalf("first transaction, as %s: %v", aNode, err)
+	}
+	r := <-done
+	if r.err != nil {
+		f.t.Fatalf("second transaction, as %s: %v", bNode, r.err)
+	}
+	return va, r.v, waited
+}
+
+// A delete of an absent key may commit after a fast insert's statement
+// took its snapshot and before the insert takes the key's gate: the gate
+// is free by then, and the statement's snapshot cannot see the delete's
+// tombstone. pgmesh.insert_clear must look for it on a snapshot of its
+// own, taken after the gate. The pause between the two is made here with
+// an advisory lock that the statement waits for before the call.
+func TestInsertClearSeesLaterTombstone(t *testing.T) {
+	f := newFixture(t, itemDDL)
+	ctx := context.Background()
+	f.exec("SELECT pg_advisory_lock(7)")
+	type result struct {
+		clear, statementSeesNone bool
+		err                      error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		conn, err := pgx.Connect(ctx, f.env.DSNs[0])
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer conn.Close(ctx)
+		r.err = conn.QueryRow(ctx, `
+SELECT pgmesh.insert_clear('public.item', '{"id": 1}', 'n2'),
+       NOT EXISTS (SELECT FROM pgmesh.tombstone z WHERE z.table_name = 'public.item' AND z.key = '{"id": 1}')
+  FROM (SELECT pg_advisory_xact_lock(7) OFFSET 0) paused`).Scan(&r.clear, &r.statementSeesNone)
+		done <- r
+	}()
+	for waiting := false; !waiting; {
+		if err := f.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// n1's delete of the absent key commits while the insert is paused.
+	f.writeAs("n1", time.Now(), `INSERT INTO pgmesh.tombstone (table_name, key, deleted_at, node) VALUES ('public.item', '{"id": 1}', now(), 'n1')`)
+	f.exec("SELECT pg_advisory_unlock(7)")
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !r.statementSeesNone {
+		t.Fatal("the statement's own snapshot saw the tombstone: the pause did not come between its snapshot and the call")
+	}
+	if r.clear {
+		t.Error("insert_clear: true, want false (n1's tombstone committed before the gate was taken)")
+	}
+}

@@ -19,7 +19,7 @@ import (
 func freezeAll(t *testing.T, f *fixture) {
 	t.Helper()
 	ctx := context.Background()
-	admin, err := pgx.Connect(ctx, f.env.Cluster.DSN(f.env.Cluster.Nodes[0].Name, "postgres"))
+	admin, err := f.env.Cluster.AdminConn(ctx, f.env.Cluster.Nodes[0].Name, "postgres")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func freezeAll(t *testing.T, f *fixture) {
 	}
 	defer admin.Exec(ctx, "ALTER DATABASE template0 ALLOW_CONNECTIONS false") //nolint:errcheck // best effort
 	for _, db := range dbs {
-		conn, err := pgx.Connect(ctx, f.env.Cluster.DSN(f.env.Cluster.Nodes[0].Name, db))
+		conn, err := f.env.Cluster.AdminConn(ctx, f.env.Cluster.Nodes[0].Name, db)
 		if err != nil {
 			t.Fatal(err)
 		}

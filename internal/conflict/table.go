@@ -6,14 +6,18 @@
 // statements. The statement first tries the common case in a small plan:
 // write the row if it was last written by the remote node (or by one the
 // remote had seen) and nothing else is in the way; otherwise it runs the
-// full statement (build.go), which locks the local row by key, reads its
-// last writer with pg_xact_commit_timestamp_origin(xmin), decides, applies,
-// writes tombstones and the conflict log (fast.go says why and how).
+// full statement, which locks the local row by key, reads its last writer
+// with pg_xact_commit_timestamp_origin(xmin), decides, applies, writes
+// tombstones and the conflict log (statements.go says why and how). The
+// statements are templates (templates/*.sql.tmpl) that read as the SQL they
+// produce; testdata/ holds the SQL for representative tables.
 //
 // Order of writes is (commit time, node rank): the later commit wins, ties go
 // to the node that comes first in the config (lower rank); an unknown local
 // commit time (frozen row, commit timestamp no longer kept, or a row written
-// earlier in the same remote transaction) is the oldest.
+// earlier in the same remote transaction) is the oldest. The order is one
+// SQL function, pgmesh.orders_after, and so is "P had seen L up to T",
+// pgmesh.had_seen: both statements decide with them.
 //
 // Exact concurrency: a remote change from peer P on a row last written by
 // node L ≠ P is concurrent only if the row's commit time is later than what P
@@ -28,10 +32,10 @@
 //
 // Links are independent, so causally related changes may arrive out of
 // order: P's update of a row that P received from L can arrive before L's
-// insert. Two more rules keep that from being logged (classifyCTE): a
-// change that the local version's writer (another node W) had seen —
-// peer_seen(W, P) at or after its commit time — is superseded and not
-// logged (under last_update_wins the outcome is still decided by commit time
+// insert. Two more rules keep that from being logged (the causality CTEs of
+// templates/full.sql.tmpl): a change that the local version's writer
+// (another node W) had seen — peer_seen(W, P) at or after its commit time —
+// is superseded and not logged (under last_update_wins the outcome is still decided by commit time
 // and rank; under the other policies it is skipped without asking the
 // policy); and an update or delete of a row that is missing without a
 // tombstone is no conflict when P had applied changes of some node that
@@ -59,6 +63,13 @@ const (
 	DeleteOriginDiffers = "delete_origin_differs"
 	DeleteMissing       = "delete_missing"
 	UniqueConflict      = "unique_conflict"
+	// MissingColumn: a remote change carried a column that a DDL applied
+	// here has dropped or renamed and its upstream has not yet: the rest
+	// of the row was applied, the whole remote row is logged.
+	MissingColumn = "missing_column"
+	// TruncateOriginDiffers: a remote TRUNCATE removed a row that the
+	// truncating node had not seen (written concurrently).
+	TruncateOriginDiffers = "truncate_origin_differs"
 )
 
 // Resolutions, as returned by the statements and stored in
@@ -74,6 +85,9 @@ const (
 	// unchanged TOAST columns did not come with the change.
 	SkipIncomplete = "skip_incomplete"
 	Skip           = "skip" // delete of a missing row: a tombstone is written
+	// SkipColumn: the values of columns missing here were not applied
+	// (MissingColumn).
+	SkipColumn = "skip_column"
 )
 
 // Table describes a replicated table on the applying node.
@@ -90,10 +104,17 @@ type Table struct {
 	// subset of Columns. Empty for tables identified only by REPLICA
 	// IDENTITY FULL: then all of Columns identify a row.
 	Key []string
-	// Uniques are the other unique indexes (their columns), checked before
-	// a row image is written. Indexes on columns outside Columns are not
-	// checked.
-	Uniques [][]string
+	// Constraints are the other unique indexes and the exclusion
+	// constraints, checked before a row image is written.
+	Constraints []Constraint
+	// KeyDeferrable: the key's index is DEFERRABLE.
+	KeyDeferrable bool
+	// DeferredNow decides deferrable constraints as immediate ones: a row
+	// that holds a value the change writes is a conflict even when the
+	// remote node had seen it. The applier sets it for the one remote
+	// transaction whose deferred check failed at its end, applied again:
+	// a row the remote had seen still held the value when it committed.
+	DeferredNow bool
 	// FullIdentity is REPLICA IDENTITY FULL: updates and deletes come with
 	// the old values of every column.
 	FullIdentity bool
@@ -105,6 +126,13 @@ type Table struct {
 	// DeleteWins makes a delete beat every concurrent insert or update,
 	// whatever the commit times.
 	DeleteWins bool
+}
+
+// Deferrable tells whether the table has a deferrable constraint (its key
+// or another): the applier then defers the constraints of a remote
+// transaction that writes it until its end, as its upstream did.
+func (t Table) Deferrable() bool {
+	return t.KeyDeferrable || slices.ContainsFunc(t.Constraints, func(c Constraint) bool { return c.Deferrable })
 }
 
 // QualifiedName is "schema.table", as in the config and the conflict log.

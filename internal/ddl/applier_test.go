@@ -15,6 +15,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/apply"
 	"github.com/pgmesh/pgmesh/internal/ddl"
 	"github.com/pgmesh/pgmesh/internal/pg"
+	"github.com/pgmesh/pgmesh/internal/sandbox"
 	"github.com/pgmesh/pgmesh/internal/stream"
 )
 
@@ -26,9 +27,9 @@ func link(t *testing.T, m *mesh) <-chan error {
 	ctx, cancel := context.WithCancel(context.Background())
 	slot := m.slot(t, 0)
 	origin := fmt.Sprintf("pgmesh_dt_%08x", crc32.ChecksumIEEE([]byte(m.env.DB)))
-	m.env.Exec(t, 1, "SELECT pg_replication_origin_create($1)", origin)
-	applyConn := m.env.Conn(t, 1)
-	mon := m.env.Conn(t, 1)
+	m.exec(t, 1, "SELECT pg_replication_origin_create($1)", origin)
+	applyConn := m.env.Pgmesh(t, 1)
+	mon := m.env.Pgmesh(t, 1)
 	exec := &ddl.Executor{Node: "n2"}
 	applier, err := apply.New(ctx, []apply.Session{{Conn: applyConn.PgConn(), Origin: origin}}, apply.Options{
 		Upstream: "n1",
@@ -61,8 +62,8 @@ func link(t *testing.T, m *mesh) <-chan error {
 		<-ended
 		repl.Close(context.Background())
 		applier.Close(context.Background())
-		m.env.Exec(t, 1, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1", applyConn.PgConn().PID())
-		m.env.Exec(t, 1, "SELECT pg_replication_origin_drop($1)", origin)
+		m.exec(t, 1, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1", applyConn.PgConn().PID())
+		m.exec(t, 1, "SELECT pg_replication_origin_drop($1)", origin)
 	})
 	return done
 }
@@ -76,14 +77,14 @@ func TestThroughApplier(t *testing.T) {
 	done := link(t, m)
 
 	// pgmesh ddl, with rows in the same transaction's table afterwards.
-	id, err := ddl.Emit(ctx, cfg, "n1", "CREATE TABLE public.items (id int PRIMARY KEY, name text)", ddl.EmitOptions{})
+	id, err := ddl.Emit(ctx, cfg, "n1", "CREATE TABLE public.items (id int PRIMARY KEY, name text)", ddl.EmitOptions{Role: string(sandbox.Owner)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	m.env.Exec(t, 0, "INSERT INTO public.items VALUES (1, 'a'), (2, 'b')")
 	// Typed DDL (event trigger) and rows using the new column, in one
 	// transaction and after it.
-	err = pgx.BeginFunc(ctx, m.conns[0], func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, m.env.Conn(t, 0), func(tx pgx.Tx) error {
 		for _, q := range []string{
 			"ALTER TABLE public.items ADD COLUMN qty int NOT NULL DEFAULT 5",
 			"INSERT INTO public.items VALUES (3, 'c', 7)",
@@ -126,7 +127,7 @@ func TestThroughApplier(t *testing.T) {
 	}
 
 	// A DDL that fails on n2 stops the link with the DDL's id.
-	m.env.Exec(t, 1, "SET LOCAL pgmesh.in_ddl = on; CREATE TABLE public.dup (id int)")
+	m.env.ExecUncaptured(t, 1, "CREATE TABLE public.dup (id int)")
 	id, err = ddl.Emit(ctx, cfg, "n1", "CREATE TABLE public.dup (id int)", ddl.EmitOptions{})
 	if err != nil {
 		t.Fatal(err)

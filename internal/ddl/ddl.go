@@ -40,6 +40,10 @@ type Payload struct {
 	SearchPath string    `json:"search_path"`
 	Role       string    `json:"role"`
 	EmittedAt  time.Time `json:"emitted_at"`
+	// Settings are the issuer's settings that change how a literal in the
+	// DDL reads (DateStyle…, from version 2): the peers replay the DDL
+	// under them (pgmesh.ddl_value_settings says which).
+	Settings map[string]string `json:"settings,omitempty"`
 }
 
 // maxIDLen bounds the DDL id: ids are UUIDs, anything much longer is not
@@ -59,8 +63,8 @@ func ParsePayload(content []byte) (Payload, error) {
 	if dec.More() {
 		return Payload{}, fmt.Errorf("invalid %s message: trailing data after the JSON object", Prefix)
 	}
-	if p.V != 1 {
-		return Payload{}, fmt.Errorf("invalid %s message: version %d, this pgmesh knows version 1 (upgrade pgmesh on this node)", Prefix, p.V)
+	if p.V != 1 && p.V != 2 {
+		return Payload{}, fmt.Errorf("invalid %s message: version %d, this pgmesh knows versions 1 and 2 (upgrade pgmesh on this node)", Prefix, p.V)
 	}
 	switch {
 	case p.ID == "" || len(p.ID) > maxIDLen:
@@ -72,7 +76,11 @@ func ParsePayload(content []byte) (Payload, error) {
 	case p.EmittedAt.IsZero():
 		return Payload{}, fmt.Errorf("invalid %s message %s: no emitted_at", Prefix, p.ID)
 	}
-	for _, s := range []string{p.ID, p.Origin, p.SQL, p.SearchPath, p.Role} {
+	texts := []string{p.ID, p.Origin, p.SQL, p.SearchPath, p.Role}
+	for k, v := range p.Settings {
+		texts = append(texts, k, v)
+	}
+	for _, s := range texts {
 		if !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
 			return Payload{}, fmt.Errorf("invalid %s message %s: text with NUL or invalid UTF-8", Prefix, p.ID)
 		}

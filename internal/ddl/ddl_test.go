@@ -45,13 +45,22 @@ func newMesh(t *testing.T, n int) *mesh {
 	env := sandboxtest.New(t, n)
 	m := &mesh{env: env}
 	for i := 0; i < n; i++ {
-		c := env.Conn(t, i)
+		c := env.Pgmesh(t, i)
 		if _, err := setup.Migrate(ctx, c); err != nil {
 			t.Fatalf("n%d: migrate: %v", i+1, err)
 		}
-		env.Exec(t, i, "INSERT INTO pgmesh.local_node (cluster, name) VALUES ('test', $1)", fmt.Sprintf("n%d", i+1))
-		env.Exec(t, i, "CREATE PUBLICATION pgmesh WITH (publish_via_partition_root = true)")
+		for _, q := range []string{
+			fmt.Sprintf("INSERT INTO pgmesh.local_node (cluster, name) VALUES ('test', 'n%d')", i+1),
+			"CREATE PUBLICATION pgmesh WITH (publish_via_partition_root = true)",
+		} {
+			if _, err := c.Exec(ctx, q); err != nil {
+				t.Fatalf("n%d: %s: %v", i+1, q, err)
+			}
+		}
 		if _, err := ddl.Install(ctx, c, env.Config); err != nil {
+			t.Fatalf("n%d: %v", i+1, err)
+		}
+		if _, err := ddl.InstallCapture(ctx, env.Admin(t, i), env.Config.DDL.Capture); err != nil {
 			t.Fatalf("n%d: %v", i+1, err)
 		}
 		m.conns = append(m.conns, c)
@@ -59,11 +68,19 @@ func newMesh(t *testing.T, n int) *mesh {
 	return m
 }
 
+// exec runs sql on node i as pgmesh's role.
+func (m *mesh) exec(t *testing.T, i int, sql string, args ...any) {
+	t.Helper()
+	if _, err := m.conns[i].Exec(testCtx(t), sql, args...); err != nil {
+		t.Fatalf("n%d: %s: %v", i+1, sql, err)
+	}
+}
+
 // slot creates a pgoutput slot on node i, for reading what it emits.
 func (m *mesh) slot(t *testing.T, i int) string {
 	t.Helper()
 	name := fmt.Sprintf("dt_%08x", crc32.ChecksumIEEE([]byte(m.env.DB)))
-	m.env.Exec(t, i, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", name)
+	m.exec(t, i, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", name)
 	return name
 }
 
@@ -152,7 +169,7 @@ func TestEmit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.ID != id || p.Origin != "n1" || p.SQL != sql || p.Role != "postgres" || !strings.Contains(p.SearchPath, "public") {
+	if p.ID != id || p.Origin != "n1" || p.SQL != sql || p.Role != "pgmesh" || !strings.Contains(p.SearchPath, "public") {
 		t.Errorf("payload = %+v", p)
 	}
 
@@ -181,10 +198,11 @@ func TestCapture(t *testing.T) {
 	m.env.Exec(t, 0, "CREATE SCHEMA other")
 	// A trigger calling a pgmesh function is pgmesh's per-node machinery
 	// (the tombstone trigger): never captured.
-	m.env.Exec(t, 0, "CREATE FUNCTION pgmesh.test_trigger() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'")
+	m.exec(t, 0, "CREATE FUNCTION pgmesh.test_trigger() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'")
 	slot := m.slot(t, 0)
 	var notices []string
-	cfg := m.conns[0].Config().Copy()
+	// psql: the table owner's session, which runs the DDL.
+	cfg := m.env.Conn(t, 0).Config().Copy()
 	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Severity+": "+n.Message) }
 	psql, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
@@ -195,18 +213,21 @@ func TestCapture(t *testing.T) {
 	tests := []struct {
 		sql    string
 		status string // "" = not captured
+		pgmesh bool   // run by pgmesh's role rather than the table owner
 	}{
-		{"CREATE TABLE public.t (id int PRIMARY KEY, a text)", ddl.StatusApplied},
-		{"ALTER TABLE t ADD COLUMN b int DEFAULT 0", ddl.StatusApplied},
-		{"ALTER TABLE t DROP COLUMN a", ddl.StatusApplied}, // sql_drop and ddl_command_end: once
-		{"CREATE TEMP TABLE tmp (i int)", ""},
-		{"CREATE INDEX ON tmp (i)", ""},
-		{"CREATE TABLE other.x (i int)", ""},
-		{"CREATE TRIGGER tomb AFTER DELETE ON t FOR EACH ROW EXECUTE FUNCTION pgmesh.test_trigger()", ""},
-		{"CREATE VIEW public.v AS SELECT id FROM t", ddl.StatusApplied},
-		{"CREATE INDEX CONCURRENTLY t_b ON t (b)", ddl.StatusNotReplicated},
-		{"DROP TABLE other.x", ""},
-		{"DROP VIEW public.v", ddl.StatusApplied},
+		{"CREATE TABLE public.t (id int PRIMARY KEY, a text)", ddl.StatusApplied, false},
+		{"ALTER TABLE t ADD COLUMN b int DEFAULT 0", ddl.StatusApplied, false},
+		{"ALTER TABLE t DROP COLUMN a", ddl.StatusApplied, false}, // sql_drop and ddl_command_end: once
+		{"CREATE TEMP TABLE tmp (i int)", "", false},
+		{"CREATE INDEX ON tmp (i)", "", false},
+		{"CREATE TABLE other.x (i int)", "", false},
+		{"CREATE TRIGGER tomb AFTER DELETE ON public.t FOR EACH ROW EXECUTE FUNCTION pgmesh.test_trigger()", "", true},
+		{"CREATE VIEW public.v AS SELECT id FROM t", ddl.StatusApplied, false},
+		{"CREATE INDEX CONCURRENTLY t_b ON t (b)", ddl.StatusNotReplicated, false},
+		// A string constant that says concurrently is ordinary DDL.
+		{"ALTER TABLE t ADD COLUMN c text DEFAULT 'edited concurrently'", ddl.StatusApplied, false},
+		{"DROP TABLE other.x", "", false},
+		{"DROP VIEW public.v", ddl.StatusApplied, false},
 	}
 	// DDL in a query string of several statements is refused: the event
 	// trigger would see, and replay, the whole string.
@@ -220,7 +241,11 @@ func TestCapture(t *testing.T) {
 	for _, tt := range tests {
 		before := len(ddlLog(t, m.conns[0]))
 		notices = nil
-		if _, err := psql.Exec(ctx, tt.sql); err != nil {
+		run := psql
+		if tt.pgmesh {
+			run = m.conns[0]
+		}
+		if _, err := run.Exec(ctx, tt.sql); err != nil {
 			t.Fatalf("%s: %v", tt.sql, err)
 		}
 		log := ddlLog(t, m.conns[0])
@@ -260,23 +285,22 @@ func TestCapture(t *testing.T) {
 
 	// An apply session (replication origin set up) is never captured.
 	origin := fmt.Sprintf("pgmesh_dt_%08x", crc32.ChecksumIEEE([]byte(m.env.DB)))
-	m.env.Exec(t, 0, "SELECT pg_replication_origin_create($1)", origin)
+	m.exec(t, 0, "SELECT pg_replication_origin_create($1)", origin)
 	before := len(ddlLog(t, m.conns[0]))
-	apply := m.env.Conn(t, 0)
+	apply := m.env.Pgmesh(t, 0)
 	for _, q := range []string{"SELECT pg_replication_origin_session_setup('" + origin + "')", "CREATE TABLE public.from_peer (id int PRIMARY KEY)", "SELECT pg_replication_origin_session_reset()"} {
 		if _, err := apply.Exec(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	m.env.Exec(t, 0, "SELECT pg_replication_origin_drop($1)", origin)
+	m.exec(t, 0, "SELECT pg_replication_origin_drop($1)", origin)
 	if n := len(ddlLog(t, m.conns[0])); n != before || len(m.messages(t, 0, slot)) != 0 {
 		t.Errorf("DDL in an apply session was captured")
 	}
 
 	// capture: manual removes the event triggers.
-	manual := *m.env.Config
-	manual.DDL.Capture = ddl.CaptureManual
-	actions, err := ddl.Install(ctx, m.conns[0], &manual)
+	admin := m.env.Admin(t, 0)
+	actions, err := ddl.InstallCapture(ctx, admin, ddl.CaptureManual)
 	if err != nil || len(actions) != 2 {
 		t.Fatalf("Install manual: %q, %v", actions, err)
 	}
@@ -285,7 +309,7 @@ func TestCapture(t *testing.T) {
 	if len(ddlLog(t, m.conns[0])) != before || len(m.messages(t, 0, slot)) != 0 {
 		t.Errorf("DDL captured with capture: manual")
 	}
-	if actions, err := ddl.Install(ctx, m.conns[0], &manual); err != nil || len(actions) != 0 {
+	if actions, err := ddl.InstallCapture(ctx, admin, ddl.CaptureManual); err != nil || len(actions) != 0 {
 		t.Errorf("second Install: %q, %v; want nothing to do", actions, err)
 	}
 }
@@ -295,8 +319,8 @@ func TestCapture(t *testing.T) {
 func applySession(t *testing.T, m *mesh, i int) *pgx.Conn {
 	t.Helper()
 	origin := fmt.Sprintf("pgmesh_dt_%08x", crc32.ChecksumIEEE([]byte(m.env.DB)))
-	m.env.Exec(t, i, "SELECT pg_replication_origin_create($1)", origin)
-	c := m.env.Conn(t, i)
+	m.exec(t, i, "SELECT pg_replication_origin_create($1)", origin)
+	c := m.env.Pgmesh(t, i)
 	ctx := testCtx(t)
 	for _, q := range []string{"SET session_replication_role = replica", "SELECT pg_replication_origin_session_setup('" + origin + "')"} {
 		if _, err := c.Exec(ctx, q); err != nil {
@@ -306,7 +330,7 @@ func applySession(t *testing.T, m *mesh, i int) *pgx.Conn {
 	t.Cleanup(func() {
 		ctx := context.Background()
 		c.Exec(ctx, "SELECT pg_replication_origin_session_reset()") //nolint:errcheck // best effort before the drop
-		m.env.Exec(t, i, "SELECT pg_replication_origin_drop($1)", origin)
+		m.exec(t, i, "SELECT pg_replication_origin_drop($1)", origin)
 	})
 	return c
 }
@@ -365,7 +389,7 @@ func TestExecutor(t *testing.T) {
 
 	// A DDL that fails on n2 stops with an error naming the DDL, its origin
 	// and the PostgreSQL error; after a skip it is passed over.
-	m.env.Exec(t, 1, "SET LOCAL pgmesh.in_ddl = on; CREATE TABLE public.dup (id int PRIMARY KEY)") // not captured
+	m.env.ExecUncaptured(t, 1, "CREATE TABLE public.dup (id int PRIMARY KEY)")
 	id, err = ddl.Emit(ctx, cfg, "n1", "CREATE TABLE public.dup (id int PRIMARY KEY)", ddl.EmitOptions{Force: true})
 	if err != nil {
 		t.Fatal(err)
@@ -430,7 +454,7 @@ func TestWaitTimeoutNamesLaggingNode(t *testing.T) {
 func TestInFlight(t *testing.T) {
 	m := newMesh(t, 2)
 	ctx := testCtx(t)
-	m.env.Exec(t, 1, "SET LOCAL pgmesh.in_ddl = on; CREATE TABLE public.items (id int PRIMARY KEY)")
+	m.env.ExecUncaptured(t, 1, "CREATE TABLE public.items (id int PRIMARY KEY)")
 	id, err := ddl.Emit(ctx, m.env.Config, "n1", "CREATE TABLE public.items (id int PRIMARY KEY); ALTER TABLE public.items ADD COLUMN Note text", ddl.EmitOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -442,6 +466,8 @@ func TestInFlight(t *testing.T) {
 	}{
 		{"public.items", "note", true},
 		{"public.items", "other", false},
+		{"public.items", "no", false}, // a word of the DDL, not part of one
+		{"public.item", "note", false},
 		{"public.items", "", true},
 		{"public.orders", "note", false},
 		{"public.orders", "", false},
@@ -468,7 +494,7 @@ func TestParsePayload(t *testing.T) {
 	tests := []struct{ name, content string }{
 		{"not JSON", `garbage`},
 		{"trailing data", ok + `{}`},
-		{"unknown version", strings.Replace(ok, `"v":1`, `"v":2`, 1)},
+		{"unknown version", strings.Replace(ok, `"v":1`, `"v":3`, 1)},
 		{"no id", strings.Replace(ok, `"id":"a"`, `"id":""`, 1)},
 		{"long id", strings.Replace(ok, `"id":"a"`, `"id":"`+strings.Repeat("a", 65)+`"`, 1)},
 		{"no origin", strings.Replace(ok, `"origin":"n1"`, `"origin":""`, 1)},
@@ -529,12 +555,12 @@ func TestTombstoneTrigger(t *testing.T) {
 	ctx := testCtx(t)
 	c := m.conns[0]
 	// public.a gets its trigger from init (conflict.InstallTriggers).
-	m.env.Exec(t, 0, "SET LOCAL pgmesh.in_ddl = on; CREATE TABLE public.a (id int, k text, PRIMARY KEY (k, id))")
+	m.env.ExecUncaptured(t, 0, "CREATE TABLE public.a (id int, k text, PRIMARY KEY (k, id))")
 	tables, err := pg.ReplicatedTables(ctx, c, []string{"public"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := conflict.InstallTriggers(ctx, c, tables); err != nil {
+	if _, err := conflict.InstallTriggers(ctx, c, tables); err != nil {
 		t.Fatal(err)
 	}
 	initArgs, initXmin := triggerArgs(t, c, "public.a")

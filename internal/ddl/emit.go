@@ -29,7 +29,19 @@ type EmitOptions struct {
 	// Force skips the check that every earlier DDL is applied on every
 	// node (and that every node is reachable to tell).
 	Force bool
+	// Role runs the DDL as this role (SET ROLE), on the node and on every
+	// peer: the objects it creates are that role's. "" = pgmesh's role.
+	Role string
+	// SearchPath resolves the DDL's unqualified names, on the node and on
+	// every peer. "" = DefaultSearchPath.
+	SearchPath string
 }
+
+// DefaultSearchPath is the search_path of `pgmesh ddl` unless told: public,
+// as PostgreSQL's default ("$user", public) would mean schema pgmesh for
+// pgmesh's role, whose name it shares. pgmesh's own sessions pin theirs to
+// pg.SearchPath.
+const DefaultSearchPath = "public"
 
 // ErrPending is returned by Emit when an earlier DDL is not applied
 // everywhere yet.
@@ -61,9 +73,16 @@ func Emit(ctx context.Context, cfg *config.Config, node, sql string, opts EmitOp
 		return "", err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	path := opts.SearchPath
+	if path == "" {
+		path = DefaultSearchPath
+	}
 	var id string
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, "SELECT pgmesh.ddl_run($1)", sql).Scan(&id)
+		if _, err := tx.Exec(ctx, "SELECT pg_catalog.set_config('search_path', $1, true)", path); err != nil {
+			return fmt.Errorf("set search_path %q: %w", path, err)
+		}
+		return tx.QueryRow(ctx, "SELECT pgmesh.ddl_run($1, $2)", sql, opts.Role).Scan(&id)
 	})
 	if err != nil {
 		return "", fmt.Errorf("node %s: run DDL: %w", node, err)

@@ -2,6 +2,7 @@ package ddl
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -55,9 +56,13 @@ func (e *Executor) Handle(ctx context.Context, ex Execer, m stream.Message) erro
 	if err != nil {
 		return fmt.Errorf("message at %s: %w", m.LSN, err)
 	}
-	sql := fmt.Sprintf("SELECT pgmesh.ddl_apply(%s, %s, %s, %s, %s, %s::timestamptz)",
+	settings, err := json.Marshal(p.Settings)
+	if err != nil {
+		return fmt.Errorf("message at %s: settings: %w", m.LSN, err)
+	}
+	sql := fmt.Sprintf("SELECT pgmesh.ddl_apply(%s, %s, %s, %s, %s, %s::timestamptz, %s::jsonb)",
 		quoteE(p.ID), quoteE(p.Origin), quoteE(p.SQL), quoteE(p.SearchPath), quoteE(p.Role),
-		quoteE(p.EmittedAt.Format(time.RFC3339Nano)))
+		quoteE(p.EmittedAt.Format(time.RFC3339Nano)), quoteE(string(settings)))
 	if err := ex.Exec(ctx, sql); err != nil {
 		return &ApplyError{Node: e.Node, Payload: p, Err: err}
 	}

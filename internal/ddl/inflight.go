@@ -30,20 +30,25 @@ import (
 // upstream's ddl_log (local: a connection here; upstream: an ordinary
 // connection to the upstream node).
 //
-// The text match is a heuristic (PostgreSQL gives no parsed form of a DDL
-// without a C extension): names are matched case-insensitively as
-// substrings, so a DDL that mentions them without adding the column still
-// counts. That errs on the side of tolerance for the short time a DDL is in
-// flight; a column added on one node only (no DDL in any ddl_log) is never
-// in flight and stays an apply error.
+// The match is a heuristic (PostgreSQL gives no parsed form of a DDL
+// without a C extension): the DDL's words (pgmesh.sql_tokens, the lexer's
+// view: an unquoted name lowercased, a quoted one as written) must include
+// the table's name and the column's, so that a DDL that merely mentions a
+// longer name ("notes" for "note") does not count. A DDL that names both
+// without adding or dropping the column still counts; the applier then
+// holds the change until that DDL has arrived, or logs the values: nothing
+// is lost either way. A column added on one node only (no DDL in any
+// ddl_log) is never in flight and stays an apply error.
 func InFlight(ctx context.Context, local, upstream pg.Querier, table, column string) (bool, error) {
 	name := table
 	if _, t, ok := strings.Cut(table, "."); ok {
 		name = t
 	}
-	// strpos(x, '') is 1: an empty column matches every DDL of the table.
-	rows, err := upstream.Query(ctx, `SELECT id FROM pgmesh.ddl_log
-	  WHERE status = 'applied' AND strpos(lower(sql), lower($1)) > 0 AND strpos(lower(sql), lower($2)) > 0`, name, column)
+	// With column "" only the table must be named.
+	rows, err := upstream.Query(ctx, `SELECT l.id FROM pgmesh.ddl_log l, LATERAL pgmesh.sql_tokens(l.sql) t
+	  WHERE l.status = 'applied'
+	    AND (pg_catalog.lower($1) = $1 AND $1 = ANY (t) OR '"' || $1 = ANY (t))
+	    AND ($2 = '' OR pg_catalog.lower($2) = $2 AND $2 = ANY (t) OR '"' || $2 = ANY (t))`, name, column)
 	if err != nil {
 		return false, fmt.Errorf("read the upstream's pgmesh.ddl_log: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/grants"
 	"github.com/pgmesh/pgmesh/internal/pg"
 )
 
@@ -18,47 +19,63 @@ const (
 	CaptureManual = "manual"
 )
 
-// eventTriggers are the capture triggers: name → event and function.
-var eventTriggers = []struct{ name, event, function string }{
-	{"pgmesh_ddl_capture_end", "ddl_command_end", "pgmesh.ddl_capture_end()"},
-	{"pgmesh_ddl_capture_drop", "sql_drop", "pgmesh.ddl_capture_drop()"},
-}
-
-// Install converges the DDL machinery of one node (whose pgmesh schema is
-// migrated) to cfg, in one transaction, and returns what it changed:
-//   - pgmesh.replicated_schema and pgmesh.replicated_exclude hold the
-//     config's schemas and excluded tables (the event trigger and the
-//     publication reconciliation read them);
-//   - with ddl.capture auto the capture event triggers exist and are
-//     enabled, with manual they do not exist (creating them needs a
-//     superuser);
-//   - pg_logical_emit_message is not executable by PUBLIC: a DDL message is
-//     executed by every peer under the role it names, so only roles that
-//     may run DDL on every node may emit one.
+// Install records, on one node (whose pgmesh schema is migrated), the
+// config's replicated schemas and excluded tables in
+// pgmesh.replicated_schema and pgmesh.replicated_exclude, which the capture
+// event trigger and the publication reconciliation read, in one
+// transaction, and returns what it changed.
 func Install(ctx context.Context, conn *pgx.Conn, cfg *config.Config) ([]string, error) {
 	var actions []string
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		a, err := syncSchemas(ctx, tx, cfg.Replicate)
-		if err != nil {
-			return err
-		}
-		actions = append(actions, a...)
-		a, err = syncEventTriggers(ctx, tx, cfg.DDL.Capture)
-		if err != nil {
-			return err
-		}
-		actions = append(actions, a...)
-		a, err = restrictEmit(ctx, tx)
-		if err != nil {
-			return err
-		}
-		actions = append(actions, a...)
-		return nil
+		var err error
+		actions, err = syncSchemas(ctx, tx, cfg.Replicate)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("install DDL capture: %w", err)
 	}
 	return actions, nil
+}
+
+// InstallCapture converges the capture event triggers of one node to the
+// capture mode: with auto they exist and are enabled, with manual they do
+// not exist. conn must be a superuser's (only a superuser may create or
+// drop event triggers); the functions they call are pgmesh's (init creates
+// them), SECURITY DEFINER, so they run as pgmesh's role whoever runs the
+// DDL.
+func InstallCapture(ctx context.Context, conn *pgx.Conn, capture string) ([]string, error) {
+	var actions []string
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		var err error
+		actions, err = syncEventTriggers(ctx, tx, capture)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("install DDL capture event triggers: %w", err)
+	}
+	return actions, nil
+}
+
+// CaptureMissing reports whether capture mode auto lacks an enabled event
+// trigger on conn's node.
+func CaptureMissing(ctx context.Context, conn *pgx.Conn, capture string) (bool, error) {
+	if capture == CaptureManual {
+		return false, nil
+	}
+	var n int
+	err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_event_trigger WHERE evtname = ANY($1) AND evtenabled = 'O'`, captureNames()).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("read event triggers: %w", err)
+	}
+	return n < len(grants.CaptureTriggers), nil
+}
+
+func captureNames() []string {
+	names := make([]string, len(grants.CaptureTriggers))
+	for i, t := range grants.CaptureTriggers {
+		names[i] = t.Name
+	}
+	return names
 }
 
 func syncSchemas(ctx context.Context, tx pgx.Tx, r config.Replicate) ([]string, error) {
@@ -115,22 +132,22 @@ func syncEventTriggers(ctx context.Context, tx pgx.Tx, capture string) ([]string
 		return nil, fmt.Errorf("ddl.capture %q: want %s or %s", capture, CaptureAuto, CaptureManual)
 	}
 	var actions []string
-	for _, et := range eventTriggers {
+	for _, et := range grants.CaptureTriggers {
 		var enabled string
-		err := tx.QueryRow(ctx, "SELECT evtenabled::text FROM pg_event_trigger WHERE evtname = $1", et.name).Scan(&enabled)
+		err := tx.QueryRow(ctx, "SELECT evtenabled::text FROM pg_event_trigger WHERE evtname = $1", et.Name).Scan(&enabled)
 		exists := err == nil
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return nil, fmt.Errorf("read event trigger %s: %w", et.name, err)
+			return nil, fmt.Errorf("read event trigger %s: %w", et.Name, err)
 		}
 		var sql, what string
 		switch {
 		case capture == CaptureManual && exists:
-			sql, what = "DROP EVENT TRIGGER "+pg.Ident(et.name), "dropped event trigger "+et.name+" (ddl.capture: manual)"
+			sql, what = "DROP EVENT TRIGGER "+pg.Ident(et.Name), "dropped event trigger "+et.Name+" (ddl.capture: manual)"
 		case capture == CaptureAuto && !exists:
-			sql = fmt.Sprintf("CREATE EVENT TRIGGER %s ON %s EXECUTE FUNCTION %s", pg.Ident(et.name), et.event, et.function)
-			what = "created event trigger " + et.name + " (ddl.capture: auto)"
+			sql = fmt.Sprintf("CREATE EVENT TRIGGER %s ON %s EXECUTE FUNCTION %s", pg.Ident(et.Name), et.Event, et.Function)
+			what = "created event trigger " + et.Name + " (ddl.capture: auto)"
 		case capture == CaptureAuto && enabled != "O":
-			sql, what = "ALTER EVENT TRIGGER "+pg.Ident(et.name)+" ENABLE", "enabled event trigger "+et.name
+			sql, what = "ALTER EVENT TRIGGER "+pg.Ident(et.Name)+" ENABLE", "enabled event trigger "+et.Name
 		default:
 			continue
 		}
@@ -140,26 +157,4 @@ func syncEventTriggers(ctx context.Context, tx pgx.Tx, capture string) ([]string
 		actions = append(actions, what)
 	}
 	return actions, nil
-}
-
-func restrictEmit(ctx context.Context, tx pgx.Tx) ([]string, error) {
-	rows, err := tx.Query(ctx, `SELECT p.oid::regprocedure::text FROM pg_proc p
-	  WHERE p.proname = 'pg_logical_emit_message' AND p.pronamespace = 'pg_catalog'::regnamespace
-	    AND has_function_privilege('public', p.oid, 'EXECUTE') ORDER BY 1`)
-	if err != nil {
-		return nil, fmt.Errorf("read privileges of pg_logical_emit_message: %w", err)
-	}
-	fns, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("read privileges of pg_logical_emit_message: %w", err)
-	}
-	for _, f := range fns {
-		if _, err := tx.Exec(ctx, "REVOKE EXECUTE ON FUNCTION "+f+" FROM PUBLIC"); err != nil {
-			return nil, fmt.Errorf("revoke EXECUTE on %s from PUBLIC: %w", f, err)
-		}
-	}
-	if len(fns) == 0 {
-		return nil, nil
-	}
-	return []string{"revoked EXECUTE on " + strings.Join(fns, ", ") + " from PUBLIC (peers execute pgmesh.ddl messages)"}, nil
 }

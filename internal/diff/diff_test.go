@@ -23,12 +23,21 @@ func onAll(t testing.TB, e *sandboxtest.Env, sql string) {
 
 // diverge runs sql on one node under a foreign replication origin, the way
 // a stray apply would write: in a mesh it would not be shipped to peers.
+// Only pgmesh's role may set up an origin.
 func diverge(t testing.TB, e *sandboxtest.Env, node int, sql string) {
 	t.Helper()
-	e.Exec(t, node, `SELECT pg_replication_origin_create('foreign') WHERE pg_replication_origin_oid('foreign') IS NULL`)
-	e.Exec(t, node, `SELECT pg_replication_origin_session_setup('foreign')`)
-	e.Exec(t, node, sql)
-	e.Exec(t, node, `SELECT pg_replication_origin_session_reset()`)
+	conn := e.Pgmesh(t, node)
+	for _, q := range []string{
+		`SET search_path = public`,
+		`SELECT pg_replication_origin_create('foreign') WHERE pg_replication_origin_oid('foreign') IS NULL`,
+		`SELECT pg_replication_origin_session_setup('foreign')`,
+		sql,
+		`SELECT pg_replication_origin_session_reset()`,
+	} {
+		if _, err := conn.Exec(context.Background(), q); err != nil {
+			t.Fatalf("n%d: %s: %v", node+1, q, err)
+		}
+	}
 }
 
 func fastOptions() Options {

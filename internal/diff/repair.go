@@ -56,9 +56,15 @@ type Change struct {
 type version struct {
 	present bool
 	hash    int64
-	json    string // to_jsonb(row)
-	ts      string // commit timestamp as text, "" = unknown
-	copies  int64  // multiset
+	json    string // to_jsonb(row), for the conflict log
+	// vals is the row as an array literal of the text of its writable
+	// columns (table.writable order): what a repair copies. Each value is
+	// printed and read back in its own type's text form under the pinned
+	// session settings, which loses nothing, where going through jsonb
+	// would (json's spacing and duplicate keys, the sign of a float zero).
+	vals   string
+	ts     string // commit timestamp as text, "" = unknown
+	copies int64  // multiset
 }
 
 // action is a planned change with what it needs to run.
@@ -154,11 +160,11 @@ func (s *session) fetchVersions(ctx context.Context, t *table, diffs []*rowDiff)
 				for i, d := range batch {
 					hashes[i] = d.RowHash
 				}
-				q = fmt.Sprintf("SELECT %[1]s, count(*), min(to_jsonb(%[3]s)::text) FROM %[2]s AS %[3]s WHERE %[1]s = ANY($1::int8[]) GROUP BY 1",
-					t.rowHash(), t.Ident(), alias)
+				q = fmt.Sprintf("SELECT %[1]s, count(*), min(to_jsonb(%[3]s)::text), min(%[4]s)::text FROM %[2]s AS %[3]s WHERE %[1]s = ANY($1::int8[]) GROUP BY 1",
+					t.rowHash(), t.Ident(), alias, t.writableText())
 				args = []any{hashes}
 			} else {
-				q = fmt.Sprintf("SELECT %s, to_jsonb(%s)::text, %s, %s FROM %s", t.rowHash(), alias, ts, t.keyText(), t.keyJoin(1))
+				q = fmt.Sprintf("SELECT %s, to_jsonb(%s)::text, %s::text, %s, %s FROM %s", t.rowHash(), alias, t.writableText(), ts, t.keyText(), t.keyJoin(1))
 				args = keyArrays(t, batch)
 			}
 			rs, err := c.Query(ctx, q, args...)
@@ -169,9 +175,9 @@ func (s *session) fetchVersions(ctx context.Context, t *table, diffs []*rowDiff)
 				var v version
 				var tsv *string
 				key := make([]string, len(t.Keys))
-				dest := []any{&v.hash, &v.copies, &v.json}
+				dest := []any{&v.hash, &v.copies, &v.json, &v.vals}
 				if !t.multiset() {
-					dest = []any{&v.hash, &v.json, &tsv}
+					dest = []any{&v.hash, &v.json, &v.vals, &tsv}
 					for k := range key {
 						dest = append(dest, &key[k])
 					}
@@ -285,13 +291,12 @@ func (st stmt) inline() string {
 // the row if it still has the hash the diff saw, inserts only if the key is
 // still free: a write that races with the repair wins over it.
 func (t *table) statement(a action) stmt {
-	var cols []string
-	for _, c := range t.Columns {
-		if !c.Generated {
-			cols = append(cols, pg.Ident(c.Name))
-		}
+	cols := t.writable()
+	names := make([]string, len(cols))
+	for i, c := range cols {
+		names[i] = pg.Ident(c.Name)
 	}
-	list := strings.Join(cols, ", ")
+	list := strings.Join(names, ", ")
 	rh := t.rowHash()
 	keyArgs := func(first []any) []any {
 		for _, k := range a.diff.Key {
@@ -301,27 +306,70 @@ func (t *table) statement(a action) stmt {
 	}
 	switch {
 	case t.multiset() && a.Op == "insert":
-		return stmt{sql: fmt.Sprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM jsonb_populate_record(NULL::%s, $1::text::jsonb), generate_series(1, $2::text::int)",
-			t.Ident(), list, list, t.Ident()), args: []any{a.src.json, strconv.FormatInt(a.Copies, 10)}}
+		return stmt{sql: fmt.Sprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s, generate_series(1, $2::text::int)",
+			t.Ident(), list, valuesOf(cols, nil), valuesFrom(1)), args: []any{a.src.vals, strconv.FormatInt(a.Copies, 10)}}
 	case t.multiset():
 		return stmt{sql: fmt.Sprintf("DELETE FROM %[1]s AS %[2]s WHERE (%[2]s.tableoid, %[2]s.ctid) IN (SELECT %[2]s.tableoid, %[2]s.ctid FROM %[1]s AS %[2]s WHERE %[3]s = $1::text::int8 LIMIT $2::text::int)",
 			t.Ident(), alias, rh), args: []any{strconv.FormatInt(a.diff.RowHash, 10), strconv.FormatInt(a.Copies, 10)}}
 	case a.Op == "insert":
-		return stmt{sql: fmt.Sprintf("INSERT INTO %[1]s (%[2]s) OVERRIDING SYSTEM VALUE SELECT %[2]s FROM jsonb_populate_record(NULL::%[1]s, $1::text::jsonb) WHERE NOT EXISTS (SELECT FROM %[1]s AS %[3]s WHERE %[4]s)",
-			t.Ident(), list, alias, t.keyWhere(2)), args: keyArgs([]any{a.src.json}), check: true}
+		return stmt{sql: fmt.Sprintf("INSERT INTO %[1]s (%[2]s) OVERRIDING SYSTEM VALUE SELECT %[3]s FROM %[4]s WHERE NOT EXISTS (SELECT FROM %[1]s AS %[5]s WHERE %[6]s)",
+			t.Ident(), list, valuesOf(cols, nil), valuesFrom(1), alias, t.keyWhere(2)), args: keyArgs([]any{a.src.vals}), check: true}
 	case a.Op == "delete":
 		return stmt{sql: fmt.Sprintf("DELETE FROM %s AS %s WHERE %s AND %s = $%d::text::int8",
 			t.Ident(), alias, t.keyWhere(1), rh, len(t.Keys)+1), args: append(keyArgs(nil), strconv.FormatInt(a.old.hash, 10)), check: true}
 	}
 	var set []string
-	for _, c := range t.Columns {
-		if !c.Generated && !slices.Contains(t.KeyColumns, c.Name) {
-			set = append(set, pg.Ident(c.Name))
+	for _, c := range cols {
+		if !slices.Contains(t.KeyColumns, c.Name) {
+			set = append(set, c.Name)
 		}
 	}
-	sl := strings.Join(set, ", ")
-	return stmt{sql: fmt.Sprintf("UPDATE %[1]s AS %[2]s SET (%[3]s) = (SELECT %[3]s FROM jsonb_populate_record(NULL::%[1]s, $1::text::jsonb)) WHERE %[4]s AND %[5]s = $%[6]d::text::int8",
-		t.Ident(), alias, sl, t.keyWhere(2), rh, len(t.Keys)+2), args: append(keyArgs([]any{a.src.json}), strconv.FormatInt(a.old.hash, 10)), check: true}
+	idents := make([]string, len(set))
+	for i, c := range set {
+		idents[i] = pg.Ident(c)
+	}
+	return stmt{sql: fmt.Sprintf("UPDATE %[1]s AS %[2]s SET (%[3]s) = (SELECT %[4]s FROM %[5]s) WHERE %[6]s AND %[7]s = $%[8]d::text::int8",
+		t.Ident(), alias, strings.Join(idents, ", "), valuesOf(cols, set), valuesFrom(1), t.keyWhere(2), rh, len(t.Keys)+2),
+		args: append(keyArgs([]any{a.src.vals}), strconv.FormatInt(a.old.hash, 10)), check: true}
+}
+
+// writable is the columns a repair writes: all but generated ones.
+func (t *table) writable() []column {
+	var out []column
+	for _, c := range t.Columns {
+		if !c.Generated {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// writableText selects the writable columns of a row as one text[].
+func (t *table) writableText() string {
+	cols := t.writable()
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		parts[i] = alias + "." + pg.Ident(c.Name) + "::text"
+	}
+	return "ARRAY[" + strings.Join(parts, ", ") + "]::text[]"
+}
+
+// valuesFrom names the text[] parameter $n, as produced by writableText,
+// as v in a FROM clause.
+func valuesFrom(n int) string {
+	return fmt.Sprintf("(SELECT $%d::text::text[] AS v) AS pgmesh_src", n)
+}
+
+// valuesOf reads the columns named in only (nil = all of cols) out of v,
+// each cast from text to its column's type.
+func valuesOf(cols []column, only []string) string {
+	var out []string
+	for i, c := range cols {
+		if only == nil || slices.Contains(only, c.Name) {
+			out = append(out, fmt.Sprintf("pgmesh_src.v[%d]::%s", i+1, c.Type))
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // execute runs (or renders) the actions: per target and source, under the

@@ -12,14 +12,13 @@ import (
 	"github.com/pgmesh/pgmesh/internal/pg"
 )
 
-// sessionSettings make every node print values the same way: keys and rows
-// are compared and looked up through their text form. JIT is off because
+// sessionSettings tune the comparison's scans; the settings that fix how
+// values print (keys and rows are compared and looked up through their text
+// form) come with the connection (pg.ConnectExact). JIT is off because
 // compiling the wide hash expressions costs more than it saves on a scan;
 // work_mem is raised because the planner cannot know that a bucket number
 // has few values and would otherwise plan the HashAggregate to spill.
-const sessionSettings = `SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
-SET extra_float_digits = 3; SET bytea_output = 'hex'; SET statement_timeout = 0; SET jit = off;
-SET work_mem = '64MB'`
+const sessionSettings = `SET statement_timeout = 0; SET jit = off; SET work_mem = '64MB'`
 
 // session holds one connection per node, in config order.
 type session struct {
@@ -31,7 +30,7 @@ type session struct {
 func open(ctx context.Context, cfg *config.Config, appName string) (*session, error) {
 	s := &session{names: cfg.NodeNames(), conns: make([]*pgx.Conn, len(cfg.Nodes))}
 	err := s.each(ctx, func(ctx context.Context, i int, _ *pgx.Conn) error {
-		c, err := pg.Connect(ctx, cfg.Nodes[i].Name, cfg.Nodes[i].DSN, appName)
+		c, err := pg.ConnectExact(ctx, cfg.Nodes[i].Name, cfg.Nodes[i].DSN, appName)
 		if err != nil {
 			return err
 		}

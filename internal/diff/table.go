@@ -17,6 +17,12 @@ type column struct {
 	// hash the text form instead.
 	HashFn    string
 	Generated bool
+	// XML: the type is xml (or a domain over it), hashed through its output
+	// function rather than its cast to text, which keeps the bytes stored:
+	// a value a node received from a peer lacks the XML declaration
+	// (version 1.0 alone) that the writer's copy may keep, and both print
+	// the same.
+	XML bool
 }
 
 // table is what the comparison needs to know about one table: the SQL
@@ -59,7 +65,8 @@ SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
                     AND p.proargtypes[0] = bt.base
                     AND p.pronamespace = 'pg_catalog'::regnamespace
                   LIMIT 1), ''),
-       a.attgenerated <> ''
+       a.attgenerated <> '',
+       bt.base = 'pg_catalog.xml'::regtype
   FROM pg_attribute a
   JOIN pg_type ty ON ty.oid = a.atttypid
   CROSS JOIN LATERAL (SELECT CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE a.atttypid END AS base) bt
@@ -73,7 +80,7 @@ SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
 	var cols []column
 	for rows.Next() {
 		var c column
-		if err := rows.Scan(&c.Name, &c.Type, &c.HashFn, &c.Generated); err != nil {
+		if err := rows.Scan(&c.Name, &c.Type, &c.HashFn, &c.Generated, &c.XML); err != nil {
 			return nil, fmt.Errorf("table %s: read columns: %w", t.QualifiedName(), err)
 		}
 		cols = append(cols, c)
@@ -123,9 +130,12 @@ func colHash(c column, pos uint64) string {
 	ref := alias + "." + pg.Ident(c.Name)
 	seed := mix64(pos)
 	var h string
-	if c.HashFn != "" {
+	switch {
+	case c.HashFn != "":
 		h = fmt.Sprintf("pg_catalog.%s(%s, %d)", pg.Ident(c.HashFn), ref, seed)
-	} else {
+	case c.XML:
+		h = fmt.Sprintf("pg_catalog.hashtextextended(pg_catalog.textin(pg_catalog.xml_out(%s)), %d)", ref, seed)
+	default:
 		h = fmt.Sprintf("pg_catalog.hashtextextended(%s::text, %d)", ref, seed)
 	}
 	return fmt.Sprintf("COALESCE(%s, %d)", h, mix64(pos+1<<32))

@@ -161,34 +161,39 @@ func findPgbench(binDir string) (string, error) {
 func (b *applyBench) prepare(ctx context.Context) error {
 	fmt.Fprintln(b.o.Out, "preparing pgbench tables, a native subscription and a pgmesh link")
 	for _, n := range b.cl.Nodes {
-		if err := execSQL(ctx, b.cl.DSN(n.Name, "native"), `CREATE DATABASE mesh`); err != nil {
+		if err := b.cl.CreateDB(ctx, n.Name, "mesh"); err != nil {
 			return err
 		}
 		for _, db := range []string{"native", "mesh"} {
-			if err := b.run(ctx, "-i", "-s", strconv.Itoa(max(b.o.Scale, 1)), "-q", b.cl.DSN(n.Name, db)); err != nil {
+			if err := b.run(ctx, "-i", "-s", strconv.Itoa(max(b.o.Scale, 1)), "-q", b.cl.DSNAs(n.Name, db, sandbox.Owner)); err != nil {
 				return err
 			}
 			// pgbench_history has no key; it only ever gets inserts.
-			if err := execSQL(ctx, b.cl.DSN(n.Name, db), `ALTER TABLE pgbench_history REPLICA IDENTITY FULL`); err != nil {
+			if err := execSQL(ctx, b.cl.DSNAs(n.Name, db, sandbox.Owner), `ALTER TABLE pgbench_history REPLICA IDENTITY FULL`); err != nil {
 				return err
 			}
-			if err := execSQL(ctx, b.cl.DSN(n.Name, db), `CREATE TABLE big (id bigint PRIMARY KEY, payload text NOT NULL)`); err != nil {
+			if err := execSQL(ctx, b.cl.DSNAs(n.Name, db, sandbox.Owner), `CREATE TABLE big (id bigint PRIMARY KEY, payload text NOT NULL)`); err != nil {
 				return err
 			}
 		}
 	}
 	n1, n2 := b.cl.Nodes[0].Name, b.cl.Nodes[1].Name
-	if err := execSQL(ctx, b.cl.DSN(n1, "native"), `CREATE PUBLICATION bench FOR ALL TABLES`); err != nil {
+	// The native side runs as a superuser, as native subscriptions usually
+	// do (FOR ALL TABLES and CREATE SUBSCRIPTION need one).
+	if err := execSQL(ctx, b.cl.DSNAs(n1, "native", sandbox.Admin), `CREATE PUBLICATION bench FOR ALL TABLES`); err != nil {
 		return err
 	}
 	sub := fmt.Sprintf(`CREATE SUBSCRIPTION bench CONNECTION %s PUBLICATION bench WITH (copy_data = false, enabled = false)`,
-		pg.QuoteLiteral(b.cl.DSN(n1, "native")))
-	if err := execSQL(ctx, b.cl.DSN(n2, "native"), sub); err != nil {
+		pg.QuoteLiteral(b.cl.DSNAs(n1, "native", sandbox.Admin)))
+	if err := execSQL(ctx, b.cl.DSNAs(n2, "native", sandbox.Admin), sub); err != nil {
 		return err
 	}
 	b.meshCfg = &config.Config{
-		Cluster:   "bench",
-		Nodes:     []config.Node{{Name: n1, DSN: b.cl.DSN(n1, "mesh"), ID: 1}, {Name: n2, DSN: b.cl.DSN(n2, "mesh"), ID: 2}},
+		Cluster: "bench",
+		Nodes: []config.Node{
+			{Name: n1, DSN: b.cl.DSNAs(n1, "mesh", sandbox.Pgmesh), AdminDSN: b.cl.DSNAs(n1, "mesh", sandbox.Admin), ID: 1},
+			{Name: n2, DSN: b.cl.DSNAs(n2, "mesh", sandbox.Pgmesh), AdminDSN: b.cl.DSNAs(n2, "mesh", sandbox.Admin), ID: 2},
+		},
 		Replicate: config.Replicate{Schemas: []string{"public"}},
 		Conflicts: config.Conflicts{Default: config.LastUpdateWins},
 		Sequences: config.Sequences{Strategy: "none", MaxNodes: 16},
@@ -209,19 +214,20 @@ func (b *applyBench) round(ctx context.Context, which string, r int) (float64, e
 	n1, n2 := b.cl.Nodes[0].Name, b.cl.Nodes[1].Name
 	if b.o.BigRows > 0 {
 		first := (r-1)*b.o.BigRows + 1
-		if err := execSQL(ctx, b.cl.DSN(n1, db), fmt.Sprintf(`INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(%d, %d) g`,
+		if err := execSQL(ctx, b.cl.DSNAs(n1, db, sandbox.App), fmt.Sprintf(`INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(%d, %d) g`,
 			first, first+b.o.BigRows-1)); err != nil {
 			return 0, err
 		}
-	} else if err := b.run(ctx, "-n", "-c", "4", "-j", "2", "-t", strconv.Itoa(b.o.Txns/4), b.cl.DSN(n1, db)); err != nil {
+	} else if err := b.run(ctx, "-n", "-c", "4", "-j", "2", "-t", strconv.Itoa(b.o.Txns/4), b.cl.DSNAs(n1, db, sandbox.App)); err != nil {
 		return 0, err
 	}
 	marker := fmt.Sprintf("%s-%d-%d", which, r, time.Now().UnixNano())
-	if err := execSQL(ctx, b.cl.DSN(n1, db), `UPDATE pgbench_branches SET filler = '`+marker+`' WHERE bid = 1`); err != nil {
+	if err := execSQL(ctx, b.cl.DSNAs(n1, db, sandbox.App), `UPDATE pgbench_branches SET filler = '`+marker+`' WHERE bid = 1`); err != nil {
 		return 0, err
 	}
 
-	down, err := pgx.Connect(ctx, b.cl.DSN(n2, db))
+	// ALTER SUBSCRIPTION needs the subscription's owner.
+	down, err := pgx.Connect(ctx, b.cl.DSNAs(n2, db, sandbox.Admin))
 	if err != nil {
 		return 0, err
 	}
@@ -272,7 +278,7 @@ func (b *applyBench) round(ctx context.Context, which string, r int) (float64, e
 	if err := down.QueryRow(ctx, `SELECT count(*) FROM pgbench_history`).Scan(&dn); err != nil {
 		return 0, err
 	}
-	upConn, err := pgx.Connect(ctx, b.cl.DSN(n1, db))
+	upConn, err := pgx.Connect(ctx, b.cl.DSNAs(n1, db, sandbox.App))
 	if err != nil {
 		return 0, err
 	}

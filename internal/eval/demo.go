@@ -86,9 +86,9 @@ func StartDemo(ctx context.Context, o DemoOptions) (*Demo, error) {
 	}
 	d.Config = cfg
 
-	step("creating tables accounts (100 shared rows) and orders on every node")
+	step("creating tables accounts (100 shared rows) and orders on every node, as role %s", sandbox.Owner)
 	for _, n := range cfg.Nodes {
-		if err := execAll(ctx, n.DSN, demoSchema); err != nil {
+		if err := execAll(ctx, cl.DSNAs(n.Name, "", sandbox.Owner), demoSchema); err != nil {
 			return d, fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
@@ -126,7 +126,7 @@ type WorkloadStats struct {
 // snowflake ids, balance updates of which a share hits five hot accounts
 // that every node updates concurrently (conflicts), and some deletes.
 func (d *Demo) Workload(ctx context.Context, dur time.Duration) (WorkloadStats, error) {
-	fmt.Fprintf(d.out, "==> mixed workload on every node for %s (hot accounts 1-5 updated everywhere: conflicts)\n", dur)
+	fmt.Fprintf(d.out, "==> mixed workload as role %s on every node for %s (hot accounts 1-5 updated everywhere: conflicts)\n", sandbox.App, dur)
 	var st WorkloadStats
 	var wg sync.WaitGroup
 	errs := make(chan error, len(d.Config.Nodes))
@@ -135,7 +135,7 @@ func (d *Demo) Workload(ctx context.Context, dur time.Duration) (WorkloadStats, 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- demoWriter(ctx, n, uint64(i), deadline, &st)
+			errs <- demoWriter(ctx, n.Name, d.Cluster.DSNAs(n.Name, "", sandbox.App), uint64(i), deadline, &st)
 		}()
 	}
 	wg.Wait()
@@ -149,10 +149,12 @@ func (d *Demo) Workload(ctx context.Context, dur time.Duration) (WorkloadStats, 
 	return st, nil
 }
 
-func demoWriter(ctx context.Context, n config.Node, seed uint64, deadline time.Time, st *WorkloadStats) error {
-	c, err := pgx.Connect(ctx, n.DSN)
+// demoWriter writes as an application role (sandbox.App): snowflake ids
+// and tombstones work without any grant on schema pgmesh.
+func demoWriter(ctx context.Context, node, dsn string, seed uint64, deadline time.Time, st *WorkloadStats) error {
+	c, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return fmt.Errorf("node %s: %w", n.Name, err)
+		return fmt.Errorf("node %s: %w", node, err)
 	}
 	defer c.Close(context.WithoutCancel(ctx))
 	rng := rand.New(rand.NewPCG(seed, 7))
@@ -163,16 +165,16 @@ func demoWriter(ctx context.Context, n config.Node, seed uint64, deadline time.T
 		}
 		amount := 1 + rng.IntN(50)
 		err := pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, `INSERT INTO orders (account, amount, node) VALUES ($1, $2, $3)`, account, amount, n.Name); err != nil {
+			if _, err := tx.Exec(ctx, `INSERT INTO orders (account, amount, node) VALUES ($1, $2, $3)`, account, amount, node); err != nil {
 				return err
 			}
 			atomic.AddInt64(&st.Orders, 1)
-			if _, err := tx.Exec(ctx, `UPDATE accounts SET balance = balance - $2, updated_on = $3 WHERE id = $1`, account, amount, n.Name); err != nil {
+			if _, err := tx.Exec(ctx, `UPDATE accounts SET balance = balance - $2, updated_on = $3 WHERE id = $1`, account, amount, node); err != nil {
 				return err
 			}
 			atomic.AddInt64(&st.Updates, 1)
 			if rng.IntN(10) == 0 {
-				tag, err := tx.Exec(ctx, `DELETE FROM orders WHERE id = (SELECT min(id) FROM orders WHERE node = $1)`, n.Name)
+				tag, err := tx.Exec(ctx, `DELETE FROM orders WHERE id = (SELECT min(id) FROM orders WHERE node = $1)`, node)
 				if err != nil {
 					return err
 				}
@@ -181,7 +183,7 @@ func demoWriter(ctx context.Context, n config.Node, seed uint64, deadline time.T
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("node %s: workload: %w", n.Name, err)
+			return fmt.Errorf("node %s: workload: %w", node, err)
 		}
 		atomic.AddInt64(&st.Transactions, 1)
 		time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)

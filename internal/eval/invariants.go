@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -31,8 +32,9 @@ type Invariants struct {
 	// UnloggedLosses counts account writes (upserts and deletes) that are
 	// neither in the final state, nor overwritten in the normal course (by
 	// a later write made on a node that had that write: its PrevAt), nor a
-	// losing image in any node's pgmesh.conflict_log. (A missing event
-	// shows in LWWViolations, a missing increment in LostIncrements.)
+	// losing image in any node's pgmesh.conflict_log (a delete_missing row
+	// names both deletes). (A missing event shows in LWWViolations, a
+	// missing increment in LostIncrements.)
 	UnloggedLosses int `json:"unlogged_losses"`
 	// Conflicts counts pgmesh.conflict_log rows of all nodes by kind.
 	Conflicts map[string]int `json:"conflicts"`
@@ -42,6 +44,11 @@ type Invariants struct {
 	LossesLogged      int `json:"losses_logged"`
 	// Examples explains the first violations found.
 	Examples []string `json:"examples,omitempty"`
+	// Diagnosis shows, for the keys of the first unlogged losses, every
+	// write of the key and conflict log row about it, what each node holds
+	// of the key once quiet (the row and its last writer, the tombstone)
+	// and what its peer_seen says the peers had applied.
+	Diagnosis []string `json:"diagnosis,omitempty"`
 }
 
 // Failures lists the invariants that do not hold, in words.
@@ -119,8 +126,21 @@ func check(ctx context.Context, cfg *config.Config, writes []Write) (*Invariants
 	}
 	inv.checkLWW(cfg.NodeNames(), writes, states)
 	inv.checkCounters(cfg.NodeNames(), writes, states)
-	if err := inv.checkLosses(cfg.NodeNames(), writes, log); err != nil {
+	lost, err := inv.checkLosses(cfg.NodeNames(), writes, log)
+	if err != nil {
 		return nil, nil, err
+	}
+	inv.Diagnosis = history(lost, writes, log)
+	var keys []int64
+	for _, w := range lost {
+		if !slices.Contains(keys, w.Key) {
+			keys = append(keys, w.Key)
+		}
+	}
+	for _, n := range cfg.Nodes {
+		if err := inv.diagnose(ctx, n, keys); err != nil {
+			return nil, nil, err
+		}
 	}
 	return inv, log, nil
 }
@@ -317,7 +337,9 @@ type logKey struct {
 	at  int64 // unix microseconds
 }
 
-func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflict.Entry) error {
+// checkLosses counts the writes lost and how each is accounted for; it
+// returns the first unlogged losses.
+func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflict.Entry) ([]Write, error) {
 	win := winners(nodes, writes)
 	logged := map[logKey]bool{}
 	for _, e := range log {
@@ -326,15 +348,25 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 		}
 		var k struct{ ID int64 }
 		if err := json.Unmarshal(e.Key, &k); err != nil {
-			return fmt.Errorf("conflict log of %s: key %s: %w", e.Node, e.Key, err)
+			return nil, fmt.Errorf("conflict log of %s: key %s: %w", e.Node, e.Key, err)
 		}
 		// apply_remote: the local image lost; otherwise the remote one did.
-		at := e.RemoteCommitTime
-		if e.Resolution == conflict.ApplyRemote {
-			at = e.LocalCommitTime
+		// A delete that met the tombstone of another delete (delete_missing)
+		// names both: the later one's tombstone replaced the other's, and
+		// the writes that followed name only that one, though either left
+		// the same state.
+		mark := func(at *time.Time) {
+			if at != nil {
+				logged[logKey{k.ID, at.UnixMicro()}] = true
+			}
 		}
-		if at != nil {
-			logged[logKey{k.ID, at.UnixMicro()}] = true
+		if e.Resolution == conflict.ApplyRemote {
+			mark(e.LocalCommitTime)
+		} else {
+			mark(e.RemoteCommitTime)
+		}
+		if e.Kind == conflict.DeleteMissing {
+			mark(e.LocalCommitTime)
 		}
 	}
 	overwritten := map[logKey]bool{}
@@ -343,6 +375,7 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 			overwritten[logKey{w.Key, w.PrevAt.UnixMicro()}] = true
 		}
 	}
+	var lost []Write
 	for i := range writes {
 		w := &writes[i]
 		if w.Table != accounts || win[rowKey{w.Table, w.Key}] == w {
@@ -352,13 +385,125 @@ func (inv *Invariants) checkLosses(nodes []string, writes []Write, log []conflic
 		switch {
 		case overwritten[lk]:
 			inv.LossesOverwritten++
+			continue
 		case logged[lk]:
 			inv.LossesLogged++
-		default:
-			inv.UnloggedLosses++
-			inv.example(fmt.Sprintf("unlogged loss: %s of eval.accounts id %d (value %q) on %s at %s is not in the final state, was not overwritten by a write that had seen it, and is in no conflict log",
-				w.Op, w.Key, w.Value, w.Node, stamp(w.At)))
+			continue
+		}
+		inv.UnloggedLosses++
+		if len(lost) < maxExamples {
+			lost = append(lost, *w)
+		}
+		doubt := ""
+		if w.inDoubt {
+			doubt = " (its COMMIT got no answer; the server says it committed)"
+		}
+		inv.example(fmt.Sprintf("unlogged loss: %s of eval.accounts id %d (value %q) on %s at %s%s is not in the final state, was not overwritten by a write that had seen it, and is in no conflict log",
+			w.Op, w.Key, w.Value, w.Node, stamp(w.At), doubt))
+	}
+	return lost, nil
+}
+
+// historyWindow is how far before and after a lost write its history goes.
+const historyWindow = time.Second
+
+// history describes, around each lost write (historyWindow either side,
+// and from the version it replaced), the recorded writes of its key in
+// commit order and the conflict log rows about them.
+func history(lost []Write, writes []Write, log []conflict.Entry) []string {
+	var out []string
+	for _, l := range lost {
+		from, to := l.At.Add(-historyWindow), l.At.Add(historyWindow)
+		if l.PrevAt != nil && l.PrevAt.Before(from) {
+			from = *l.PrevAt
+		}
+		in := func(t *time.Time) bool { return t != nil && !t.Before(from) && !t.After(to) }
+		out = append(out, fmt.Sprintf("eval.accounts id %d, from %s to %s, around the %s by %s at %s:",
+			l.Key, stamp(from), stamp(to), l.Op, l.Node, stamp(l.At)))
+		var ws []Write
+		for _, w := range writes {
+			if w.Table == accounts && w.Key == l.Key && in(&w.At) {
+				ws = append(ws, w)
+			}
+		}
+		slices.SortStableFunc(ws, func(a, b Write) int { return a.At.Compare(b.At) })
+		for _, w := range ws {
+			out = append(out, fmt.Sprintf("  %s by %s (seq %d) %q at %s, replacing the version of %s",
+				w.Op, w.Node, w.Seq, w.Value, stamp(w.At), stampp(w.PrevAt, "nothing")))
+		}
+		for _, e := range log {
+			var key struct{ ID int64 }
+			if e.Table != evalSchema+"."+accounts || json.Unmarshal(e.Key, &key) != nil || key.ID != l.Key ||
+				!(in(e.LocalCommitTime) || in(e.RemoteCommitTime)) {
+				continue
+			}
+			out = append(out, fmt.Sprintf("  conflict on %s: %s %s, local %s at %s, remote %s at %s",
+				e.Node, e.Kind, e.Resolution, deref(e.LocalOrigin), stampp(e.LocalCommitTime, "an unknown time"),
+				deref(e.RemoteOrigin), stampp(e.RemoteCommitTime, "an unknown time")))
 		}
 	}
+	return out
+}
+
+// diagnose adds to Diagnosis what node n holds of each account key: the
+// row and who last wrote it when, the tombstone, and its peer_seen.
+func (inv *Invariants) diagnose(ctx context.Context, n config.Node, keys []int64) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	conn, err := pgx.Connect(ctx, n.DSN)
+	if err != nil {
+		return fmt.Errorf("node %s: diagnose lost writes: %w", n.Name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var seen []string
+	rows, err := conn.Query(ctx, `SELECT peer, origin, seen_until FROM pgmesh.peer_seen ORDER BY peer, origin`)
+	if err != nil {
+		return fmt.Errorf("node %s: read peer_seen: %w", n.Name, err)
+	}
+	for rows.Next() {
+		var peer, origin string
+		var until time.Time
+		if err := rows.Scan(&peer, &origin, &until); err != nil {
+			rows.Close()
+			return fmt.Errorf("node %s: read peer_seen: %w", n.Name, err)
+		}
+		seen = append(seen, fmt.Sprintf("%s had %s until %s", peer, origin, stamp(until)))
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("node %s: read peer_seen: %w", n.Name, err)
+	}
+	for _, k := range keys {
+		var val, rowNode, tombNode *string
+		var rowAt, tombAt *time.Time
+		err := conn.QueryRow(ctx, `
+SELECT (SELECT a.val FROM eval.accounts a WHERE a.id = $1),
+       (SELECT pgmesh.origin_node(c.roident) FROM eval.accounts a, pg_xact_commit_timestamp_origin(a.xmin) c WHERE a.id = $1),
+       (SELECT c.timestamp FROM eval.accounts a, pg_xact_commit_timestamp_origin(a.xmin) c WHERE a.id = $1),
+       (SELECT t.node FROM pgmesh.tombstone t WHERE t.table_name = 'eval.accounts' AND t.key = jsonb_build_object('id', $1::int)),
+       (SELECT pgmesh.tombstone_time(t.deleted_at, t.xid) FROM pgmesh.tombstone t
+         WHERE t.table_name = 'eval.accounts' AND t.key = jsonb_build_object('id', $1::int))`, k).
+			Scan(&val, &rowNode, &rowAt, &tombNode, &tombAt)
+		if err != nil {
+			return fmt.Errorf("node %s: diagnose eval.accounts id %d: %w", n.Name, k, err)
+		}
+		row, tomb := "no row", "no tombstone"
+		if val != nil {
+			row = fmt.Sprintf("row %q written by %s at %s", *val, deref(rowNode), stampp(rowAt, "an unknown time"))
+		}
+		if tombNode != nil || tombAt != nil {
+			tomb = fmt.Sprintf("tombstone of %s at %s", deref(tombNode), stampp(tombAt, "an unknown time"))
+		}
+		inv.Diagnosis = append(inv.Diagnosis, fmt.Sprintf("eval.accounts id %d on %s: %s; %s; peer_seen: %s",
+			k, n.Name, row, tomb, strings.Join(seen, ", ")))
+	}
 	return nil
+}
+
+// stampp is stamp of *t, or none when t is nil.
+func stampp(t *time.Time, none string) string {
+	if t == nil {
+		return none
+	}
+	return stamp(*t)
 }

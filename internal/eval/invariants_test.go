@@ -2,6 +2,7 @@ package eval
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,6 +115,15 @@ func entry(resolution string, key int64, local, remote *time.Time) conflict.Entr
 func TestCheckLosses(t *testing.T) {
 	// a (n1, t=1) and b (n2, t=2) are concurrent: b wins, a must be logged.
 	a, b := up("n1", 1, 1, "a", 1), up("n2", 1, 1, "b", 2)
+	after := func(w Write, prev int) Write { w.PrevAt = atp(prev); return w }
+	// d1 (n1, t=3) deletes b; d3 (n3, t=4) deletes a, not having b yet;
+	// c (n3, t=5) re-inserts over d3's tombstone, which replaced d1's.
+	d1, d3, c := after(del("n1", 2, 1, 3), 2), after(del("n3", 1, 1, 4), 1), after(up("n3", 2, 1, "c", 5), 4)
+	missing := func(local, remote int) conflict.Entry {
+		e := entry(conflict.Skip, 1, atp(local), atp(remote))
+		e.Kind = conflict.DeleteMissing
+		return e
+	}
 	cases := []struct {
 		name                          string
 		writes                        []Write
@@ -125,15 +135,23 @@ func TestCheckLosses(t *testing.T) {
 		{"no log: a silent loss", []Write{a, b}, nil, 1, 0, 0},
 		{"the log names the winner only", []Write{a, b}, []conflict.Entry{entry(conflict.KeepLocal, 1, atp(1), atp(2))}, 1, 0, 0},
 		{"a log entry of another key does not count", []Write{a, b}, []conflict.Entry{entry(conflict.ApplyRemote, 2, atp(1), atp(2))}, 1, 0, 0},
-		{"overwritten by a write that had seen it", []Write{a, func() Write { w := b; w.PrevAt = atp(1); return w }()}, nil, 0, 1, 0},
-		{"a delete overwritten by a re-insert", []Write{del("n1", 1, 1, 1), func() Write { w := b; w.PrevAt = atp(1); return w }()}, nil, 0, 1, 0},
+		{"overwritten by a write that had seen it", []Write{a, after(b, 1)}, nil, 0, 1, 0},
+		{"a delete overwritten by a re-insert", []Write{del("n1", 1, 1, 1), after(b, 1)}, nil, 0, 1, 0},
 		{"the final write is never a loss", []Write{b}, nil, 0, 0, 0},
+		{"a delete that met another's tombstone names both", []Write{a, after(b, 1), d1, d3, c}, []conflict.Entry{missing(3, 4)}, 0, 3, 1},
+		{"two deletes of one key, unlogged", []Write{a, after(b, 1), d1, d3, c}, nil, 1, 3, 0},
+		{"only delete_missing names its local image", []Write{a, after(b, 1), d1, d3, c},
+			[]conflict.Entry{func() conflict.Entry { e := missing(3, 4); e.Kind = conflict.DeleteOriginDiffers; return e }()}, 1, 3, 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			inv := &Invariants{}
-			if err := inv.checkLosses(nodes3, tc.writes, tc.log); err != nil {
+			lost, err := inv.checkLosses(nodes3, tc.writes, tc.log)
+			if err != nil {
 				t.Fatal(err)
+			}
+			if len(lost) != tc.unlogged {
+				t.Errorf("unlogged losses returned = %v, want %d", lost, tc.unlogged)
 			}
 			if inv.UnloggedLosses != tc.unlogged || inv.LossesOverwritten != tc.overwritten || inv.LossesLogged != tc.logged {
 				t.Fatalf("unlogged/overwritten/logged = %d/%d/%d, want %d/%d/%d", inv.UnloggedLosses, inv.LossesOverwritten, inv.LossesLogged,
@@ -164,5 +182,26 @@ func TestPercentiles(t *testing.T) {
 	}
 	if got := percentiles(nil); got != (Percentiles{}) {
 		t.Fatalf("percentiles of nothing = %+v", got)
+	}
+}
+
+// The diagnosis of a lost write lists, from a second before it (or the
+// version it replaced) to a second after it, the writes of its key in commit order and the conflict
+// log rows about them, and nothing of other keys or times.
+func TestHistory(t *testing.T) {
+	lost := up("n2", 1, 1, "b", 2)
+	lost.PrevAt = atp(1)
+	writes := []Write{lost, up("n1", 1, 1, "a", 1), up("n3", 1, 2, "other", 3), up("n3", 2, 1, "late", 5000)}
+	log := []conflict.Entry{entry(conflict.KeepLocal, 1, atp(2), atp(1)), entry(conflict.KeepLocal, 2, atp(2), atp(3)),
+		entry(conflict.KeepLocal, 1, atp(5000), atp(4000))}
+	got := history([]Write{lost}, writes, log)
+	want := []string{
+		`eval.accounts id 1, from 23:59:59.002000 to 00:00:01.002000, around the upsert by n2 at 00:00:00.002000:`,
+		`  upsert by n1 (seq 1) "a" at 00:00:00.001000, replacing the version of nothing`,
+		`  upsert by n2 (seq 1) "b" at 00:00:00.002000, replacing the version of 00:00:00.001000`,
+		`  conflict on n1: update_origin_differs keep_local, local NULL at 00:00:00.002000, remote NULL at 00:00:00.001000`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("history:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -148,18 +148,24 @@ type meshBench struct {
 	meshCfg *config.Config
 }
 
-func (m *meshBench) dsn(i int, db string) string { return m.cl.DSN(m.cl.Nodes[i].Name, db) }
+// dsn connects to database db of node i as the application role, which
+// the load runs as; dsnAs as another.
+func (m *meshBench) dsn(i int, db string) string { return m.dsnAs(i, db, sandbox.App) }
+
+func (m *meshBench) dsnAs(i int, db string, r sandbox.Role) string {
+	return m.cl.DSNAs(m.cl.Nodes[i].Name, db, r)
+}
 
 // prepare creates databases native and mesh on every node with the same
 // pgbench tables and heartbeat rows, and the pgmesh cluster on mesh.
 func (m *meshBench) prepare(ctx context.Context) error {
 	fmt.Fprintln(m.o.Out, "preparing pgbench tables and heartbeats on every node")
 	for i := range m.cl.Nodes {
-		if err := execSQL(ctx, m.dsn(i, "native"), `CREATE DATABASE mesh`); err != nil {
+		if err := m.cl.CreateDB(ctx, m.cl.Nodes[i].Name, "mesh"); err != nil {
 			return err
 		}
 		for _, db := range []string{"native", "mesh"} {
-			if err := runPgbench(ctx, m.pgbench, "-i", "-s", strconv.Itoa(m.o.Scale), "-q", m.dsn(i, db)); err != nil {
+			if err := runPgbench(ctx, m.pgbench, "-i", "-s", strconv.Itoa(m.o.Scale), "-q", m.dsnAs(i, db, sandbox.Owner)); err != nil {
 				return err
 			}
 			for _, q := range []string{
@@ -168,7 +174,7 @@ func (m *meshBench) prepare(ctx context.Context) error {
 				`CREATE TABLE heartbeat (node text PRIMARY KEY, ts timestamptz NOT NULL)`,
 				`INSERT INTO heartbeat SELECT 'n' || g, '2000-01-01' FROM generate_series(1, ` + strconv.Itoa(len(m.cl.Nodes)) + `) g`,
 			} {
-				if err := execSQL(ctx, m.dsn(i, db), q); err != nil {
+				if err := execSQL(ctx, m.dsnAs(i, db, sandbox.Owner), q); err != nil {
 					return err
 				}
 			}
@@ -183,7 +189,8 @@ func (m *meshBench) prepare(ctx context.Context) error {
 		Agent:     config.Agent{Listen: "-", ApplyWorkers: m.o.Workers},
 	}
 	for i, n := range m.cl.Nodes {
-		m.meshCfg.Nodes = append(m.meshCfg.Nodes, config.Node{Name: n.Name, DSN: m.dsn(i, "mesh"), ID: i + 1})
+		m.meshCfg.Nodes = append(m.meshCfg.Nodes, config.Node{Name: n.Name, DSN: m.dsnAs(i, "mesh", sandbox.Pgmesh),
+			AdminDSN: m.dsnAs(i, "mesh", sandbox.Admin), ID: i + 1})
 	}
 	if _, err := setup.Init(ctx, m.meshCfg, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
 		return fmt.Errorf("pgmesh init: %w", err)
@@ -195,7 +202,9 @@ func (m *meshBench) prepare(ctx context.Context) error {
 // with origin = none) and runs the load on it.
 func (m *meshBench) runNative(ctx context.Context) (*MeshResult, error) {
 	for i := range m.cl.Nodes {
-		if err := execSQL(ctx, m.dsn(i, "native"), `CREATE PUBLICATION mesh FOR ALL TABLES`); err != nil {
+		// FOR ALL TABLES and CREATE SUBSCRIPTION need a superuser, as
+		// native subscriptions usually have.
+		if err := execSQL(ctx, m.dsnAs(i, "native", sandbox.Admin), `CREATE PUBLICATION mesh FOR ALL TABLES`); err != nil {
 			return nil, err
 		}
 	}
@@ -205,8 +214,8 @@ func (m *meshBench) runNative(ctx context.Context) (*MeshResult, error) {
 				continue
 			}
 			sub := fmt.Sprintf(`CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION mesh WITH (origin = none, copy_data = false)`,
-				pg.Ident(n.Name+"_from_"+p.Name), pg.QuoteLiteral(m.dsn(j, "native")))
-			if err := execSQL(ctx, m.dsn(i, "native"), sub); err != nil {
+				pg.Ident(n.Name+"_from_"+p.Name), pg.QuoteLiteral(m.dsnAs(j, "native", sandbox.Admin)))
+			if err := execSQL(ctx, m.dsnAs(i, "native", sandbox.Admin), sub); err != nil {
 				return nil, fmt.Errorf("node %s: %w", n.Name, err)
 			}
 		}
@@ -230,7 +239,7 @@ func (m *meshBench) runNative(ctx context.Context) (*MeshResult, error) {
 	for i, n := range m.cl.Nodes {
 		for j, p := range m.cl.Nodes {
 			if i != j {
-				if err := execSQL(ctx, m.dsn(i, "native"), `ALTER SUBSCRIPTION `+pg.Ident(n.Name+"_from_"+p.Name)+` DISABLE`); err != nil {
+				if err := execSQL(ctx, m.dsnAs(i, "native", sandbox.Admin), `ALTER SUBSCRIPTION `+pg.Ident(n.Name+"_from_"+p.Name)+` DISABLE`); err != nil {
 					return nil, err
 				}
 			}

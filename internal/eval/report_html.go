@@ -272,6 +272,7 @@ against its own record of every committed write (node, row, value, commit time).
 {{range .Invariants}}<tr><td><code>{{.Name}}</code></td><td class="{{if .OK}}ok{{else}}bad{{end}}">{{.Value}}</td><td>{{.Expected}}</td><td>{{.Meaning}}</td></tr>
 {{end}}</table>
 {{if .R.Examples}}<p>First problems found:</p><ul>{{range .R.Examples}}<li><code>{{.}}</code></li>{{end}}</ul>{{end}}
+{{if .R.Diagnosis}}<p>What each node holds of the keys of the unlogged losses:</p><ul>{{range .R.Diagnosis}}<li><code>{{.}}</code></li>{{end}}</ul>{{end}}
 
 <h2>Measurements</h2>
 <table id="measures">

@@ -161,7 +161,8 @@ type harness struct {
 	cl         *sandbox.Cluster
 	ownCluster bool
 	tmp        string         // the new sandbox's parent directory
-	cfg        *config.Config // direct DSNs
+	cfg        *config.Config // direct DSNs, as pgmesh's role
+	db         string         // the database on every node
 	net        *netfault.Net
 	agents     map[string]*nodeAgent
 	wl         *workload
@@ -323,10 +324,12 @@ func (h *harness) servers(ctx context.Context) error {
 		}
 		h.cl, h.ownCluster = cl, true
 	}
+	h.db = db
 	var y strings.Builder
 	y.WriteString("cluster: eval\nnodes:\n")
 	for _, n := range h.cl.Nodes[:h.o.Nodes] {
-		fmt.Fprintf(&y, "  - name: %s\n    dsn: %q\n", n.Name, h.cl.DSN(n.Name, db))
+		fmt.Fprintf(&y, "  - name: %s\n    dsn: %q\n    admin_dsn: %q\n", n.Name,
+			h.cl.DSNAs(n.Name, db, sandbox.Pgmesh), h.cl.DSNAs(n.Name, db, sandbox.Admin))
 	}
 	y.WriteString(`replicate:
   schemas: [eval]
@@ -350,7 +353,7 @@ ddl: { capture: manual }
 func (h *harness) prepare(ctx context.Context) error {
 	h.progress("creating schema eval on every node, sequences convert, init")
 	for _, n := range h.cfg.Nodes {
-		if err := execAll(ctx, n.DSN, workloadSchema); err != nil {
+		if err := execAll(ctx, h.cl.DSNAs(n.Name, h.db, sandbox.Owner), workloadSchema); err != nil {
 			return fmt.Errorf("node %s: create schema: %w", n.Name, err)
 		}
 	}
@@ -359,6 +362,11 @@ func (h *harness) prepare(ctx context.Context) error {
 	}
 	if _, err := setup.Init(ctx, h.cfg, h.o.Logger); err != nil {
 		return fmt.Errorf("init: %w", err)
+	}
+	for _, n := range h.cfg.Nodes {
+		if err := execAll(ctx, n.DSN, oracleSchema); err != nil {
+			return fmt.Errorf("node %s: create the checker's function: %w", n.Name, err)
+		}
 	}
 	// Proxy of link up → down: what down's agent dials to reach up.
 	proxied := map[string]string{}
@@ -379,13 +387,17 @@ func (h *harness) prepare(ctx context.Context) error {
 			proxied[name] = listen
 		}
 	}
+	passfile, err := h.proxyPassfile(proxied)
+	if err != nil {
+		return err
+	}
 	h.progress("starting one agent per node, every link through its proxy")
 	for _, down := range h.cfg.Nodes {
 		view := *h.cfg
 		view.Nodes = slices.Clone(h.cfg.Nodes)
 		for i, up := range view.Nodes {
 			if up.Name != down.Name {
-				view.Nodes[i].DSN = redirect(up.DSN, proxied[netfault.LinkName(up.Name, down.Name)])
+				view.Nodes[i].DSN = redirect(up.DSN, proxied[netfault.LinkName(up.Name, down.Name)], passfile)
 			}
 		}
 		a := &nodeAgent{node: down.Name, cfg: &view, bin: h.o.AgentBinary, dir: h.dir, logger: h.o.Logger}
@@ -397,7 +409,7 @@ func (h *harness) prepare(ctx context.Context) error {
 	// Counter rows come from one node through the mesh, so that every
 	// node starts from the same rows and the same commit times.
 	h.progress("seeding %d counters through the mesh", h.wlConfig().Counters)
-	if err := execAll(ctx, h.cfg.Nodes[0].DSN, []string{fmt.Sprintf(
+	if err := execAll(ctx, h.cl.DSNAs(h.cfg.Nodes[0].Name, h.db, sandbox.App), []string{fmt.Sprintf(
 		`INSERT INTO eval.counters SELECT g, 0 FROM generate_series(1, %d) g`, h.wlConfig().Counters)}); err != nil {
 		return fmt.Errorf("seed counters: %w", err)
 	}
@@ -427,7 +439,9 @@ func (h *harness) wlConfig() WorkloadConfig {
 func (h *harness) run(ctx context.Context) (*Result, error) {
 	targets := make([]target, len(h.cfg.Nodes))
 	for i, n := range h.cfg.Nodes {
-		targets[i] = target{name: n.Name, dsn: n.DSN}
+		// The workload runs as an application role: no privilege on
+		// schema pgmesh, ordinary privileges on the tables.
+		targets[i] = target{name: n.Name, dsn: h.cl.DSNAs(n.Name, h.db, sandbox.App)}
 	}
 	h.wl = newWorkload(h.o.Workload, targets, h.o.Seed)
 	h.start = time.Now()
@@ -607,11 +621,31 @@ func hostPort(dsn string) (string, error) {
 	return net.JoinHostPort(c.Host, strconv.Itoa(int(c.Port))), nil
 }
 
-// redirect makes a key/value DSN connect to addr instead: in libpq
-// key/value strings a later keyword overrides an earlier one.
-func redirect(dsn, addr string) string {
+// redirect makes a key/value DSN connect to addr instead, with the
+// passwords of passfile: in libpq key/value strings a later keyword
+// overrides an earlier one.
+func redirect(dsn, addr, passfile string) string {
 	host, port, _ := net.SplitHostPort(addr)
-	return dsn + " host=" + host + " port=" + port
+	return dsn + " host=" + host + " port=" + port + " passfile='" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(passfile) + "'"
+}
+
+// proxyPassfile writes, in the harness's private directory, a password
+// file that gives each proxy (link → the address that stands for its
+// upstream) the passwords of its upstream: they are looked up by address.
+func (h *harness) proxyPassfile(proxied map[string]string) (string, error) {
+	aliases := map[string]string{}
+	for _, up := range h.cfg.Nodes {
+		for _, down := range h.cfg.Nodes {
+			if addr, ok := proxied[netfault.LinkName(up.Name, down.Name)]; ok {
+				aliases[addr] = up.Name
+			}
+		}
+	}
+	path := filepath.Join(h.dir, "passfile")
+	if err := h.cl.AliasPassfile(path, aliases); err != nil {
+		return "", fmt.Errorf("the proxies' password file: %w", err)
+	}
+	return path, nil
 }
 
 func queryRow(ctx context.Context, dsn, sql string, dest ...any) error {

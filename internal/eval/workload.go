@@ -36,6 +36,20 @@ var workloadSchema = []string{
 	`CREATE TABLE eval.heartbeat (node text PRIMARY KEY, at timestamptz NOT NULL)`,
 }
 
+// oracleSchema is harness machinery, created by pgmesh's role on every
+// node after init: the workload runs as an application role, which has no
+// privilege on schema pgmesh, yet the checker needs, in the writing
+// transaction, the commit time of the delete an insert replaces (see
+// accountWrite). The function does only that, for eval.accounts.
+var oracleSchema = []string{
+	`CREATE FUNCTION eval.replaced_delete_at(k int) RETURNS timestamptz
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pgmesh.tombstone_time(t.deleted_at, t.xid) FROM pgmesh.tombstone t
+       WHERE t.table_name = 'eval.accounts' AND t.key = jsonb_build_object('id', k) FOR UPDATE $$`,
+	`REVOKE EXECUTE ON FUNCTION eval.replaced_delete_at(int) FROM PUBLIC`,
+	`GRANT EXECUTE ON FUNCTION eval.replaced_delete_at(int) TO app`,
+}
+
 // Op is what a write did.
 type Op string
 
@@ -297,9 +311,7 @@ func (w *workload) accountWrite(ctx context.Context, tx pgx.Tx, node string, op 
 		if op == OpDelete {
 			return nil, nil
 		}
-		err := tx.QueryRow(ctx, `SELECT pgmesh.tombstone_time(t.deleted_at, t.xid) FROM pgmesh.tombstone t
- WHERE t.table_name = 'eval.accounts' AND t.key = jsonb_build_object('id', $1::int) FOR UPDATE`, key).Scan(&tombAt)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		if err := tx.QueryRow(ctx, `SELECT eval.replaced_delete_at($1)`, key).Scan(&tombAt); err != nil {
 			return nil, err
 		}
 	}
@@ -328,6 +340,18 @@ func (w *workload) accountWrite(ctx context.Context, tx pgx.Tx, node string, op 
 // settles the writes in doubt: kept if committed, dropped if not. A write
 // whose COMMIT succeeded but that the server does not know as committed is
 // an error (a durability bug, not something to paper over).
+//
+// A write in doubt is identified by its xid, which alone does not tell:
+// a server that crashes hands out again, after its restart, the xids of
+// transactions whose WAL it lost (nothing of them was written), so that
+// the xid of a write in doubt that never committed may belong to a later
+// transaction, local or applied, that did. Such a write would count as
+// committed at that transaction's commit time: a write that never
+// happened, found in no final state and no conflict log. A write in doubt
+// is therefore kept only if its xid committed here, locally (no
+// replication origin), and no later than its client saw the COMMIT fail:
+// a transaction that reuses the xid starts after the restart, which comes
+// after the failure.
 func (w *workload) resolve(ctx context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -349,9 +373,14 @@ func (w *workload) resolve(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("node %s: read commit times: %w", n.name, err)
 		}
+		// pg_xact_status fails on an xid not handed out yet (one lost in
+		// a crash and not reused since): not committed.
 		rows, err := conn.Query(ctx, `
-SELECT pg_xact_status(x::xid8), pg_xact_commit_timestamp(x::xid8::xid)
-  FROM unnest($1::text[]) WITH ORDINALITY AS u(x, i) ORDER BY i`, xids)
+SELECT CASE WHEN f.known THEN pg_xact_status(f.x) END, c.timestamp, c.roident
+  FROM unnest($1::text[]) WITH ORDINALITY AS u(x, i)
+  CROSS JOIN LATERAL (SELECT u.x::xid8 AS x, u.x::xid8 < pg_snapshot_xmax(pg_current_snapshot()) AS known) f
+  LEFT JOIN LATERAL pg_xact_commit_timestamp_origin(f.x::xid) c ON f.known
+ ORDER BY u.i`, xids)
 		if err != nil {
 			conn.Close(ctx)
 			return fmt.Errorf("node %s: read commit times: %w", n.name, err)
@@ -360,17 +389,21 @@ SELECT pg_xact_status(x::xid8), pg_xact_commit_timestamp(x::xid8::xid)
 		for rows.Next() {
 			var status *string
 			var at *time.Time
-			if err := rows.Scan(&status, &at); err != nil {
+			var roident *uint32
+			if err := rows.Scan(&status, &at, &roident); err != nil {
 				rows.Close()
 				conn.Close(ctx)
 				return fmt.Errorf("node %s: read commit times: %w", n.name, err)
 			}
 			wr := &w.writes[idx[j]]
+			committed := status != nil && *status == "committed" && at != nil
 			switch {
-			case status != nil && *status == "committed" && at != nil:
+			case wr.inDoubt && committed && roident != nil && *roident == 0 && !at.After(wr.Wall):
 				wr.At = *at
 			case wr.inDoubt:
 				drop[idx[j]] = true
+			case committed:
+				wr.At = *at
 			default:
 				rows.Close()
 				conn.Close(ctx)

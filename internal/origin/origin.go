@@ -150,3 +150,36 @@ func Drop(ctx context.Context, conn *pgx.Conn, up string) error {
 	}
 	return nil
 }
+
+// LinkProgress returns the progress of the link from up on the node q is
+// connected to: the largest remote LSN over the origins of the link, with
+// flush=true only what is durable; ok is false when no origin of the link
+// has progress (nothing applied yet, or no origin). nodes are the cluster's
+// node names: the origin of another node whose name reads as up's worker
+// (up "a", node "a_1") is not up's, even where a config predates the check
+// that refuses such pairs.
+//
+// Taking the largest is right because parallel workers commit in upstream
+// commit order. `pgmesh node add` relies on it: it resumes the new node's
+// link from this position.
+func LinkProgress(ctx context.Context, q pg.Querier, up string, nodes []string, flush bool) (lsn pglogrepl.LSN, ok bool, err error) {
+	others := []string{}
+	for _, n := range nodes {
+		if n != up {
+			others = append(others, topology.OriginName(n))
+		}
+	}
+	var s *string
+	err = q.QueryRow(ctx, `
+SELECT max(pg_catalog.pg_replication_origin_progress(o.roname, $3))::text
+  FROM pg_catalog.pg_replication_origin o
+ WHERE o.roname ~ $1 AND o.roname <> ALL ($2::text[])`, pattern(up), others, flush).Scan(&s)
+	if err != nil {
+		return 0, false, fmt.Errorf("read the progress of the link from %s: %w", up, err)
+	}
+	if s == nil {
+		return 0, false, nil
+	}
+	lsn, err = parse(up, s)
+	return lsn, err == nil, err
+}

@@ -41,9 +41,11 @@ func serverConf(major, port int) string {
 	return b.String()
 }
 
-// DSN returns the libpq key/value DSN of a sandbox server.
-func dsn(port int, db string) string {
-	return fmt.Sprintf("host=127.0.0.1 port=%d dbname=%s user=postgres sslmode=disable", port, dsnValue(db))
+// dsn returns the libpq key/value DSN of a sandbox server for user, whose
+// password is in passfile.
+func dsn(port int, db, user, passfile string) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d dbname=%s user=%s passfile=%s sslmode=disable",
+		port, dsnValue(db), dsnValue(user), dsnValue(passfile))
 }
 
 // dsnValue quotes a libpq key/value value when it needs it.

@@ -19,10 +19,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-
-	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/pgmesh/pgmesh/internal/pg"
 )
 
 const (
@@ -184,16 +180,36 @@ func create(ctx context.Context, dir string, o Options) (_ *Cluster, err error) 
 			}
 		}
 	}
+	pw, err := newPasswords()
+	if err != nil {
+		return nil, err
+	}
 	o.Logf("creating %d PostgreSQL %d servers in %s", o.Nodes, major, dir)
 	// Nodes are independent: initdb and startup run concurrently.
 	errs := make([]error, len(c.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range c.Nodes {
-		wg.Go(func() { errs[i] = c.createNode(ctx, n, o.Logf) })
+		wg.Go(func() { errs[i] = c.createNode(ctx, n, pw[Admin], o.Logf) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
+	}
+	// The ports are known now: the password file names each server.
+	if err := c.writePassfile(pw); err != nil {
+		return nil, err
+	}
+	for i, n := range c.Nodes {
+		wg.Go(func() { errs[i] = c.setupRoles(ctx, n, pw) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	for _, n := range c.Nodes {
+		if err := c.createDB(ctx, n, c.DB); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.writeState(); err != nil {
 		return nil, err
@@ -224,14 +240,26 @@ func makeDir(dir string) (bool, error) {
 	return true, os.Chmod(dir, 0o755)
 }
 
-func (c *Cluster) createNode(ctx context.Context, n *Node, logf func(string, ...any)) error {
+// createNode runs initdb for n, with password (SCRAM) authentication for
+// every connection and adminPW as the superuser's password, and starts it.
+func (c *Cluster) createNode(ctx context.Context, n *Node, adminPW string, logf func(string, ...any)) error {
 	nodeDir := filepath.Dir(n.DataDir)
 	if err := c.own.mkdir(nodeDir); err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
+	// initdb reads the password from a file, which the server user must
+	// read: in the node directory, private, removed right after.
+	pwfile := filepath.Join(nodeDir, "initdb.pw")
+	if err := os.WriteFile(pwfile, []byte(adminPW+"\n"), 0o600); err != nil {
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
+	defer os.Remove(pwfile)
+	if err := c.own.chown(pwfile); err != nil {
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
 	logf("%s: initdb", n.Name)
 	if _, err := c.own.run(ctx, nodeDir, c.program("initdb"), "-D", n.DataDir,
-		"--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-locale",
+		"--auth=scram-sha-256", "--pwfile="+pwfile, "--username="+string(Admin), "--encoding=UTF8", "--no-locale",
 		"--no-sync", "--no-instructions"); err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
@@ -257,7 +285,7 @@ func (c *Cluster) createNode(ctx context.Context, n *Node, logf func(string, ...
 		break
 	}
 	logf("%s: listening on 127.0.0.1:%d", n.Name, n.Port)
-	return c.createDB(ctx, n, c.DB)
+	return nil
 }
 
 func (c *Cluster) program(name string) string { return filepath.Join(c.BinDir, name) }
@@ -314,30 +342,6 @@ func (c *Cluster) start(ctx context.Context, n *Node) error {
 	return fmt.Errorf("%s: start server on port %d: %w\nlast lines of %s:\n%s", n.Name, n.Port, err, n.LogFile(), log)
 }
 
-// createDB creates database db on n unless it exists.
-func (c *Cluster) createDB(ctx context.Context, n *Node, db string) error {
-	conn, err := pg.Connect(ctx, n.Name, dsn(n.Port, "postgres"), appName)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", db).Scan(&exists); err != nil {
-		return fmt.Errorf("%s: look up database %s: %w", n.Name, db, err)
-	}
-	if exists {
-		return nil
-	}
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pg.Ident(db)); err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42P04" { // created meanwhile
-			return nil
-		}
-		return fmt.Errorf("%s: create database %s: %w", n.Name, db, err)
-	}
-	return nil
-}
-
 // resume brings an existing sandbox up as o asks.
 func (c *Cluster) resume(ctx context.Context, o Options) error {
 	if o.Nodes != len(c.Nodes) {
@@ -386,9 +390,10 @@ func (c *Cluster) Node(name string) (*Node, error) {
 	return nil, fmt.Errorf("sandbox %s has no node %q (nodes: %s)", c.Dir, name, strings.Join(names, ", "))
 }
 
-// DSN returns the DSN of database db (c.DB when "") on node, or "" when
-// there is no such node.
-func (c *Cluster) DSN(node, db string) string {
+// DSNAs returns the DSN of database db (c.DB when "") on node for role,
+// or "" when there is no such node. The password comes from the sandbox's
+// password file, which the DSN names.
+func (c *Cluster) DSNAs(node, db string, role Role) string {
 	n, err := c.Node(node)
 	if err != nil {
 		return ""
@@ -396,7 +401,7 @@ func (c *Cluster) DSN(node, db string) string {
 	if db == "" {
 		db = c.DB
 	}
-	return dsn(n.Port, db)
+	return dsn(n.Port, db, string(role), c.Passfile())
 }
 
 // ConfigYAML returns a pgmesh.yaml naming every node with its DSN to
@@ -409,7 +414,8 @@ func (c *Cluster) ConfigYAML(db string) []byte {
 	fmt.Fprintf(&b, "# pgmesh sandbox in %s (PostgreSQL %d)\n", c.Dir, c.Major)
 	b.WriteString("cluster: sandbox\nnodes:\n")
 	for _, n := range c.Nodes {
-		fmt.Fprintf(&b, "  - name: %s\n    dsn: %s\n", n.Name, yamlString(dsn(n.Port, db)))
+		fmt.Fprintf(&b, "  - name: %s\n    dsn: %s\n    admin_dsn: %s\n", n.Name,
+			yamlString(dsn(n.Port, db, string(Pgmesh), c.Passfile())), yamlString(dsn(n.Port, db, string(Admin), c.Passfile())))
 	}
 	b.WriteString("replicate:\n  schemas: [public]\n")
 	return b.Bytes()

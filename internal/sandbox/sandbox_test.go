@@ -88,7 +88,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("Up = %+v, want nodes n1, n2 with database %s", c, DefaultDB)
 	}
 	for _, n := range c.Nodes {
-		conn := connect(t, c.DSN(n.Name, ""))
+		conn := connect(t, c.DSNAs(n.Name, "", Admin))
 		for setting, want := range map[string]string{
 			"wal_level":              "logical",
 			"track_commit_timestamp": "on",
@@ -128,7 +128,7 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	// Crash n1 after a commit: the commit survives, the server recovers.
-	n1 := connect(t, c.DSN("n1", ""))
+	n1 := connect(t, c.DSNAs("n1", "", Owner))
 	if _, err := n1.Exec(ctx, "CREATE TABLE crash (id int PRIMARY KEY); INSERT INTO crash VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	var n int
-	if err := connect(t, c.DSN("n1", "")).QueryRow(ctx, "SELECT count(*) FROM crash").Scan(&n); err != nil || n != 1 {
+	if err := connect(t, c.DSNAs("n1", "", Owner)).QueryRow(ctx, "SELECT count(*) FROM crash").Scan(&n); err != nil || n != 1 {
 		t.Errorf("after crash and restart: %d rows, %v; want 1", n, err)
 	}
 	if !strings.Contains(tail(c.Nodes[0].LogFile(), 0, 1000), "database system was interrupted") {
@@ -162,7 +162,7 @@ func TestLifecycle(t *testing.T) {
 	if _, err := Up(ctx, Options{Dir: dir, Nodes: 2, DB: "other db"}); err != nil {
 		t.Fatalf("Up with a stopped node: %v", err)
 	}
-	connect(t, c.DSN("n2", "other db"))
+	connect(t, c.DSNAs("n2", "other db", App))
 	reopened, err := Open(dir)
 	if err != nil || reopened.DB != "other db" {
 		t.Fatalf("Open after Up with another database = %+v, %v", reopened, err)

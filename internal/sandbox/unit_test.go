@@ -135,14 +135,14 @@ func TestServerConf(t *testing.T) {
 
 func TestDSN(t *testing.T) {
 	tests := []struct {
-		db, want string
+		db, passfile, want string
 	}{
-		{"app", "host=127.0.0.1 port=5999 dbname=app user=postgres sslmode=disable"},
-		{"my db", "host=127.0.0.1 port=5999 dbname='my db' user=postgres sslmode=disable"},
-		{`o'k\`, `host=127.0.0.1 port=5999 dbname='o\'k\\' user=postgres sslmode=disable`},
+		{"app", "/s/passfile", "host=127.0.0.1 port=5999 dbname=app user=app passfile=/s/passfile sslmode=disable"},
+		{"my db", "/my sandbox/passfile", "host=127.0.0.1 port=5999 dbname='my db' user=app passfile='/my sandbox/passfile' sslmode=disable"},
+		{`o'k\`, "/s/passfile", `host=127.0.0.1 port=5999 dbname='o\'k\\' user=app passfile=/s/passfile sslmode=disable`},
 	}
 	for _, tt := range tests {
-		if got := dsn(5999, tt.db); got != tt.want {
+		if got := dsn(5999, tt.db, "app", tt.passfile); got != tt.want {
 			t.Errorf("dsn(%q) = %q, want %q", tt.db, got, tt.want)
 		}
 	}
@@ -154,20 +154,35 @@ func TestConfigYAML(t *testing.T) {
 cluster: sandbox
 nodes:
   - name: n1
-    dsn: "host=127.0.0.1 port=5001 dbname=other user=postgres sslmode=disable"
+    dsn: "host=127.0.0.1 port=5001 dbname=other user=pgmesh passfile=/x/passfile sslmode=disable"
+    admin_dsn: "host=127.0.0.1 port=5001 dbname=other user=postgres passfile=/x/passfile sslmode=disable"
   - name: n2
-    dsn: "host=127.0.0.1 port=5002 dbname=other user=postgres sslmode=disable"
+    dsn: "host=127.0.0.1 port=5002 dbname=other user=pgmesh passfile=/x/passfile sslmode=disable"
+    admin_dsn: "host=127.0.0.1 port=5002 dbname=other user=postgres passfile=/x/passfile sslmode=disable"
 replicate:
   schemas: [public]
 `
 	if got := string(c.ConfigYAML("other")); got != want {
 		t.Errorf("ConfigYAML:\n%s\nwant:\n%s", got, want)
 	}
-	if got := c.DSN("n2", ""); got != dsn(5002, "app") {
-		t.Errorf("DSN(n2, \"\") = %q, want the cluster's database", got)
+	if got := c.DSNAs("n2", "", App); got != dsn(5002, "app", "app", "/x/passfile") {
+		t.Errorf("DSNAs(n2, \"\", App) = %q, want the cluster's database", got)
 	}
-	if got := c.DSN("n3", "app"); got != "" {
-		t.Errorf("DSN of a missing node = %q, want \"\"", got)
+	if got := c.DSNAs("n3", "app", Owner); got != "" {
+		t.Errorf("DSNAs of a missing node = %q, want \"\"", got)
+	}
+}
+
+func TestScramVerifier(t *testing.T) {
+	v, err := scramVerifier("secret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(v, "SCRAM-SHA-256$4096:") || strings.Contains(v, "secret") {
+		t.Errorf("verifier %q", v)
+	}
+	if w, _ := scramVerifier("secret"); w == v {
+		t.Error("two verifiers of one password are equal: no random salt")
 	}
 }
 

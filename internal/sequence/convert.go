@@ -352,9 +352,13 @@ func (cl *cluster) planSnowflake(ctx context.Context, n config.Node, c Column) (
 	ch := &Change{Object: c.Object(), From: describe(c), To: fmt.Sprintf("snowflake, node id %d", n.ID)}
 	seq := c.seqIdent()
 	if c.Identity != "" {
+		// A sequence OWNED BY a table must have the table's owner, which
+		// pgmesh's role is not but may act as.
 		ch.SQL = append(ch.SQL,
 			fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s DROP IDENTITY", c.tableIdent(), pg.Ident(c.Column)),
-			fmt.Sprintf("CREATE SEQUENCE %s AS bigint OWNED BY %s.%s", seq, c.tableIdent(), pg.Ident(c.Column)))
+			fmt.Sprintf("CREATE SEQUENCE %s AS bigint", seq),
+			fmt.Sprintf("ALTER SEQUENCE %s OWNER TO %s", seq, pg.Ident(c.TableOwner)),
+			fmt.Sprintf("ALTER SEQUENCE %s OWNED BY %s.%s", seq, c.tableIdent(), pg.Ident(c.Column)))
 	} else {
 		ch.SQL = append(ch.SQL, fmt.Sprintf("ALTER SEQUENCE %s AS bigint INCREMENT BY 1 NO MINVALUE NO MAXVALUE START WITH 1 NO CYCLE", seq))
 	}

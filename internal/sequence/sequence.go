@@ -81,6 +81,9 @@ type Column struct {
 	Identity string `json:"identity,omitempty"`
 	Default  string `json:"default,omitempty"`
 
+	// TableOwner owns the table, and must own a sequence OWNED BY it.
+	TableOwner string `json:"table_owner"`
+
 	SeqSchema string `json:"sequence_schema"`
 	SeqName   string `json:"sequence"`
 	SeqType   string `json:"sequence_type"`
@@ -198,7 +201,7 @@ const columnsQuery = `
 SELECT n.nspname, c.relname, a.attname,
        format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, NULL),
        CASE a.attidentity WHEN 'a' THEN 'always' WHEN 'd' THEN 'by default' ELSE '' END,
-       coalesce(pg_get_expr(ad.adbin, ad.adrelid), ''),
+       coalesce(pg_get_expr(ad.adbin, ad.adrelid), ''), pg_get_userbyid(c.relowner)::text,
        sn.nspname, s.relname, format_type(ps.seqtypid, NULL),
        ps.seqincrement, ps.seqmin, ps.seqmax, ps.seqcycle
   FROM unnest($1::text[], $2::text[]) AS r(nsp, rel)
@@ -219,7 +222,7 @@ SELECT n.nspname, c.relname, a.attname,
   JOIN pg_class s ON s.oid = dep.seq AND s.relkind = 'S'
   JOIN pg_namespace sn ON sn.oid = s.relnamespace
   JOIN pg_sequence ps ON ps.seqrelid = s.oid
- ORDER BY 1, 2, a.attnum, 7, 8`
+ ORDER BY 1, 2, a.attnum, 8, 9`
 
 // readNode reads the node's snowflake id and sequence-fed columns.
 func readNode(ctx context.Context, conn *pgx.Conn, cfg *config.Config, node string) (NodeState, error) {
@@ -239,7 +242,7 @@ func readNode(ctx context.Context, conn *pgx.Conn, cfg *config.Config, node stri
 	}
 	cols, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Column, error) {
 		var c Column
-		err := r.Scan(&c.Schema, &c.Table, &c.Column, &c.Type, &c.Identity, &c.Default,
+		err := r.Scan(&c.Schema, &c.Table, &c.Column, &c.Type, &c.Identity, &c.Default, &c.TableOwner,
 			&c.SeqSchema, &c.SeqName, &c.SeqType, &c.Increment, &c.Min, &c.Max, &c.Cycle)
 		return c, err
 	})

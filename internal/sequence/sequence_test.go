@@ -246,7 +246,13 @@ func TestSnowflakeCounterFull(t *testing.T) {
 	e.Exec(t, 0, "CREATE TABLE ev (id bigserial PRIMARY KEY)")
 	mustConvert(t, e.Config, sequence.Snowflake)
 	var next, used int64
-	if err := e.Conn(t, 0).QueryRow(ctx, `
+	// pgmesh's role: setval on the sequence, and snowflake_nextval called
+	// by name (an application calls it by OID, through the default).
+	meta := e.Pgmesh(t, 0)
+	if _, err := meta.Exec(ctx, "SET search_path = public"); err != nil {
+		t.Fatal(err)
+	}
+	if err := meta.QueryRow(ctx, `
 WITH now AS (SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint - 1704067200000 AS ms),
      used AS (SELECT ms, setval('ev_id_seq', (ms << 22) | (1 << 12) | 4095) FROM now)
 SELECT pgmesh.snowflake_nextval('ev_id_seq'), ms FROM used`).Scan(&next, &used); err != nil {

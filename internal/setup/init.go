@@ -25,6 +25,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/ddl"
+	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/topology"
@@ -72,6 +73,21 @@ type Report struct {
 // same node: pgoutput looks it up as of each decoded change.
 func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, error) {
 	rep := &Report{Findings: []check.Finding{}, Actions: []Action{}, Notes: []string{}}
+	act := func(node, format string, args ...any) {
+		a := Action{Node: node, Action: fmt.Sprintf(format, args...)}
+		log.Debug("init", "node", node, "action", a.Action)
+		rep.Actions = append(rep.Actions, a)
+	}
+	// A node with an admin_dsn gets its grants before the preflight checks
+	// them.
+	for _, n := range cfg.Nodes {
+		if n.AdminDSN == "" {
+			continue
+		}
+		if err := adminGrants(ctx, cfg, n, act); err != nil {
+			return rep, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
 	fs, err := check.Preflight(ctx, cfg)
 	rep.Findings = append(rep.Findings, fs...)
 	if err != nil {
@@ -94,21 +110,40 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 		}
 		conns[n.Name] = c
 	}
-	act := func(node, format string, args ...any) {
-		a := Action{Node: node, Action: fmt.Sprintf(format, args...)}
-		log.Debug("init", "node", node, "action", a.Action)
-		rep.Actions = append(rep.Actions, a)
-	}
 
+	// A node that joined with node add has announced what it holds; the
+	// initial "every peer has seen these rows" is for nodes set up
+	// together. One that is copying or leaving is node add's or node
+	// remove's to finish.
+	joined := map[string]bool{}
 	for _, n := range cfg.Nodes {
-		if err := convergeNode(ctx, cfg, n.Name, conns[n.Name], act); err != nil {
+		st, err := joinstate.Read(ctx, conns[n.Name])
+		if err != nil {
 			return rep, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		if st != nil && !joinstate.LinksAllowed(st.State) {
+			return rep, fmt.Errorf("node %s is %s: let pgmesh node add or node remove finish first", n.Name, st.State)
+		}
+		joined[n.Name] = st != nil
+	}
+	for _, n := range cfg.Nodes {
+		if err := ConvergeNode(ctx, cfg, n.Name, conns[n.Name], !joined[n.Name], act); err != nil {
+			return rep, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	for _, n := range cfg.Nodes {
+		script, err := ensureCapture(ctx, cfg, n, conns[n.Name], act)
+		if err != nil {
+			return rep, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		if script != "" {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("DDL capture is off on %s until a superuser runs there (ddl.capture: auto; or set ddl.capture: manual and use pgmesh ddl):\n%s", n.Name, script))
 		}
 	}
 	links := topology.FullMesh(cfg.NodeNames())
 	slotsCreated := false
 	for _, l := range links {
-		created, err := ensureSlot(ctx, conns[l.Up], l.Slot())
+		created, err := EnsureSlot(ctx, conns[l.Up], l.Slot())
 		if err != nil {
 			return rep, fmt.Errorf("node %s: link %s: %w", l.Up, l.Name(), err)
 		}
@@ -132,9 +167,12 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 	return rep, nil
 }
 
-// convergeNode migrates the pgmesh schema, records the node's identity and
-// converges the publication.
-func convergeNode(ctx context.Context, cfg *config.Config, node string, conn *pgx.Conn, act func(node, format string, args ...any)) error {
+// ConvergeNode migrates the pgmesh schema, records the node's identity and
+// converges the DDL machinery, conflict setup and publication. seedSeen
+// records the node's existing rows as seen by every peer, which is true
+// only when all nodes start with identical tables (init); a node that joins
+// a running mesh announces what it holds instead.
+func ConvergeNode(ctx context.Context, cfg *config.Config, node string, conn *pgx.Conn, seedSeen bool, act func(node, format string, args ...any)) error {
 	applied, err := Migrate(ctx, conn)
 	if err != nil {
 		return err
@@ -163,7 +201,7 @@ WHERE (local_node.cluster, local_node.name) IS DISTINCT FROM (excluded.cluster, 
 	if err != nil {
 		return err
 	}
-	if err := ensureConflictSetup(ctx, conn, node, cfg.NodeNames(), tables, act); err != nil {
+	if err := ensureConflictSetup(ctx, conn, node, cfg.NodeNames(), tables, seedSeen, act); err != nil {
 		return err
 	}
 	return ensurePublication(ctx, conn, node, tables, act)
@@ -172,7 +210,7 @@ WHERE (local_node.cluster, local_node.name) IS DISTINCT FROM (excluded.cluster, 
 // ensureConflictSetup gives conflict resolution what it needs on a node:
 // pgmesh.node ranked in config order (the tiebreak) and the tombstone
 // trigger on every replicated table with a key, each only when it differs.
-func ensureConflictSetup(ctx context.Context, conn *pgx.Conn, node string, names []string, tables []pg.Table, act func(node, format string, args ...any)) error {
+func ensureConflictSetup(ctx context.Context, conn *pgx.Conn, node string, names []string, tables []pg.Table, seedSeen bool, act func(node, format string, args ...any)) error {
 	var have []string
 	if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(name ORDER BY rank), '{}') FROM pgmesh.node").Scan(&have); err != nil {
 		return fmt.Errorf("read pgmesh.node: %w", err)
@@ -183,58 +221,33 @@ func ensureConflictSetup(ctx context.Context, conn *pgx.Conn, node string, names
 		}
 		act(node, "set node ranks %s", strings.Join(names, ", "))
 	}
-	// Init expects the replicated tables to be identical on every node
-	// (DataNote): each peer holds the same rows as this node's, so it has
-	// in effect seen them, and its first changes to them are no conflict.
-	// Recorded once, at the first init: later the peers' seen messages say
-	// what they have applied.
-	tag, err := conn.Exec(ctx, `
+	if seedSeen {
+		// Init expects the replicated tables to be identical on every node
+		// (DataNote): each peer holds the same rows as this node's, so it
+		// has in effect seen them, and its first changes to them are no
+		// conflict. Recorded once, at the first init: later the peers'
+		// seen messages say what they have applied.
+		tag, err := conn.Exec(ctx, `
 INSERT INTO pgmesh.peer_seen (peer, origin, seen_until)
 SELECT p, $2, now() FROM unnest($1::text[]) p WHERE p <> $2
 ON CONFLICT (peer, origin) DO NOTHING`, names, node)
+		if err != nil {
+			return fmt.Errorf("record the initial rows as seen by the peers: %w", err)
+		}
+		if tag.RowsAffected() > 0 {
+			act(node, "recorded the existing rows as seen by %d peers", tag.RowsAffected())
+		}
+	}
+	// The tombstone triggers are (re)installed where they are missing or
+	// have other arguments (the table's name and key columns).
+	changed, err := conflict.InstallTriggers(ctx, conn, tables)
 	if err != nil {
-		return fmt.Errorf("record the initial rows as seen by the peers: %w", err)
-	}
-	if tag.RowsAffected() > 0 {
-		act(node, "recorded the existing rows as seen by %d peers", tag.RowsAffected())
-	}
-	// The trigger's arguments are the table's name and key columns; it is
-	// (re)installed where it is missing or has other arguments.
-	rows, err := conn.Query(ctx, `
-SELECT n.nspname || '.' || c.relname, t.tgargs
-  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE t.tgname = $1 AND t.tgparentid = 0`, conflict.TriggerName)
-	if err != nil {
-		return fmt.Errorf("read tombstone triggers: %w", err)
-	}
-	installed := map[string]string{}
-	for rows.Next() {
-		var rel string
-		var args []byte
-		if err := rows.Scan(&rel, &args); err != nil {
-			return fmt.Errorf("read tombstone triggers: %w", err)
-		}
-		installed[rel] = string(args)
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read tombstone triggers: %w", err)
-	}
-	var missing []pg.Table
-	for _, t := range tables {
-		if len(t.KeyColumns) == 0 {
-			continue
-		}
-		// tgargs: each argument NUL-terminated.
-		want := t.QualifiedName() + "\x00" + strings.Join(t.KeyColumns, "\x00") + "\x00"
-		if installed[t.QualifiedName()] != want {
-			missing = append(missing, t)
-		}
-	}
-	if err := conflict.InstallTriggers(ctx, conn, missing); err != nil {
 		return err
 	}
-	for _, t := range missing {
-		act(node, "installed tombstone trigger on %s", t.QualifiedName())
+	for _, t := range tables {
+		if names := changed[t.QualifiedName()]; len(names) > 0 {
+			act(node, "installed tombstone triggers on %s: %s", t.QualifiedName(), strings.Join(names, ", "))
+		}
 	}
 	return nil
 }
@@ -346,9 +359,9 @@ func describeChange(have, want []string) string {
 	return fmt.Sprintf("%d tables (%s)", len(want), strings.Join(parts, "; "))
 }
 
-// ensureSlot creates the logical slot on conn's node unless it exists; an
+// EnsureSlot creates the logical slot on conn's node unless it exists; an
 // existing slot must be a pgoutput slot of the same database.
-func ensureSlot(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
+func EnsureSlot(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
 	for attempt := 0; ; attempt++ {
 		err := verifySlot(ctx, conn, slot)
 		if !errors.Is(err, pgx.ErrNoRows) {
@@ -386,6 +399,24 @@ func verifySlot(ctx context.Context, conn *pgx.Conn, slot string) error {
 	return fmt.Errorf("slot %s exists but is a %s slot (plugin %s, database %s), not a pgoutput slot of database %s; "+
 		"if nothing uses it, drop it with SELECT pg_drop_replication_slot(%s); and run init again",
 		slot, kind, orNone(plugin), orNone(database), current, pg.QuoteLiteral(slot))
+}
+
+// EnsureOrigin creates the replication origin unless it exists.
+func EnsureOrigin(ctx context.Context, conn *pgx.Conn, origin string) (bool, error) {
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT pg_replication_origin_oid($1) IS NOT NULL", origin).Scan(&exists); err != nil {
+		return false, fmt.Errorf("read origin %s: %w", origin, err)
+	}
+	if exists {
+		return false, nil
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_replication_origin_create($1)", origin); err != nil {
+		if isCode(err, "23505") { // a concurrent init created it
+			return false, nil
+		}
+		return false, fmt.Errorf("create origin %s: %w", origin, err)
+	}
+	return true, nil
 }
 
 func isCode(err error, code string) bool {

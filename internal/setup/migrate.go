@@ -43,6 +43,9 @@ func Migrate(ctx context.Context, conn *pgx.Conn) (applied []string, err error) 
 			applied = append(applied, m.Name)
 		}
 	}
+	if err := lockDown(ctx, conn); err != nil {
+		return applied, err
+	}
 	// A database migrated by a newer pgmesh has tables this binary does not
 	// know how to keep consistent.
 	var newest int
@@ -88,4 +91,44 @@ func migrateOne(ctx context.Context, conn *pgx.Conn, m migrations.Migration) (bo
 		return false, fmt.Errorf("commit: %w", err)
 	}
 	return true, nil
+}
+
+// PublicFunctions are the only functions of schema pgmesh that every role
+// may execute: SECURITY DEFINER functions with one narrow job that
+// application sessions call (see sql/0006_security.sql). Functions that
+// only triggers call (the tombstone and DDL capture triggers) need no
+// EXECUTE privilege to fire.
+var PublicFunctions = []string{"pgmesh.snowflake_nextval(regclass)"}
+
+// lockDown revokes from PUBLIC every privilege on schema pgmesh and EXECUTE
+// on each of its functions but PublicFunctions. PostgreSQL grants EXECUTE to
+// PUBLIC on every new function, and a per-schema default cannot take a
+// global default back, so it runs after every migration.
+func lockDown(ctx context.Context, conn *pgx.Conn) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	// Two concurrent GRANTs on one object fail ("tuple concurrently
+	// updated"): the migration lock serialises concurrent inits.
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrateLockKey); err != nil {
+		return fmt.Errorf("lock: %w", err)
+	}
+	stmts := []string{
+		"REVOKE ALL ON SCHEMA pgmesh FROM PUBLIC",
+		"REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA pgmesh FROM PUBLIC",
+	}
+	for _, f := range PublicFunctions {
+		stmts = append(stmts, "GRANT EXECUTE ON FUNCTION "+f+" TO PUBLIC")
+	}
+	for _, s := range stmts {
+		if _, err := tx.Exec(ctx, s); err != nil {
+			return fmt.Errorf("restrict schema pgmesh: %s: %w", s, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("restrict schema pgmesh: commit: %w", err)
+	}
+	return nil
 }

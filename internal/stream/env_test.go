@@ -22,10 +22,14 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	se := sandboxtest.New(t, 1)
-	return &env{DB: se.DB, DSN: se.DSNs[0], Major: se.Major(), admin: se.Conn(t, 0)}
+	// The tests set up publications FOR ALL TABLES and the like: a
+	// superuser's work. Streams run as pgmesh's role (se.DSNs).
+	e := &env{DB: se.DB, DSN: se.DSNs[0], Major: se.Major(), admin: se.Admin(t, 0)}
+	e.Exec(t, "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO pgmesh")
+	return e
 }
 
-// Conn opens another ordinary connection, closed at cleanup.
+// Conn opens another connection as pgmesh's role, closed at cleanup.
 func (e *env) Conn(t testing.TB) *pgx.Conn {
 	t.Helper()
 	c, err := pgx.Connect(context.Background(), e.DSN)

@@ -253,15 +253,15 @@ func (r *receiver) status(ctx context.Context) error {
 	return nil
 }
 
-// caughtUp tells whether every transaction received so far has been handled
-// and its effect is durable downstream (flush is the durable position). Then,
-// as the native apply worker does, the last received position may be
-// confirmed: without it a link whose upstream writes only WAL that is not
-// replicated (other databases, transactions dropped by origin, pgmesh's
-// own bookkeeping) would never advance its slot, and the upstream would keep
-// that WAL forever. It is safe because a transaction not yet received
-// commits after the received position, so the upstream sends it again after
-// a restart.
+// caughtUp tells whether every transaction and message received so far has
+// been handled and its effect is durable downstream (flush is the durable
+// position). Then, as the native apply worker does, the last received
+// position may be confirmed: without it a link whose upstream writes only
+// WAL that is not replicated (other databases, transactions dropped by
+// origin, pgmesh's own bookkeeping) would never advance its slot, and the
+// upstream would keep that WAL forever. It is safe because a transaction
+// not yet received commits after the received position, so the upstream
+// sends it again after a restart.
 func (r *receiver) caughtUp(flush LSN) bool {
 	return r.consumer.processed.Load() == r.pushed &&
 		!r.consumer.busy.Load() &&
@@ -301,7 +301,10 @@ type consumer struct {
 type consumerProgress struct {
 	processed atomic.Uint64 // items fully handled
 	busy      atomic.Bool   // inside a transaction
-	needFlush atomic.Uint64 // EndLSN of the last transaction handed to the Handler
+	// needFlush is the EndLSN of the last transaction, or the LSN of the
+	// last non-transactional message, handed to the Handler: the position
+	// Flushed must reach before anything received may be confirmed.
+	needFlush atomic.Uint64
 }
 
 func (c *consumer) run(ctx context.Context, p *pipe) error {
@@ -311,11 +314,17 @@ func (c *consumer) run(ctx context.Context, p *pipe) error {
 			if err := c.h.Idle(ctx); err != nil {
 				return fmt.Errorf("handler idle: %w", err)
 			}
+			// Idle again every StatusInterval while nothing arrives: the
+			// Handler may save late what it kept (see Handler).
+			t := time.NewTimer(c.o.StatusInterval)
 			select {
 			case <-p.ready:
+			case <-t.C:
 			case <-ctx.Done():
+				t.Stop()
 				return ctx.Err()
 			}
+			t.Stop()
 			continue
 		}
 		if err := c.process(ctx, it); err != nil {
@@ -411,6 +420,10 @@ func (c *consumer) message(ctx context.Context, m Message) error {
 		if err := c.h.Message(ctx, m); err != nil {
 			return fmt.Errorf("handler message %q at %s: %w", m.Prefix, m.LSN, err)
 		}
+		// Confirming the message before the Handler has made what it says
+		// durable would lose it in a restart: the upstream does not send
+		// it again.
+		c.progress.needFlush.Store(max(c.progress.needFlush.Load(), uint64(m.LSN)))
 		return nil
 	}
 	switch c.state {

@@ -35,9 +35,10 @@ type recorder struct {
 	// onChange, when set, runs for each change (outside the lock).
 	onChange func(*Change)
 	// quiet records only Begin/Commit, not each change.
-	quiet   bool
-	changes int
-	idles   int
+	quiet       bool
+	changes     int
+	idles       int
+	lastMessage Message
 }
 
 func newRecorder() *recorder {
@@ -76,6 +77,7 @@ func (r *recorder) Change(_ context.Context, c *Change) error {
 func (r *recorder) Message(_ context.Context, m Message) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.lastMessage = m
 	tx := ""
 	if m.Transactional {
 		tx = "tx "
@@ -636,6 +638,61 @@ func TestFeedbackConfirmsUnpublishedWAL(t *testing.T) {
 	for slotConfirmed(t, e, "s") <= end {
 		if time.Now().After(deadline) {
 			t.Fatalf("slot stuck at %s although everything delivered is durable (WAL at %s)", slotConfirmed(t, e, "s"), walAfterDDL)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stopCanceled(t, r)
+}
+
+// TestFeedbackHoldsUnsavedMessages: a non-transactional message is not
+// confirmed to the upstream, even by an idle stream that has handled
+// everything, until Flushed has passed it: what the Handler keeps of it
+// must survive a restart, as the upstream does not send it again.
+func TestFeedbackHoldsUnsavedMessages(t *testing.T) {
+	e := newEnv(t)
+	e.Exec(t, schema)
+	createSlot(t, e, "s")
+	e.Exec(t, "INSERT INTO t VALUES (1, 'a', NULL)")
+	var msgLSN string
+	if err := e.admin.QueryRow(context.Background(), "SELECT pg_logical_emit_message(false, 'p', 'claim')::text").Scan(&msgLSN); err != nil {
+		t.Fatal(err)
+	}
+	var flushed atomic.Uint64
+	var calls atomic.Int64
+	rec := newRecorder()
+	r := start(t, e, Options{Slot: "s", StatusInterval: 20 * time.Millisecond}, rec, func(context.Context) (LSN, error) {
+		calls.Add(1)
+		return LSN(flushed.Load()), nil
+	})
+	rec.waitCommits(t, r, 1)
+	end := rec.commits[0].EndLSN
+	flushed.Store(uint64(end))
+	deadline := time.Now().Add(waitLimit)
+	for !slices.Contains(rec.snapshot(), "MESSAGE p claim") {
+		if time.Now().After(deadline) {
+			t.Fatalf("message not delivered: %v", rec.snapshot())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var m Message
+	rec.mu.Lock()
+	m = rec.lastMessage
+	rec.mu.Unlock()
+	if m.LSN.String() != msgLSN {
+		t.Fatalf("message LSN %s, pg_logical_emit_message returned %s", m.LSN, msgLSN)
+	}
+	waitConfirmed(t, e, "s", end)
+	// Several status rounds while idle: the slot stays before the message.
+	for n := calls.Load() + 5; calls.Load() < n; {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := slotConfirmed(t, e, "s"); got >= m.LSN {
+		t.Fatalf("confirmed %s, past the message at %s that the Handler has not saved", got, m.LSN)
+	}
+	flushed.Store(uint64(m.LSN))
+	for slotConfirmed(t, e, "s") < m.LSN {
+		if time.Now().After(deadline) {
+			t.Fatalf("slot stuck at %s although the message at %s is saved", slotConfirmed(t, e, "s"), m.LSN)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

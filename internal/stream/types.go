@@ -95,14 +95,24 @@ type Commit struct {
 // Message is a logical decoding message (pg_logical_emit_message).
 type Message struct {
 	Transactional bool
-	LSN           LSN
-	Prefix        string
-	Content       []byte
+	// LSN is the end of the message's WAL record: a stream resumed at it
+	// does not send the message again.
+	LSN     LSN
+	Prefix  string
+	Content []byte
 }
 
 // Handler consumes a stream. Calls come from one goroutine, in stream order:
 // Begin, then Change/Message*, then Commit. Non-transactional messages may
 // arrive between transactions. Any error ends Run with that error.
+//
+// The upstream is told it may forget a transaction once Flushed has reached
+// its EndLSN, and a non-transactional message once Flushed has reached the
+// message's LSN; until then nothing received after them is confirmed
+// either. A Handler that keeps what a message says makes it durable before
+// its flushed position passes the message (the Applier saves both with the
+// next transaction, or in one of their own when the link stays idle): a
+// restart then resumes after the message, or else receives it again.
 type Handler interface {
 	Begin(ctx context.Context, b Begin) error
 	Change(ctx context.Context, c *Change) error
@@ -110,6 +120,6 @@ type Handler interface {
 	Commit(ctx context.Context, c Commit) error
 	// Idle is called when no message is waiting to be processed, so that a
 	// pipelining handler can send what it has queued instead of waiting for
-	// more.
+	// more, and again every StatusInterval while none arrives.
 	Idle(ctx context.Context) error
 }

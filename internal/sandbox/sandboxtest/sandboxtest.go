@@ -219,13 +219,20 @@ func shared(t testing.TB) *sandbox.Cluster {
 	return servers
 }
 
-// Env is a fresh database named after the test on each of the first n servers.
+// Env is a fresh database named after the test on each of the first n
+// servers, with the sandbox's roles (internal/sandbox: Pgmesh, Owner, App,
+// Admin) set up in it as production would have them.
 type Env struct {
-	Cluster    *sandbox.Cluster
-	DB         string         // database name (same on every node)
-	DSNs       []string       // per node, index 0 = n1
-	Config     *config.Config // nodes n1..nN on these databases, replicate.schemas [public]
-	ConfigPath string         // the same config written to a file in t.TempDir()
+	Cluster *sandbox.Cluster
+	DB      string // database name (same on every node)
+	// DSNs connect as pgmesh's role (not a superuser), per node, index 0 =
+	// n1: the nodes' dsn in Config.
+	DSNs []string
+	// Config names nodes n1..nN on these databases (replicate.schemas
+	// [public]), each with its superuser admin_dsn, which `pgmesh init`
+	// uses for the DDL capture event triggers only.
+	Config     *config.Config
+	ConfigPath string // the same config written to a file in t.TempDir()
 
 	mu    sync.Mutex
 	conns []*pgx.Conn // Exec's connections, per node, opened on first use
@@ -251,19 +258,21 @@ func New(t testing.TB, n int) *Env {
 		}
 	})
 	t.Cleanup(e.closeConns)
+	var admins []string
 	for _, node := range nodes {
-		if err := admin(c, node, func(ctx context.Context, conn *pgx.Conn) error {
-			_, err := conn.Exec(ctx, "CREATE DATABASE "+pg.Ident(e.DB))
-			return err
-		}); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		err := c.CreateDB(ctx, node.Name, e.DB)
+		cancel()
+		if err != nil {
 			t.Fatalf("sandboxtest: create database %s: %v", e.DB, err)
 		}
-		e.DSNs = append(e.DSNs, c.DSN(node.Name, e.DB))
+		e.DSNs = append(e.DSNs, c.DSNAs(node.Name, e.DB, sandbox.Pgmesh))
+		admins = append(admins, c.DSNAs(node.Name, e.DB, sandbox.Admin))
 	}
 	e.ConfigPath = filepath.Join(t.TempDir(), "pgmesh.yaml")
 	var yaml []byte
-	e.Config, yaml = buildConfig(e.ConfigPath, e.DSNs)
-	if err := os.WriteFile(e.ConfigPath, yaml, 0o644); err != nil {
+	e.Config, yaml = buildConfig(e.ConfigPath, e.DSNs, admins)
+	if err := os.WriteFile(e.ConfigPath, yaml, 0o600); err != nil {
 		t.Fatalf("sandboxtest: %v", err)
 	}
 	return e
@@ -271,7 +280,7 @@ func New(t testing.TB, n int) *Env {
 
 // buildConfig returns the test config of a cluster on dsns (nodes n1..nN)
 // and the pgmesh.yaml text that says the same.
-func buildConfig(path string, dsns []string) (*config.Config, []byte) {
+func buildConfig(path string, dsns, admins []string) (*config.Config, []byte) {
 	cfg := &config.Config{
 		Path:      path,
 		Cluster:   "test",
@@ -291,9 +300,9 @@ func buildConfig(path string, dsns []string) (*config.Config, []byte) {
 	line := 3 // of the first "- name:"
 	for i, dsn := range dsns {
 		name := fmt.Sprintf("n%d", i+1)
-		cfg.Nodes = append(cfg.Nodes, config.Node{Name: name, DSN: dsn, ID: i + 1, Line: line})
-		fmt.Fprintf(&b, "  - name: %s\n    dsn: %q\n", name, dsn)
-		line += 2
+		cfg.Nodes = append(cfg.Nodes, config.Node{Name: name, DSN: dsn, AdminDSN: admins[i], ID: i + 1, Line: line})
+		fmt.Fprintf(&b, "  - name: %s\n    dsn: %q\n    admin_dsn: %q\n", name, dsn, admins[i])
+		line += 3
 	}
 	b.WriteString(`replicate:
   schemas: [public]
@@ -333,7 +342,7 @@ func dbName(test string, serial int64) string {
 func admin(c *sandbox.Cluster, node *sandbox.Node, f func(context.Context, *pgx.Conn) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	conn, err := pg.Connect(ctx, node.Name, c.DSN(node.Name, "postgres"), "pgmesh-sandboxtest")
+	conn, err := c.AdminConn(ctx, node.Name, "postgres")
 	if err != nil {
 		return err
 	}
@@ -406,11 +415,79 @@ func dropDB(c *sandbox.Cluster, node *sandbox.Node, db string) error {
 	})
 }
 
-// Conn opens a connection to the test database on node (0-based), closed
-// at cleanup.
+// Conn opens a connection to the test database on node (0-based) as the
+// role that owns the application's tables and runs its DDL
+// (sandbox.Owner), closed at cleanup.
 func (e *Env) Conn(t testing.TB, node int) *pgx.Conn {
 	t.Helper()
-	conn, err := e.connect(node)
+	return e.ConnAs(t, node, sandbox.Owner)
+}
+
+// App opens a connection as an application role (sandbox.App): ordinary
+// table privileges, nothing on schema pgmesh.
+func (e *Env) App(t testing.TB, node int) *pgx.Conn {
+	t.Helper()
+	return e.ConnAs(t, node, sandbox.App)
+}
+
+// Pgmesh opens a connection as pgmesh's role, which reads and writes schema
+// pgmesh; like every pgmesh session its search_path is pg.SearchPath.
+func (e *Env) Pgmesh(t testing.TB, node int) *pgx.Conn {
+	t.Helper()
+	return e.ConnAs(t, node, sandbox.Pgmesh)
+}
+
+// Inspect opens a connection for a test's assertions: pgmesh's role (it
+// reads schema pgmesh and, as a member of the owner, every table) with
+// public on its search_path, for the test's unqualified table names.
+func (e *Env) Inspect(t testing.TB, node int) *pgx.Conn {
+	t.Helper()
+	conn := e.ConnAs(t, node, sandbox.Pgmesh)
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	if _, err := conn.Exec(ctx, "SET search_path = public"); err != nil {
+		t.Fatalf("sandboxtest: n%d: %v", node+1, err)
+	}
+	return conn
+}
+
+// Admin opens a superuser connection to the test database on node: for
+// what a DBA does (and for inspecting what no other role may read).
+func (e *Env) Admin(t testing.TB, node int) *pgx.Conn {
+	t.Helper()
+	return e.ConnAs(t, node, sandbox.Admin)
+}
+
+// AdminExec runs sql as a superuser on the test database of node (0-based)
+// and fails the test on error: what a DBA does (ALTER DATABASE … SET,
+// ALTER ROLE, ALTER SYSTEM).
+func (e *Env) AdminExec(t testing.TB, node int, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	conn, err := e.connect(node, sandbox.Admin)
+	if err != nil {
+		t.Fatalf("sandboxtest: %v", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("sandboxtest: n%d (as a superuser): %s: %v", node+1, sql, err)
+	}
+}
+
+// DSNAs is the DSN of the test database on node (0-based) for role.
+func (e *Env) DSNAs(node int, role sandbox.Role) string {
+	if node < 0 || node >= len(e.DSNs) {
+		return ""
+	}
+	return e.Cluster.DSNAs(e.Cluster.Nodes[node].Name, e.DB, role)
+}
+
+// ConnAs opens a connection to the test database on node as role, closed at
+// cleanup.
+func (e *Env) ConnAs(t testing.TB, node int, role sandbox.Role) *pgx.Conn {
+	t.Helper()
+	conn, err := e.connect(node, role)
 	if err != nil {
 		t.Fatalf("sandboxtest: %v", err)
 	}
@@ -418,21 +495,49 @@ func (e *Env) Conn(t testing.TB, node int) *pgx.Conn {
 	return conn
 }
 
-func (e *Env) connect(node int) (*pgx.Conn, error) {
+func (e *Env) connect(node int, role sandbox.Role) (*pgx.Conn, error) {
 	if node < 0 || node >= len(e.DSNs) {
 		return nil, fmt.Errorf("node index %d: the env has %d nodes", node, len(e.DSNs))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	return pg.Connect(ctx, fmt.Sprintf("n%d", node+1), e.DSNs[node], "pgmesh-test")
+	name := fmt.Sprintf("n%d", node+1)
+	if role == sandbox.Pgmesh {
+		return pg.Connect(ctx, name, e.DSNAs(node, role), "pgmesh-test")
+	}
+	return pg.ConnectUser(ctx, name, e.DSNAs(node, role), "pgmesh-test")
 }
 
-// Exec runs sql on the test database of node (0-based) and fails the test
-// on error. Without args, sql may hold several statements.
+// Exec runs sql as the table owner (sandbox.Owner) on the test database of
+// node (0-based) and fails the test on error. Without args, sql may hold
+// several statements.
 func (e *Env) Exec(t testing.TB, node int, sql string, args ...any) {
 	t.Helper()
 	if err := e.exec(node, sql, args...); err != nil {
 		t.Fatalf("sandboxtest: n%d: %s: %v", node+1, sql, err)
+	}
+}
+
+// ExecUncaptured runs sql as the table owner on node (0-based) without DDL
+// capture, as a node where capture is off would: in a session of pgmesh's
+// role (the only kind in which pgmesh.in_ddl counts) that sets the role to
+// the owner.
+func (e *Env) ExecUncaptured(t testing.TB, node int, sql string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	conn := e.Pgmesh(t, node)
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		for _, q := range []string{"SET LOCAL pgmesh.in_ddl = on", "SET LOCAL ROLE " + pg.Ident(string(sandbox.Owner)),
+			`SET LOCAL search_path = "$user", public`, sql} {
+			if _, err := tx.Exec(ctx, q); err != nil {
+				return fmt.Errorf("%s: %w", q, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("sandboxtest: n%d: %v", node+1, err)
 	}
 }
 
@@ -443,7 +548,7 @@ func (e *Env) exec(node int, sql string, args ...any) error {
 		return fmt.Errorf("node index %d: the env has %d nodes", node, len(e.conns))
 	}
 	if e.conns[node] == nil || e.conns[node].IsClosed() {
-		conn, err := e.connect(node)
+		conn, err := e.connect(node, sandbox.Owner)
 		if err != nil {
 			return err
 		}

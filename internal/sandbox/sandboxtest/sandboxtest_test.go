@@ -78,8 +78,11 @@ func TestCleanup(t *testing.T) {
 	t.Run("mess", func(t *testing.T) {
 		e := New(t, 2)
 		env = e
-		e.Exec(t, 0, "SELECT pg_create_logical_replication_slot('pgmesh_n1_n2', 'test_decoding')")
-		e.Exec(t, 1, "SELECT pg_create_logical_replication_slot('pgmesh_n2_n1', 'test_decoding')")
+		for i, slot := range []string{"pgmesh_n1_n2", "pgmesh_n2_n1"} {
+			if _, err := e.Pgmesh(t, i).Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'test_decoding')", slot); err != nil {
+				t.Fatal(err)
+			}
+		}
 		// A replication client still streaming from n1's slot, like an
 		// agent that outlives its test.
 		rc, err := pg.ConnectReplication(ctx, "n1", e.DSNs[0], "leak")

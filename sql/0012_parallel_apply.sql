@@ -1,4 +1,4 @@
--- 0010_parallel_apply: the ordering of a link's parallel apply sessions
+-- 0012_parallel_apply: the ordering of a link's parallel apply sessions
 -- (internal/apply, order.go).
 --
 -- A link applies remote transactions on several connections at once, each

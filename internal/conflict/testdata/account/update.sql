@@ -1,0 +1,18 @@
+WITH written AS (
+ UPDATE "public"."account" pgmesh_t
+    SET "id" = $5::text::uuid,
+        "tenant" = $6::text::integer,
+        "login" = $7::text,
+        "email" = $8::text
+  WHERE pgmesh_t."id" = $4::text::uuid
+    AND (coalesce((pg_catalog.pg_xact_commit_timestamp_origin(pgmesh_t.xmin)).roident, pg_catalog.pg_replication_origin_oid('pgmesh_' || $2::text)) = pg_catalog.pg_replication_origin_oid('pgmesh_' || $2::text)
+         OR pgmesh.change_applies(pgmesh_t.xmin, $1::text::timestamptz, $2::text, true))
+    AND ($8::text IS NULL OR (pgmesh_t."email" = $8::text))
+    AND ($6::text::integer IS NULL OR $7::text IS NULL OR (pgmesh_t."tenant" = $6::text::integer AND pgmesh_t."login" = $7::text))
+    AND ((pgmesh_t."id" = $5::text::uuid))
+ RETURNING 1)
+SELECT (r.verdict).kind, (r.verdict).resolution
+  FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
+                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.account' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::uuid AS "id") x))::text, 0))) THEN NULL
+                    ELSE pgmesh.resolve_change('pgmesh_full_1ad9978c0c1b0312e2f29747', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text]) END AS verdict
+         OFFSET 0) r

@@ -1,0 +1,133 @@
+WITH local_row AS MATERIALIZED (
+ SELECT true AS found, locked.img, locked.tid, locked.toid,
+        ct."timestamp" AS commit_time, pgmesh.origin_node(ct.roident) AS node
+   FROM (SELECT pgmesh_l AS img, pgmesh_l.xmin, pgmesh_l.ctid AS tid, pgmesh_l.tableoid AS toid
+           FROM "public"."line" pgmesh_l
+          WHERE pgmesh_l."order_id" = $4::bigint AND pgmesh_l."line_no" = $5::integer
+          FOR UPDATE OF pgmesh_l) locked,
+        LATERAL pg_catalog.pg_xact_commit_timestamp_origin(locked.xmin) ct),
+key_json AS MATERIALIZED (SELECT (SELECT to_jsonb(x) FROM (SELECT $4::bigint AS "order_id", $5::integer AS "line_no") x) AS key),
+local_state AS MATERIALIZED (
+ SELECT coalesce(l.found, false) AS present, coalesce(tb.found, false) AS tomb, l.img, l.tid, l.toid,
+        CASE WHEN l.found THEN l.commit_time ELSE tb.deleted_at END AS state_time,
+        CASE WHEN l.found THEN l.node ELSE tb.node END AS state_node
+   FROM (VALUES (1)) one (x)
+   LEFT JOIN local_row l ON true
+   LEFT JOIN LATERAL (SELECT true AS found, pgmesh.tombstone_time(z.deleted_at, z.xid) AS deleted_at, z.node
+                        FROM pgmesh.tombstone z
+                       WHERE l.found IS NULL AND z.table_name = 'public.line' AND z.key IN ((SELECT k.key FROM key_json k), '{}'::jsonb)
+                         AND (z.key <> '{}'::jsonb OR NOT pgmesh.orders_after($1::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
+                       ORDER BY pgmesh.tombstone_time(z.deleted_at, z.xid) DESC NULLS LAST
+                       LIMIT 1) tb ON true
+  WHERE l.found OR NOT EXISTS (SELECT FROM "public"."line" pgmesh_g WHERE pgmesh_g."order_id" = $4::bigint AND pgmesh_g."line_no" = $5::integer)),
+compared AS MATERIALIZED (
+ SELECT s.present, s.tomb, s.state_time, s.state_node,
+        coalesce(s.state_node = $2::text, false) AS same,
+        pgmesh.orders_after($1::timestamptz, $2::text, s.state_time, s.state_node) AS newer
+   FROM local_state s),
+seen_by_remote AS MATERIALIZED (
+ SELECT c.*,
+        c.state_time IS NOT NULL AND NOT c.same AND NOT pgmesh.had_seen($2::text, c.state_node, c.state_time) AS unseen,
+        NOT c.present AND NOT c.tomb
+        AND EXISTS (SELECT FROM pgmesh.peer_seen r
+                     WHERE r.peer = $2::text AND r.origin IS DISTINCT FROM (SELECT ln.name FROM pgmesh.local_node ln)
+                       AND NOT pgmesh.had_seen((SELECT ln.name FROM pgmesh.local_node ln), r.origin, r.seen_until)) AS inflight
+   FROM compared c),
+causality AS MATERIALIZED (
+ SELECT s.present, s.tomb, s.state_time, s.state_node, s.same, s.newer, s.inflight,
+        s.unseen AND NOT s.superseded AS concurrent, s.superseded
+   FROM (SELECT s.*,
+                s.unseen AND s.state_node IS DISTINCT FROM (SELECT ln.name FROM pgmesh.local_node ln)
+                AND pgmesh.had_seen(s.state_node, $2::text, $1::timestamptz) AS superseded
+           FROM seen_by_remote s) s),
+judgement AS MATERIALIZED (
+ SELECT c.*,
+        CASE WHEN c.present THEN 'present' WHEN c.tomb AND NOT c.same THEN 'tomb' ELSE 'absent' END AS state,
+        CASE WHEN c.present THEN (CASE WHEN c.same OR c.state_time IS NULL THEN true WHEN c.concurrent THEN c.newer WHEN c.superseded THEN c.newer ELSE c.newer END)
+             WHEN c.tomb AND NOT c.same THEN (CASE WHEN c.same OR c.state_time IS NULL THEN true WHEN c.concurrent THEN c.newer WHEN c.superseded THEN c.newer ELSE c.newer END)
+             ELSE true END AS wins
+   FROM causality c),
+decision AS MATERIALIZED (
+ SELECT j.*,
+        CASE j.state WHEN 'present' THEN j.wins ELSE j.wins AND true END AS applies,
+        CASE j.state WHEN 'present' THEN CASE WHEN j.concurrent OR NOT (j.wins OR j.superseded) THEN 'update_origin_differs' END
+                     WHEN 'tomb' THEN CASE WHEN j.concurrent OR NOT (j.wins OR j.superseded) THEN 'update_deleted' END
+                     ELSE CASE WHEN NOT (j.inflight AND true) THEN 'update_missing' END END AS kind,
+        j.concurrent OR j.state = 'absent' AS loss_is_concurrent,
+        false AS raises
+   FROM judgement j),
+unique_holders AS MATERIALIZED (
+ SELECT locked.img, locked.tid, locked.toid,
+        ct."timestamp" AS commit_time, pgmesh.origin_node(ct.roident) AS node
+   FROM (SELECT pgmesh_u AS img, pgmesh_u.xmin, pgmesh_u.ctid AS tid, pgmesh_u.tableoid AS toid
+           FROM "public"."line" pgmesh_u
+          WHERE (SELECT d.applies FROM decision d)
+            AND ((pgmesh_u."order_id" = $6::bigint AND pgmesh_u."line_no" = $7::integer))
+            AND NOT (pgmesh_u."order_id" = $4::bigint AND pgmesh_u."line_no" = $5::integer)
+          FOR UPDATE OF pgmesh_u) locked,
+        LATERAL pg_catalog.pg_xact_commit_timestamp_origin(locked.xmin) ct),
+unique_verdict AS MATERIALIZED (
+ SELECT count(*) > 0 AS hit, coalesce(bool_and(h.newer), true) AS all_newer, coalesce(bool_and(NOT h.newer), true) AS all_older
+   FROM (SELECT pgmesh.orders_after($1::timestamptz, $2::text, h.commit_time, h.node) AS newer
+           FROM unique_holders h) h),
+verdict AS MATERIALIZED (
+ SELECT d.*,
+        u.hit AS unique_hit, (NOT u.hit OR u.all_newer) AS unique_wins,
+        d.applies AND (NOT u.hit OR u.all_newer) AS writes,
+        CASE WHEN d.kind IS NULL THEN NULL
+             WHEN d.kind = 'delete_missing' THEN 'skip'
+             WHEN d.wins AND NOT d.applies THEN 'skip_incomplete'
+             WHEN d.wins THEN 'apply_remote'
+             WHEN d.loss_is_concurrent THEN 'keep_local'
+             ELSE 'keep_local_clock_skew' END AS resolution
+   FROM decision d, unique_verdict u),
+unique_losers AS (
+ DELETE FROM "public"."line" pgmesh_d USING unique_holders h
+  WHERE (SELECT v.writes FROM verdict v)
+    AND pgmesh_d."order_id" = (h.img)."order_id" AND pgmesh_d."line_no" = (h.img)."line_no"
+ RETURNING 1),
+loser_removed AS (
+ DELETE FROM "public"."line" pgmesh_r
+  WHERE pgmesh_r."order_id" = $4::bigint AND pgmesh_r."line_no" = $5::integer AND (SELECT v.wins AND v.present AND NOT v.unique_wins FROM verdict v)
+ RETURNING 1),
+unique_tombstones AS (
+ INSERT INTO pgmesh.tombstone AS z (table_name, key, deleted_at, xid, node)
+ SELECT 'public.line', (SELECT to_jsonb(x) FROM (SELECT (h.img)."order_id" AS "order_id", (h.img)."line_no" AS "line_no") x), h.commit_time, NULL::xid8, h.node
+   FROM verdict v, unique_holders h
+  WHERE v.writes
+ UNION ALL
+ SELECT 'public.line', (SELECT k.key FROM key_json k), $1::timestamptz, NULL::xid8, $2::text
+   FROM verdict v
+  WHERE v.wins AND NOT v.unique_wins
+ ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = excluded.deleted_at, xid = NULL, node = excluded.node
+  WHERE coalesce(pgmesh.tombstone_time(z.deleted_at, z.xid), '-infinity') < excluded.deleted_at
+ RETURNING 1),
+updated AS (
+ UPDATE "public"."line" pgmesh_t
+    SET "order_id" = $6::bigint,
+        "line_no" = $7::integer,
+        "sku" = $8::text,
+        "amount" = $9::numeric(12,2)
+  WHERE pgmesh_t."order_id" = $4::bigint AND pgmesh_t."line_no" = $5::integer AND (SELECT v.writes AND v.present FROM verdict v) AND (SELECT count(*) FROM unique_losers) >= 0
+ RETURNING 1),
+inserted AS (
+ INSERT INTO "public"."line" ("order_id", "line_no", "sku", "amount")
+ SELECT $6::bigint, $7::integer, $8::text, $9::numeric(12,2)
+  WHERE (SELECT v.writes AND NOT v.present FROM verdict v) AND (SELECT count(*) FROM unique_losers) >= 0
+ RETURNING 1),
+logged AS (
+ INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, local_row, remote_row, local_commit_time, remote_commit_time, local_origin, remote_origin, remote_lsn)
+ SELECT 'public.line', v.kind, v.resolution, (SELECT k.key FROM key_json k), to_jsonb(s.img), (SELECT to_jsonb(x) FROM (SELECT $6::bigint AS "order_id", $7::integer AS "line_no", $8::text AS "sku", $9::numeric(12,2) AS "amount") x),
+        v.state_time, $1::timestamptz, v.state_node, $2::text, $3::pg_lsn
+   FROM verdict v, local_state s
+  WHERE v.kind IS NOT NULL AND (v.unique_wins OR v.present)
+ RETURNING 1),
+unique_logged AS (
+ INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, local_row, remote_row, local_commit_time, remote_commit_time, local_origin, remote_origin, remote_lsn)
+ SELECT 'public.line', 'unique_conflict', CASE WHEN v.unique_wins THEN 'apply_remote' ELSE 'keep_local' END, (SELECT k.key FROM key_json k), to_jsonb(h.img), (SELECT to_jsonb(x) FROM (SELECT $6::bigint AS "order_id", $7::integer AS "line_no", $8::text AS "sku", $9::numeric(12,2) AS "amount") x),
+        h.commit_time, $1::timestamptz, h.node, $2::text, $3::pg_lsn
+   FROM verdict v, unique_holders h
+ RETURNING 1)
+SELECT CASE WHEN v.unique_hit THEN 'unique_conflict' ELSE v.kind END AS kind,
+       CASE WHEN v.unique_hit THEN CASE WHEN v.unique_wins THEN 'apply_remote' ELSE 'keep_local' END ELSE v.resolution END AS resolution
+  FROM verdict v

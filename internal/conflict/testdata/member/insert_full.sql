@@ -1,0 +1,136 @@
+WITH local_row AS MATERIALIZED (
+ SELECT true AS found, locked.img, locked.tid, locked.toid,
+        ct."timestamp" AS commit_time, pgmesh.origin_node(ct.roident) AS node
+   FROM (SELECT pgmesh_l AS img, pgmesh_l.xmin, pgmesh_l.ctid AS tid, pgmesh_l.tableoid AS toid
+           FROM "public"."member" pgmesh_l
+          WHERE pgmesh_l."id" = $4::integer
+          FOR UPDATE OF pgmesh_l) locked,
+        LATERAL pg_catalog.pg_xact_commit_timestamp_origin(locked.xmin) ct),
+key_json AS MATERIALIZED (SELECT (SELECT to_jsonb(x) FROM (SELECT $4::integer AS "id") x) AS key),
+local_state AS MATERIALIZED (
+ SELECT coalesce(l.found, false) AS present, coalesce(tb.found, false) AS tomb, l.img, l.tid, l.toid,
+        CASE WHEN l.found THEN l.commit_time ELSE tb.deleted_at END AS state_time,
+        CASE WHEN l.found THEN l.node ELSE tb.node END AS state_node
+   FROM (VALUES (1)) one (x)
+   LEFT JOIN local_row l ON true
+   LEFT JOIN LATERAL (SELECT true AS found, pgmesh.tombstone_time(z.deleted_at, z.xid) AS deleted_at, z.node
+                        FROM pgmesh.tombstone z
+                       WHERE l.found IS NULL AND z.table_name = 'public.member' AND z.key IN ((SELECT k.key FROM key_json k), '{}'::jsonb)
+                         AND (z.key <> '{}'::jsonb OR NOT pgmesh.orders_after($1::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
+                       ORDER BY pgmesh.tombstone_time(z.deleted_at, z.xid) DESC NULLS LAST
+                       LIMIT 1) tb ON true
+  WHERE l.found OR NOT EXISTS (SELECT FROM "public"."member" pgmesh_g WHERE pgmesh_g."id" = $4::integer)),
+compared AS MATERIALIZED (
+ SELECT s.present, s.tomb, s.state_time, s.state_node,
+        coalesce(s.state_node = $2::text, false) AS same,
+        pgmesh.orders_after($1::timestamptz, $2::text, s.state_time, s.state_node) AS newer
+   FROM local_state s),
+seen_by_remote AS MATERIALIZED (
+ SELECT c.*,
+        c.state_time IS NOT NULL AND NOT c.same AND NOT pgmesh.had_seen($2::text, c.state_node, c.state_time) AS unseen,
+        false AS inflight
+   FROM compared c),
+causality AS MATERIALIZED (
+ SELECT s.present, s.tomb, s.state_time, s.state_node, s.same, s.newer, s.inflight,
+        s.unseen AND NOT s.superseded AS concurrent, s.superseded
+   FROM (SELECT s.*,
+                s.unseen AND s.state_node IS DISTINCT FROM (SELECT ln.name FROM pgmesh.local_node ln)
+                AND pgmesh.had_seen(s.state_node, $2::text, $1::timestamptz) AS superseded
+           FROM seen_by_remote s) s),
+judgement AS MATERIALIZED (
+ SELECT c.*,
+        CASE WHEN c.present THEN 'present' WHEN c.tomb AND NOT c.same THEN 'tomb' ELSE 'absent' END AS state,
+        CASE WHEN c.present AND c.superseded THEN c.newer
+             WHEN c.present THEN c.newer
+             WHEN c.tomb AND NOT c.same THEN (CASE WHEN c.same OR c.state_time IS NULL THEN true WHEN c.concurrent THEN c.newer WHEN c.superseded THEN c.newer ELSE c.newer END)
+             ELSE true END AS wins
+   FROM causality c),
+decision AS MATERIALIZED (
+ SELECT j.*, j.wins AS applies,
+        CASE j.state WHEN 'present' THEN CASE WHEN NOT j.superseded THEN 'insert_exists' END
+                     WHEN 'tomb' THEN CASE WHEN j.concurrent OR NOT (j.wins OR j.superseded) THEN 'insert_deleted' END END AS kind,
+        j.state = 'present' OR j.concurrent AS loss_is_concurrent,
+        false AS raises
+   FROM judgement j),
+unique_holders AS MATERIALIZED (
+ SELECT locked.img, locked.tid, locked.toid,
+        ct."timestamp" AS commit_time, pgmesh.origin_node(ct.roident) AS node
+   FROM (SELECT pgmesh_u AS img, pgmesh_u.xmin, pgmesh_u.ctid AS tid, pgmesh_u.tableoid AS toid,
+                (((lower(email)) = (SELECT lower(email) FROM (SELECT $5::text AS "email") pgmesh_n)) OR ((active) AND (SELECT (active) FROM (SELECT $6::integer AS "team", $7::boolean AS "active") pgmesh_n) AND pgmesh_u."team" = $6::integer) OR ((pgmesh_u."team" = $6::integer OR (pgmesh_u."team" IS NULL AND $6::integer IS NULL)) AND (pgmesh_u."nick" = $8::text OR (pgmesh_u."nick" IS NULL AND $8::text IS NULL))) OR (pgmesh_u."slot" OPERATOR(pg_catalog.&&) $9::int4range) OR (pgmesh_u."code" COLLATE pg_catalog."POSIX" = $11::text COLLATE pg_catalog."POSIX")) AS immediate
+           FROM "public"."member" pgmesh_u
+          WHERE (SELECT d.applies FROM decision d)
+            AND (((lower(email)) = (SELECT lower(email) FROM (SELECT $5::text AS "email") pgmesh_n)) OR ((active) AND (SELECT (active) FROM (SELECT $6::integer AS "team", $7::boolean AS "active") pgmesh_n) AND pgmesh_u."team" = $6::integer) OR ((pgmesh_u."team" = $6::integer OR (pgmesh_u."team" IS NULL AND $6::integer IS NULL)) AND (pgmesh_u."nick" = $8::text OR (pgmesh_u."nick" IS NULL AND $8::text IS NULL))) OR (pgmesh_u."slot" OPERATOR(pg_catalog.&&) $9::int4range) OR (pgmesh_u."seat" = $10::integer) OR (pgmesh_u."code" COLLATE pg_catalog."POSIX" = $11::text COLLATE pg_catalog."POSIX"))
+            AND NOT (pgmesh_u."id" = $4::integer)
+          FOR UPDATE OF pgmesh_u) locked,
+        LATERAL pg_catalog.pg_xact_commit_timestamp_origin(locked.xmin) ct
+  WHERE locked.immediate
+     OR NOT (ct."timestamp" IS NULL OR pgmesh.origin_node(ct.roident) = $2::text
+             OR pgmesh.had_seen($2::text, pgmesh.origin_node(ct.roident), ct."timestamp"))),
+unique_verdict AS MATERIALIZED (
+ SELECT count(*) > 0 AS hit, coalesce(bool_and(h.newer), true) AS all_newer, coalesce(bool_and(NOT h.newer), true) AS all_older
+   FROM (SELECT pgmesh.orders_after($1::timestamptz, $2::text, h.commit_time, h.node) AS newer
+           FROM unique_holders h) h),
+verdict AS MATERIALIZED (
+ SELECT d.*,
+        u.hit AS unique_hit, (NOT u.hit OR u.all_newer) AS unique_wins,
+        d.applies AND (NOT u.hit OR u.all_newer) AS writes,
+        CASE WHEN d.kind IS NULL THEN NULL
+             WHEN d.kind = 'delete_missing' THEN 'skip'
+             WHEN d.wins AND NOT d.applies THEN 'skip_incomplete'
+             WHEN d.wins THEN 'apply_remote'
+             WHEN d.loss_is_concurrent THEN 'keep_local'
+             ELSE 'keep_local_clock_skew' END AS resolution
+   FROM decision d, unique_verdict u),
+unique_losers AS (
+ DELETE FROM "public"."member" pgmesh_d USING unique_holders h
+  WHERE (SELECT v.writes FROM verdict v)
+    AND pgmesh_d."id" = (h.img)."id"
+ RETURNING 1),
+loser_removed AS (
+ DELETE FROM "public"."member" pgmesh_r
+  WHERE pgmesh_r."id" = $4::integer AND (SELECT v.wins AND v.present AND NOT v.unique_wins FROM verdict v)
+ RETURNING 1),
+unique_tombstones AS (
+ INSERT INTO pgmesh.tombstone AS z (table_name, key, deleted_at, xid, node)
+ SELECT 'public.member', (SELECT to_jsonb(x) FROM (SELECT (h.img)."id" AS "id") x), h.commit_time, NULL::xid8, h.node
+   FROM verdict v, unique_holders h
+  WHERE v.writes
+ UNION ALL
+ SELECT 'public.member', (SELECT k.key FROM key_json k), $1::timestamptz, NULL::xid8, $2::text
+   FROM verdict v
+  WHERE v.wins AND NOT v.unique_wins
+ ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = excluded.deleted_at, xid = NULL, node = excluded.node
+  WHERE coalesce(pgmesh.tombstone_time(z.deleted_at, z.xid), '-infinity') < excluded.deleted_at
+ RETURNING 1),
+updated AS (
+ UPDATE "public"."member" pgmesh_t
+    SET "email" = $5::text,
+        "team" = $6::integer,
+        "active" = $7::boolean,
+        "nick" = $8::text,
+        "slot" = $9::int4range,
+        "seat" = $10::integer,
+        "code" = $11::text
+  WHERE pgmesh_t."id" = $4::integer AND (SELECT v.writes AND v.present FROM verdict v) AND (SELECT count(*) FROM unique_losers) >= 0
+ RETURNING 1),
+inserted AS (
+ INSERT INTO "public"."member" ("id", "email", "team", "active", "nick", "slot", "seat", "code")
+ SELECT $4::integer, $5::text, $6::integer, $7::boolean, $8::text, $9::int4range, $10::integer, $11::text
+  WHERE (SELECT v.writes AND NOT v.present FROM verdict v) AND (SELECT count(*) FROM unique_losers) >= 0
+ RETURNING 1),
+logged AS (
+ INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, local_row, remote_row, local_commit_time, remote_commit_time, local_origin, remote_origin, remote_lsn)
+ SELECT 'public.member', v.kind, v.resolution, (SELECT k.key FROM key_json k), to_jsonb(s.img), (SELECT to_jsonb(x) FROM (SELECT $4::integer AS "id", $5::text AS "email", $6::integer AS "team", $7::boolean AS "active", $8::text AS "nick", $9::int4range AS "slot", $10::integer AS "seat", $11::text AS "code") x),
+        v.state_time, $1::timestamptz, v.state_node, $2::text, $3::pg_lsn
+   FROM verdict v, local_state s
+  WHERE v.kind IS NOT NULL AND (v.unique_wins OR v.present)
+ RETURNING 1),
+unique_logged AS (
+ INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, local_row, remote_row, local_commit_time, remote_commit_time, local_origin, remote_origin, remote_lsn)
+ SELECT 'public.member', 'unique_conflict', CASE WHEN v.unique_wins THEN 'apply_remote' ELSE 'keep_local' END, (SELECT k.key FROM key_json k), to_jsonb(h.img), (SELECT to_jsonb(x) FROM (SELECT $4::integer AS "id", $5::text AS "email", $6::integer AS "team", $7::boolean AS "active", $8::text AS "nick", $9::int4range AS "slot", $10::integer AS "seat", $11::text AS "code") x),
+        h.commit_time, $1::timestamptz, h.node, $2::text, $3::pg_lsn
+   FROM verdict v, unique_holders h
+ RETURNING 1)
+SELECT CASE WHEN v.unique_hit THEN 'unique_conflict' ELSE v.kind END AS kind,
+       CASE WHEN v.unique_hit THEN CASE WHEN v.unique_wins THEN 'apply_remote' ELSE 'keep_local' END ELSE v.resolution END AS resolution
+  FROM verdict v

@@ -1,0 +1,26 @@
+WITH written AS (
+ UPDATE "public"."member" pgmesh_t
+    SET "id" = $5::text::integer,
+        "email" = $6::text,
+        "team" = $7::text::integer,
+        "active" = $8::text::boolean,
+        "nick" = $9::text,
+        "slot" = $10::text::int4range,
+        "seat" = $11::text::integer,
+        "code" = $12::text
+  WHERE pgmesh_t."id" = $4::text::integer
+    AND (coalesce((pg_catalog.pg_xact_commit_timestamp_origin(pgmesh_t.xmin)).roident, pg_catalog.pg_replication_origin_oid('pgmesh_' || $2::text)) = pg_catalog.pg_replication_origin_oid('pgmesh_' || $2::text)
+         OR pgmesh.change_applies(pgmesh_t.xmin, $1::text::timestamptz, $2::text, true))
+    AND (pgmesh_t."email" IS NOT DISTINCT FROM $6::text)
+    AND (pgmesh_t."team" IS NOT DISTINCT FROM $7::text::integer AND pgmesh_t."active" IS NOT DISTINCT FROM $8::text::boolean)
+    AND (pgmesh_t."team" IS NOT DISTINCT FROM $7::text::integer AND pgmesh_t."nick" IS NOT DISTINCT FROM $9::text)
+    AND (pgmesh_t."slot" IS NOT DISTINCT FROM $10::text::int4range)
+    AND (pgmesh_t."seat" IS NOT DISTINCT FROM $11::text::integer)
+    AND (pgmesh_t."code" IS NOT DISTINCT FROM $12::text)
+    AND ((pgmesh_t."id" = $5::text::integer))
+ RETURNING 1)
+SELECT (r.verdict).kind, (r.verdict).resolution
+  FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
+                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.member' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0))) THEN NULL
+                    ELSE pgmesh.resolve_change('pgmesh_full_76d63ea2fba0b6edd2e7da00', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text, $10::text, $11::text, $12::text]) END AS verdict
+         OFFSET 0) r

@@ -1,0 +1,4 @@
+SELECT (r.verdict).kind, (r.verdict).resolution
+  FROM (SELECT CASE WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.member' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0))) THEN NULL
+                    ELSE pgmesh.resolve_guarded('pgmesh_full_3ab7e9e55d0ca760e03302b0', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text, $10::text], 'public.member', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x), (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id", $5::text AS "email", $6::text::integer AS "team", $7::text::boolean AS "active", $8::text AS "nick", $9::text::int4range AS "slot", $10::text::integer AS "seat") x), false) END AS verdict
+         OFFSET 0) r

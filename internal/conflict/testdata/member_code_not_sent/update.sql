@@ -1,0 +1,4 @@
+SELECT (r.verdict).kind, (r.verdict).resolution
+  FROM (SELECT CASE WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.member' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0))) THEN NULL
+                    ELSE pgmesh.resolve_guarded('pgmesh_full_10a4821255b6197638b6acf8', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text, $10::text, $11::text], 'public.member', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x), (SELECT to_jsonb(x) FROM (SELECT $5::text::integer AS "id", $6::text AS "email", $7::text::integer AS "team", $8::text::boolean AS "active", $9::text AS "nick", $10::text::int4range AS "slot", $11::text::integer AS "seat") x), false) END AS verdict
+         OFFSET 0) r

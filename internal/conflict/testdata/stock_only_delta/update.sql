@@ -1,0 +1,12 @@
+WITH written AS (
+ UPDATE "public"."stock" pgmesh_t
+    SET "id" = $5::text::integer,
+        "qty" = pgmesh_t."qty" + ($6::text::integer - $7::text::integer)
+  WHERE pgmesh_t."id" = $4::text::integer
+    AND ((pgmesh_t."id" = $5::text::integer))
+ RETURNING 1)
+SELECT (r.verdict).kind, (r.verdict).resolution
+  FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
+                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.stock' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0))) THEN NULL
+                    ELSE pgmesh.resolve_change('pgmesh_full_4af81a256bab7973fca9a91a', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text]) END AS verdict
+         OFFSET 0) r

@@ -1,0 +1,13 @@
+WITH written AS (
+ UPDATE "public"."tag" pgmesh_t
+    SET "name" = $5::text
+  WHERE pgmesh_t."name" = $4::text
+    AND (coalesce((pg_catalog.pg_xact_commit_timestamp_origin(pgmesh_t.xmin)).roident, pg_catalog.pg_replication_origin_oid('pgmesh_' || $2::text)) = pg_catalog.pg_replication_origin_oid('pgmesh_' || $2::text)
+         OR pgmesh.change_applies(pgmesh_t.xmin, $1::text::timestamptz, $2::text, true))
+    AND ((pgmesh_t."name" = $5::text))
+ RETURNING 1)
+SELECT (r.verdict).kind, (r.verdict).resolution
+  FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
+                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.tag' || ((SELECT to_jsonb(x) FROM (SELECT $4::text AS "name") x))::text, 0))) THEN NULL
+                    ELSE pgmesh.resolve_change('pgmesh_full_481f57c98036b6f4ccd04ed9', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text]) END AS verdict
+         OFFSET 0) r
