@@ -396,7 +396,7 @@ func TestApplyConflictsCountedAtCommit(t *testing.T) {
 	tr := rel(1, "t", 'd', "*id", "v")
 	ctx := context.Background()
 	r.feed(t, a, ins(tr, "1", "remote"), ins(tr, "2", "∅"))
-	if err := a.Idle(ctx); err == nil {
+	if err := a.Wait(ctx); err == nil {
 		t.Fatal("no error for a NULL in a NOT NULL column")
 	}
 	if st := a.Stats(); len(st.Conflicts) != 0 || len(st.ConflictsBy) != 0 {
@@ -488,7 +488,8 @@ func TestApplyOnMessage(t *testing.T) {
 	var seen []string
 	a := e.applier(t, Options{OnMessage: func(ctx context.Context, conn *pgconn.PgConn, m stream.Message) error {
 		seen = append(seen, m.Prefix)
-		_, err := conn.Exec(ctx, "INSERT INTO t SELECT count(*) + 100 FROM t").ReadAll()
+		// The session's search_path is pinned to pg_catalog.
+		_, err := conn.Exec(ctx, "INSERT INTO public.t SELECT count(*) + 100 FROM public.t").ReadAll()
 		return err
 	}})
 	r := newRemote()
@@ -791,7 +792,7 @@ func TestApplyDeferredRecheck(t *testing.T) {
 		if err := a.Commit(ctx, c); err != nil {
 			return err
 		}
-		return a.Idle(ctx)
+		return a.Wait(ctx)
 	}
 	err := run(a)
 	lsn, ok := DeferredCheckFailed(err)
@@ -844,7 +845,7 @@ func TestApplyMissingColumn(t *testing.T) {
 		if err := a.Commit(ctx, c); err != nil {
 			return err
 		}
-		return a.Idle(ctx)
+		return a.Wait(ctx)
 	}
 
 	a := e.applier(t, opts)

@@ -393,7 +393,7 @@ func (a *Applier) changeDeps(ctx context.Context, t *txn, c *stream.Change) (*tx
 	case dr.ident == nil:
 	case c.Op == stream.Insert:
 		d.wait(tr.tblGate[dr.table])
-	case c.Op == stream.Delete || (c.Op == stream.Update && old != nil):
+	case c.Op == stream.Delete || (c.Op == stream.Update && movesKey(dr.ident, old, c.New)):
 		d.set(tr.tblGate, dr.table)
 	}
 	switch c.Op {
@@ -443,6 +443,17 @@ func (a *Applier) changeDeps(ctx context.Context, t *txn, c *stream.Change) (*tx
 		}
 	}
 	return d.max, nil
+}
+
+// movesKey tells whether an update whose old row came (old, nil otherwise)
+// changed the key of index di.
+func movesKey(di *depIndex, old, tu stream.Tuple) bool {
+	if old == nil {
+		return false
+	}
+	o, ok := di.value(old)
+	n, ok2 := di.value(tu)
+	return ok && ok2 && o != n
 }
 
 func nonNull(b []byte) []byte {

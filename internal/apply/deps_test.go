@@ -64,6 +64,11 @@ func TestDeps(t *testing.T) {
 		{"truncate", []step{{ins(k, "1", "a"), 0}, {truncate(false, k), 1}, {ins(k, "2", "a"), 2}, {ins(u, "1", "x"), 0}}},
 		{"truncate cascade", []step{{ins(u, "1", "x"), 0}, {truncate(true, k), 1}, {ins(u, "2", "y"), 2}}},
 		{"whole table", []step{{ins(other, "1"), 0}, {ins(other, "2"), 1}, {ins(k, "1", "a"), 0}}},
+		// A later insert into the table waits for a transaction that may
+		// hold one of its key gates exclusively: a delete, a key move.
+		{"key gates", []step{
+			{ins(k, "1", "a"), 0}, {del(k, "5", "∅"), 0}, {ins(k, "2", "b"), 2}, {ins(k, "3", "c"), 2},
+			{upd(k, tup("3", "∅"), "4", "c"), 4}, {upd(k, nil, "2", "x"), 3}, {ins(k, "6", "f"), 5}, {ins(u, "1", "x"), 0}}},
 		{"foreign key", []step{
 			{ins(parent, "1"), 0}, {ins(child, "10", "1"), 1}, {ins(child, "11", "2"), 0}, {del(parent, "1"), 2}, {ins(child, "12", "∅"), 0}}},
 	}

@@ -101,12 +101,14 @@ func TestParallelDependencies(t *testing.T) {
 		want    []string
 		retries bool // a deadlock with a local transaction may be retried
 	}
-	parentCheck := `CREATE FUNCTION parent_exists() RETURNS trigger LANGUAGE plpgsql AS $$
+	// Apply sessions pin search_path to pg_catalog: the functions name
+	// their tables' schema, as functions that fire there must.
+	parentCheck := `CREATE FUNCTION parent_exists() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     IF NOT EXISTS (SELECT FROM parent WHERE id = NEW.pid) THEN RAISE 'child % before its parent %', NEW.id, NEW.pid; END IF;
     RETURN NEW;
 END $$`
-	childCheck := `CREATE FUNCTION no_children() RETURNS trigger LANGUAGE plpgsql AS $$
+	childCheck := `CREATE FUNCTION no_children() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     IF EXISTS (SELECT FROM child WHERE pid = OLD.id) THEN RAISE 'parent % deleted before its children', OLD.id; END IF;
     RETURN OLD;
