@@ -426,3 +426,49 @@ func TestParallelChainOnOneSession(t *testing.T) {
 		t.Errorf("both sessions committed (progress %q): the chain was spread", p)
 	}
 }
+
+// A remote delete of an absent key closes the key's gate (one of 64 per
+// table, sql/0010_key_gates.sql) until it commits; a fast insert holds its
+// key's gate until it commits. An insert of another key with the same gate,
+// in a later transaction on another session, would hold the gate while the
+// delete waits for it, and wait for the delete's commit itself: a cycle
+// that only the deadlock detector or a lock timeout would break. The
+// insert waits for the delete's transaction instead (deps.go): no retry.
+func TestParallelKeyGate(t *testing.T) {
+	e := newEnvN(t, 2)
+	e.exec(t, `CREATE TABLE slow (id int PRIMARY KEY)`)
+	e.exec(t, `CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END$$`)
+	e.exec(t, `CREATE TRIGGER slow BEFORE INSERT ON slow FOR EACH ROW EXECUTE FUNCTION slow()`)
+	e.exec(t, `ALTER TABLE slow ENABLE ALWAYS TRIGGER slow`)
+	e.exec(t, `CREATE TABLE g (id int PRIMARY KEY)`)
+	// A key other than 1 behind the same gate.
+	other := e.rows(t, `SELECT k FROM generate_series(2, 10000) k
+	  WHERE pgmesh.key_gate('public.g', jsonb_build_object('id', k)) = pgmesh.key_gate('public.g', jsonb_build_object('id', 1))
+	  ORDER BY k LIMIT 1`)
+	if len(other) != 1 {
+		t.Fatalf("no key shares key 1's gate: %q", other)
+	}
+	a := e.applier(t, Options{})
+	// The second transaction runs on the other session.
+	a.noAffinity = true
+	r := newRemote()
+	g := rel(2, "g", 'd', "*id")
+	// The first transaction is slow before its delete: without the wait,
+	// the second one's insert holds the gate by then.
+	r.feed(t, a, ins(rel(1, "slow", 'd', "*id"), "1"), del(g, "1"))
+	r.feed(t, a, ins(g, other[0]))
+	if err := a.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.rows(t, "SELECT id::text FROM g"); !slices.Equal(got, other) {
+		t.Errorf("rows %q, want %q", got, other)
+	}
+	if n := a.Stats().Retries; n > 0 {
+		t.Errorf("%d retries: the insert held the gate the earlier delete waited for", n)
+	}
+	for i, p := range e.originProgress(t) {
+		if p == "" {
+			t.Errorf("origin %s never committed: both transactions ran on one session", e.origins[i])
+		}
+	}
+}
