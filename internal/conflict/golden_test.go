@@ -132,12 +132,15 @@ func TestGolden(t *testing.T) {
 			shapes[opMove] = elideFallback(t, elideFallback(t, MoveSQL(tbl, set), b.Removal), b.Addition)
 		}
 		shapes[opTruncate] = TruncateSQL(tbl)
+		if ManyOK(tbl) {
+			shapes["insert_many"] = elideFallback(t, InsertManySQL(tbl), fallbacks[opInsert])
+		}
 		if tbl.Deferrable() {
 			shapes[opDeferredCheck] = DeferredCheckSQL(tbl)
 		}
 		want := gc.shapes
 		if want == nil {
-			for _, shape := range []string{"insert", "insert_full", "update", "update_full", "delete", "delete_full", "move", "truncate", "deferred_check"} {
+			for _, shape := range []string{"insert", "insert_full", "insert_many", "update", "update_full", "delete", "delete_full", "move", "truncate", "deferred_check"} {
 				if _, ok := shapes[shape]; ok {
 					want = append(want, shape)
 				}
@@ -153,9 +156,13 @@ func TestGolden(t *testing.T) {
 			checkGolden(t, path, sql)
 			checkTidy(t, path, sql)
 		}
-		for _, shape := range []string{"insert", "update", "delete", "move", "truncate", "deferred_check"} {
+		for _, shape := range []string{"insert", "insert_many", "update", "delete", "move", "truncate", "deferred_check"} {
 			var sql string
 			switch {
+			case shape == "insert_many" && shapes[shape] == "":
+				continue
+			case shape == "insert_many":
+				sql = InsertManySQL(tbl)
 			case (shape == opMove || shape == opDeferredCheck) && shapes[shape] == "":
 				continue
 			case shape == opDeferredCheck:
