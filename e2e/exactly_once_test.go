@@ -114,7 +114,7 @@ func TestExactlyOnce(t *testing.T) {
 func originsAdvanced(t testing.TB, env *sandboxtest.Env, node int, up string) int {
 	t.Helper()
 	var used int
-	if err := env.Conn(t, node).QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_origin
+	if err := env.Pgmesh(t, node).QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_origin
 		WHERE roname ~ ('^pgmesh_' || $1 || '(_[0-9]+)?$') AND pg_replication_origin_progress(roname, false) IS NOT NULL`, up).Scan(&used); err != nil {
 		t.Fatal(err)
 	}

@@ -394,6 +394,16 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 	}
 	var ddlMu sync.Mutex
 
+	// A worker's origin is missing when agent.apply_workers was raised, or
+	// on a node that joined (node add sets up the first): it starts with
+	// no progress, and the link's progress is the greatest of its origins'.
+	created, err := origin.Ensure(ctx, monConn, l.Up, l.workers)
+	if err != nil {
+		return false, fmt.Errorf("link %s: on %s: %w", l.Name(), l.Down, err)
+	}
+	if len(created) > 0 {
+		l.log.Info("created the origins of new apply workers", "origins", created)
+	}
 	resume, err := origin.Progress(ctx, monConn, l.Up, false)
 	if err != nil {
 		return false, fmt.Errorf("link %s: on %s: %w", l.Name(), l.Down, err)
