@@ -14,11 +14,10 @@
 -- the other session does (a killed agent): then the waiter must not commit
 -- past it.
 --
--- Waits take wait_timeout as their lock_timeout (NULL: none): a wait on a
--- transaction that is itself waiting, through a local transaction, for a
--- row the waiter holds is a cycle the deadlock detector may leave to the
--- same victim again and again; the waiter's timeout breaks it and the
--- applier retries the waiter at once.
+-- Waits end after wait_timeout (NULL: never) with a lock timeout, and at
+-- once with a deadlock error when the transaction waited for waits for
+-- the waiter through other sessions (apply_wait_lock): the waiter is the
+-- victim, and the applier runs it again at once.
 
 -- apply_committed: the transaction that the session with origin <origin>
 -- applied up to <end_lsn> has committed.
@@ -59,6 +58,84 @@ BEGIN
 END
 $$;
 
+-- apply_waits_for_me: one of the sessions <holders> waits, directly or
+-- through other sessions, for this one (pg_blocking_pids).
+CREATE OR REPLACE FUNCTION pgmesh.apply_waits_for_me(holders int[]) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    me int := pg_backend_pid();
+    seen int[] := holders;
+    frontier int[] := holders;
+    found int[];
+BEGIN
+    FOR i IN 1..16 LOOP
+        SELECT array_agg(DISTINCT b) INTO found
+          FROM unnest(frontier) f, unnest(pg_blocking_pids(f)) b
+         WHERE b = me OR b <> ALL (seen);
+        IF found IS NULL THEN
+            RETURN false;
+        ELSIF me = ANY (found) THEN
+            RETURN true;
+        END IF;
+        seen := seen || found;
+        frontier := found;
+    END LOOP;
+    RETURN false;
+END
+$$;
+
+-- apply_wait_lock waits for the advisory lock (link, seq) in share mode
+-- until the transaction ends, or, with <gate>, for that session-level lock
+-- (released at once). The wait goes in steps of 100 ms, each a lock wait
+-- the other sessions' deadlock detectors see; between two, a cycle through
+-- this session (the holder waits for it, through local transactions or
+-- other links) ends the wait with a deadlock error: this transaction, which
+-- the applier runs again at once, is the victim, and not a local one. The
+-- server's own detector would run once per wait, after deadlock_timeout,
+-- in whichever session of the cycle waited longest, often a local one
+-- that follows a lock order of its own and never deadlocks with a serial
+-- apply. Past <deadline> the wait ends with a lock timeout.
+CREATE OR REPLACE FUNCTION pgmesh.apply_wait_lock(link int, seq int, gate bigint, deadline timestamptz) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '100ms'
+AS $$
+DECLARE
+    holders int[];
+BEGIN
+    LOOP
+        BEGIN
+            IF gate IS NULL THEN
+                PERFORM pg_advisory_xact_lock_shared(link, seq);
+            ELSE
+                PERFORM pg_advisory_lock_shared(gate);
+                PERFORM pg_advisory_unlock_shared(gate);
+            END IF;
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+        SELECT array_agg(l.pid) INTO holders
+          FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock'
+           AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+           AND CASE WHEN gate IS NULL
+                    THEN l.classid = link::oid AND l.objid = (seq::bigint & 4294967295)::oid AND l.objsubid = 2
+                    ELSE l.classid = ((gate >> 32) & 4294967295)::oid AND l.objid = (gate & 4294967295)::oid AND l.objsubid = 1 END;
+        IF holders IS NOT NULL AND pgmesh.apply_waits_for_me(holders) THEN
+            RAISE EXCEPTION 'pgmesh: deadlock: the remote transaction this one commits after waits for it through other sessions'
+                USING ERRCODE = '40P01';
+        END IF;
+        IF deadline IS NOT NULL AND clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'pgmesh: waited too long for remote transaction % to commit', seq
+                USING ERRCODE = '55P03';
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- apply_await waits until transaction <seq>, applied under <origin> up to
 -- <end_lsn> by the session whose gate is <gate>, has committed: a wait for
 -- its lock once it has begun, for its session's gate before.
@@ -68,18 +145,15 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    saved text := current_setting('lock_timeout');
+    deadline timestamptz := clock_timestamp() + wait_timeout::interval;
     open_seen int := 0;
 BEGIN
-    IF wait_timeout IS NOT NULL THEN
-        PERFORM set_config('lock_timeout', wait_timeout, true);
-    END IF;
     LOOP
         EXIT WHEN pgmesh.apply_committed(origin, end_lsn);
         -- Session-level probe, released at once: a lock kept on a
         -- transaction that has not begun would block its session.
         IF NOT pg_try_advisory_lock_shared(link, seq) THEN
-            PERFORM pg_advisory_xact_lock_shared(link, seq);
+            PERFORM pgmesh.apply_wait_lock(link, seq, NULL, deadline);
             IF NOT pgmesh.apply_committed(origin, end_lsn) THEN
                 RAISE EXCEPTION 'pgmesh: remote transaction % (origin %, end %) ended without committing: its apply session is gone', seq, origin, end_lsn
                     USING ERRCODE = '55000';
@@ -98,13 +172,9 @@ BEGIN
             END IF;
             PERFORM pg_sleep(0.001);
         ELSE
-            PERFORM pg_advisory_lock_shared(gate);
-            PERFORM pg_advisory_unlock_shared(gate);
+            PERFORM pgmesh.apply_wait_lock(NULL, NULL, gate, deadline);
         END IF;
     END LOOP;
-    IF wait_timeout IS NOT NULL THEN
-        PERFORM set_config('lock_timeout', saved, true);
-    END IF;
 END
 $$;
 

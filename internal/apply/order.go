@@ -26,8 +26,11 @@ import (
 // transaction that waits for a local one. Every wait is on a transaction
 // before it in the commit order, and a session runs its transactions in
 // that order, so the waits never form a cycle among the link's sessions
-// alone; a cycle through a local transaction (or another link) is a lock
-// cycle the deadlock detector breaks, and a victim of ours runs again.
+// alone; a cycle through a local transaction (or another link) is found by
+// the waiting session itself (apply_wait_lock: between steps of 100 ms it
+// follows pg_blocking_pids from the session it waits for), which ends its
+// transaction with a deadlock error and runs it again: the victim is ours,
+// not the local transaction, which a serial apply would not have blocked.
 //
 // Why that is exactly-once: a transaction commits only after its
 // predecessor committed (the predecessor's lock was free and its origin's
