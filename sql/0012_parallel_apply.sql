@@ -58,29 +58,54 @@ BEGIN
 END
 $$;
 
--- apply_waits_for_me: one of the sessions <holders> waits, directly or
--- through other sessions, for this one (pg_blocking_pids).
+-- apply_blockers are the sessions that the sessions <pids> wait for,
+-- directly or through others (pg_blocking_pids), <pids> themselves only
+-- when one of them closes a cycle.
+CREATE OR REPLACE FUNCTION pgmesh.apply_blockers(pids int[]) RETURNS int[]
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    reached int[] := '{}';
+    frontier int[] := pids;
+    found int[];
+BEGIN
+    FOR i IN 1..16 LOOP
+        SELECT array_agg(DISTINCT b) INTO found
+          FROM unnest(frontier) f, unnest(pg_blocking_pids(f)) b
+         WHERE b <> ALL (reached);
+        EXIT WHEN found IS NULL;
+        reached := reached || found;
+        frontier := found;
+    END LOOP;
+    RETURN reached;
+END
+$$;
+
+-- apply_waits_for_me: one of the sessions <holders> waits for this one
+-- through a session that is not an apply session (application_name
+-- 'pgmesh apply …'): a local transaction, which a serial apply would not
+-- have blocked. A cycle among apply sessions alone is left to the
+-- deadlock detector.
 CREATE OR REPLACE FUNCTION pgmesh.apply_waits_for_me(holders int[]) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     me int := pg_backend_pid();
-    seen int[] := holders;
-    frontier int[] := holders;
-    found int[];
+    reached int[] := pgmesh.apply_blockers(holders);
+    l int;
 BEGIN
-    FOR i IN 1..16 LOOP
-        SELECT array_agg(DISTINCT b) INTO found
-          FROM unnest(frontier) f, unnest(pg_blocking_pids(f)) b
-         WHERE b = me OR b <> ALL (seen);
-        IF found IS NULL THEN
-            RETURN false;
-        ELSIF me = ANY (found) THEN
+    IF NOT me = ANY (reached) THEN
+        RETURN false;
+    END IF;
+    FOR l IN SELECT a.pid FROM pg_stat_activity a
+              WHERE a.pid = ANY (reached) AND a.pid <> me
+                AND a.application_name NOT LIKE 'pgmesh apply%'
+    LOOP
+        IF me = ANY (pgmesh.apply_blockers(ARRAY[l])) THEN
             RETURN true;
         END IF;
-        seen := seen || found;
-        frontier := found;
     END LOOP;
     RETURN false;
 END
@@ -90,9 +115,10 @@ $$;
 -- until the transaction ends, or, with <gate>, for that session-level lock
 -- (released at once). The wait goes in steps of 100 ms, each a lock wait
 -- the other sessions' deadlock detectors see; between two, a cycle through
--- this session (the holder waits for it, through local transactions or
--- other links) ends the wait with a deadlock error: this transaction, which
--- the applier runs again at once, is the victim, and not a local one. The
+-- this session and a local transaction (the holder waits for the local
+-- one, which waits for this one) ends the wait with a deadlock error: this
+-- transaction, which the applier runs again at once, is the victim, and not
+-- the local one. The
 -- server's own detector would run once per wait, after deadlock_timeout,
 -- in whichever session of the cycle waited longest, often a local one
 -- that follows a lock order of its own and never deadlocks with a serial
@@ -126,7 +152,12 @@ BEGIN
                     ELSE l.classid = ((gate >> 32) & 4294967295)::oid AND l.objid = (gate & 4294967295)::oid AND l.objsubid = 1 END;
         IF holders IS NOT NULL AND pgmesh.apply_waits_for_me(holders) THEN
             RAISE EXCEPTION 'pgmesh: deadlock: the remote transaction this one commits after waits for it through other sessions'
-                USING ERRCODE = '40P01';
+                USING ERRCODE = '40P01',
+                      DETAIL = (SELECT string_agg(pg_catalog.format('pid %s (%s) waits for %s (%s %s): %s', a.pid, a.application_name,
+                                                                    pg_blocking_pids(a.pid), a.wait_event_type, a.wait_event, left(a.query, 120)), '; ')
+                                  FROM pg_stat_activity a
+                                 WHERE a.pid = ANY (holders) OR a.pid = pg_backend_pid()
+                                    OR a.pid IN (SELECT unnest(pg_blocking_pids(h)) FROM unnest(holders) h));
         END IF;
         IF deadline IS NOT NULL AND clock_timestamp() > deadline THEN
             RAISE EXCEPTION 'pgmesh: waited too long for remote transaction % to commit', seq

@@ -166,30 +166,37 @@ func (a *Applier) assign(t *txn) {
 			dep = o.dep
 		}
 	}
+	load := func(v *worker) int {
+		n := len(v.q)
+		if v.last != nil && v.last.seq > a.committed {
+			n += int(v.last.seq - a.committed)
+		}
+		return n
+	}
 	var w *worker
 	switch p := t.pred; {
 	case p != nil && p.w != nil && (a.seq-a.committed <= a.spreadAfter || time.Now().Before(a.serialUntil)):
 		w = p.w
-	case dep != nil && dep.w != nil && !a.noAffinity:
-		// Its changes would wait for that one: run after it on its
-		// session instead, with no wait across sessions.
-		w = dep.w
 	default:
 		best := -1
 		var bestLoad int
 		for i := range a.workers {
 			k := (a.rr + i) % len(a.workers)
-			v := a.workers[k]
-			load := len(v.q)
-			if v.last != nil && v.last.seq > a.committed {
-				load += int(v.last.seq - a.committed)
-			}
-			if best < 0 || load < bestLoad {
-				best, bestLoad = k, load
+			if l := load(a.workers[k]); best < 0 || l < bestLoad {
+				best, bestLoad = k, l
 			}
 		}
-		a.rr = (best + 1) % len(a.workers)
 		w = a.workers[best]
+		// Its changes would wait for that one: run after it on its
+		// session instead, with no wait across sessions — when it is that
+		// session's last transaction (a chain), or that session has no
+		// more to do than the least loaded one. Otherwise several chains
+		// begun while the link applied serially would stay on one session.
+		if dep != nil && dep.w != nil && !a.noAffinity && (dep.w.last == dep || load(dep.w) <= bestLoad+1) {
+			w = dep.w
+		} else {
+			a.rr = (best + 1) % len(a.workers)
+		}
 	}
 	t.w = w
 	t.prevOnW = w.last

@@ -440,7 +440,11 @@ func (w *worker) retry(cause error) error {
 	a.mu.Lock()
 	a.serialUntil = time.Now().Add(serialAfterRetry)
 	a.mu.Unlock()
-	w.log("remote transaction rolled back, running it again", "commit_lsn", first.String(), "attempt", first.tries+1, "err", cause)
+	detail := ""
+	if pe := (*pgconn.PgError)(nil); errors.As(cause, &pe) {
+		detail = pe.Detail
+	}
+	w.log("remote transaction rolled back, running it again", "commit_lsn", first.String(), "attempt", first.tries+1, "err", cause, "detail", detail)
 	// A transaction that keeps failing meets the same lock again and
 	// again: let the other side get somewhere.
 	if first.tries > 3 {
