@@ -24,6 +24,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/apply"
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/ddl"
+	"github.com/pgmesh/pgmesh/internal/deadletter"
 	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/stream"
@@ -379,6 +380,9 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 		Node:     l.Down,
 		Claim:    true,
 		OnMessage: func(ctx context.Context, m stream.Message) error {
+			if m.Prefix == deadletter.Prefix {
+				return deadletter.Store(ctx, applyConn.PgConn(), l.Up, m)
+			}
 			return ddlExec.Handle(ctx, ddl.ConnExecer{Conn: applyConn.PgConn()}, m)
 		},
 		MissingColumn: func(ctx context.Context, table, column string) (apply.ColumnFate, error) {
@@ -435,6 +439,17 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 	l.setState(StateStreaming, nil)
 	l.log.Info("link streaming", "slot", l.Slot(), "origin", l.Origin(), "resume_after", start.String(), "upstream_major", major)
 
+	// A transaction the operator ordered skipped (`pgmesh skip`) goes into
+	// pgmesh.dead_letter instead of the tables.
+	skip, err := deadletter.Pending(ctx, monConn, l.Up)
+	if err != nil {
+		return true, fmt.Errorf("link %s: node %s: %w", l.Name(), l.Down, err)
+	}
+	var handler stream.Handler = applier
+	if skip != 0 {
+		l.log.Warn("the operator ordered a transaction skipped: it goes into pgmesh.dead_letter", "commit_lsn", skip.String())
+		handler = deadletter.Divert(applier, skip)
+	}
 	origin := l.Origin()
 	flushed := func(ctx context.Context) (stream.LSN, error) {
 		return originProgress(ctx, monConn, origin, true)
@@ -447,7 +462,7 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 		OriginNone:  major >= 16,
 		SpoolDir:    l.spoolDir,
 		Logger:      l.log,
-	}, applier, flushed)
+	}, handler, flushed)
 	if err != nil {
 		return true, fmt.Errorf("link %s: %w", l.Name(), err)
 	}

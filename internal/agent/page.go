@@ -14,8 +14,7 @@ import (
 //go:embed page.html
 var pageHTML string
 
-// pageTmpl is the status page. The "blocked-actions" block is empty: it is
-// where actions on a blocked transaction belong (see BlockedTxn).
+// pageTmpl is the status page.
 var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 	"sub": func(a, b float64) float64 { return a - b },
 }).Parse(pageHTML))

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -44,6 +45,9 @@ type LinkStatus struct {
 	SafeWALBytes *int64 `json:"safe_wal_size_bytes,omitempty"`
 	// Problem is set when a side could not be read (node down, no slot…).
 	Problem string `json:"problem,omitempty"`
+	// Blocked is the remote transaction the link fails on, as its agent
+	// recorded it (`pgmesh skip` moves it aside).
+	Blocked *BlockedTxn `json:"blocked,omitempty"`
 }
 
 // IdleLagBytes is the slack under which a link counts as caught up: the
@@ -145,13 +149,20 @@ FROM pg_replication_slots WHERE slot_name = $1`, s.Slot).Scan(&s.SlotActive, &s.
 func readLinkState(ctx context.Context, conn *pgx.Conn, s *LinkStatus) error {
 	var state, lastErr, lsn *string
 	var ts *time.Time
+	var blocked []byte
 	err := conn.QueryRow(ctx, `
 SELECT ls.state, ls.last_error, ls.last_commit_time,
-       pg_replication_origin_progress($2, false)::text
+       pg_replication_origin_progress($2, false)::text, ls.blocked
 FROM (SELECT 1) one LEFT JOIN pgmesh.link_state ls ON ls.upstream = $1`,
-		s.Upstream, topology.OriginName(s.Upstream)).Scan(&state, &lastErr, &ts, &lsn)
+		s.Upstream, topology.OriginName(s.Upstream)).Scan(&state, &lastErr, &ts, &lsn, &blocked)
 	if err != nil {
 		return fmt.Errorf("read link state on %s: %w", s.Downstream, err)
+	}
+	if blocked != nil {
+		s.Blocked = &BlockedTxn{}
+		if err := json.Unmarshal(blocked, s.Blocked); err != nil {
+			return fmt.Errorf("read link state on %s: blocked: %w", s.Downstream, err)
+		}
 	}
 	if state != nil {
 		s.State = *state
