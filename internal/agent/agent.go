@@ -20,7 +20,6 @@ import (
 
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/pg"
-	"github.com/pgmesh/pgmesh/internal/topology"
 )
 
 // Options configures an Agent.
@@ -145,7 +144,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 // wantLinks returns the links of cfg this agent runs (new, not started).
 func (a *Agent) wantLinks(cfg *config.Config) []*link {
 	var out []*link
-	for _, l := range topology.FullMesh(cfg.NodeNames()) {
+	for _, l := range cfg.Links() {
 		if a.opts.Node != "" && l.Down != a.opts.Node {
 			continue
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/deadletter"
 	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/pg"
+	"github.com/pgmesh/pgmesh/internal/setup"
 	"github.com/pgmesh/pgmesh/internal/stream"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
@@ -457,7 +458,7 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 	err = stream.Run(ctx, replConn, stream.Options{
 		Node:        l.Up,
 		Slot:        l.Slot(),
-		Publication: "pgmesh",
+		Publication: setup.Publication,
 		StartLSN:    start,
 		OriginNone:  major >= 16,
 		SpoolDir:    l.spoolDir,

@@ -274,7 +274,7 @@ func (m *monitor) sample(ctx context.Context) {
 		mine[l.Name()] = l
 		downstream[l.Down] = true
 	}
-	all := topology.FullMesh(m.a.config().NodeNames())
+	all := m.a.config().Links()
 	results := make([]probeResult, len(m.nodes))
 	var wg sync.WaitGroup
 	for i, p := range m.nodes {

@@ -200,6 +200,9 @@ func TestBrokenMeshIsVisible(t *testing.T) {
 				t.Errorf("the mesh picture lacks %s", w)
 			}
 		}
+		if t.Failed() {
+			t.Logf("the mesh picture: %s", regexp.MustCompile(`(?s)<svg id="mesh-svg".*?</svg>`).FindString(dom))
+		}
 		if n := strings.Count(dom, `<path class="link `); n != 6 {
 			t.Errorf("%d links in the mesh picture, want 6", n)
 		}

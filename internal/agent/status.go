@@ -58,7 +58,7 @@ const IdleLagBytes = 64 << 10
 // Status reads every link's status from the nodes (not from an agent, so it
 // works whether or not agents run, and from any machine).
 func Status(ctx context.Context, cfg *config.Config) ([]LinkStatus, error) {
-	links := topology.FullMesh(cfg.NodeNames())
+	links := cfg.Links()
 	conns := map[string]*pgx.Conn{}
 	errs := map[string]error{}
 	var mu sync.Mutex

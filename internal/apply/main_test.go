@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 	"github.com/pgmesh/pgmesh/internal/setup"
@@ -44,7 +43,7 @@ func newEnv(t testing.TB) *testEnv {
 	}
 	e.exec(t, "SET search_path = public")
 	e.exec(t, "INSERT INTO pgmesh.local_node (cluster, name) VALUES ('test', 'n2')")
-	if err := conflict.SyncNodes(context.Background(), e.db, []string{e.origin, "n2"}); err != nil {
+	if err := setup.SyncNodes(context.Background(), e.db, []string{e.origin, "n2"}); err != nil {
 		t.Fatal(err)
 	}
 	e.exec(t, "SELECT pg_replication_origin_create($1)", e.origin)

@@ -100,7 +100,7 @@ func Preflight(ctx context.Context, cfg *config.Config) ([]Finding, error) {
 // their defaults.
 func PreflightWith(ctx context.Context, cfg *config.Config, opts Options) ([]Finding, error) {
 	r := &run{cfg: cfg, opts: opts.withDefaults()}
-	links := topology.FullMesh(cfg.NodeNames())
+	links := cfg.Links()
 	conns := make([]*pgx.Conn, len(cfg.Nodes))
 	errs := make([]error, len(cfg.Nodes))
 	var wg sync.WaitGroup

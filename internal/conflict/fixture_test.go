@@ -51,9 +51,7 @@ func newFixture(t testing.TB, ddl ...string) *fixture {
 		}
 	}
 	f.exec("INSERT INTO pgmesh.local_node (cluster, name) VALUES ('test', 'n3')")
-	if err := SyncNodes(ctx, f.conn, []string{"n1", "n2", "n3"}); err != nil {
-		t.Fatal(err)
-	}
+	f.exec("INSERT INTO pgmesh.node (name, rank) VALUES ('n1', 1), ('n2', 2), ('n3', 3)")
 	for _, n := range []string{"n1", "n2", "n3"} {
 		f.exec("SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL", "pgmesh_"+n)
 	}
@@ -67,8 +65,8 @@ func newFixture(t testing.TB, ddl ...string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := InstallTriggers(ctx, f.conn, tables); err != nil {
-		t.Fatal(err)
+	for _, tb := range tables {
+		f.exec("SELECT pgmesh.tombstone_triggers($1::regclass, $2::text[])", tb.Ident(), tb.KeyColumns)
 	}
 	return f
 }

@@ -30,10 +30,10 @@ import (
 
 	"github.com/pgmesh/pgmesh/internal/agent"
 	"github.com/pgmesh/pgmesh/internal/config"
-	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
+	"github.com/pgmesh/pgmesh/internal/setup"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
 
@@ -266,7 +266,7 @@ func (r *remover) detach(ctx context.Context) error {
 		}
 	}
 	for _, s := range r.survivors {
-		if err := conflict.SyncNodes(ctx, r.conns[s.Name], names); err != nil {
+		if err := setup.SyncNodes(ctx, r.conns[s.Name], names); err != nil {
 			return fmt.Errorf("node %s: %w", s.Name, err)
 		}
 	}

@@ -23,11 +23,9 @@ import (
 
 	"github.com/pgmesh/pgmesh/internal/check"
 	"github.com/pgmesh/pgmesh/internal/config"
-	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/ddl"
 	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/pg"
-	"github.com/pgmesh/pgmesh/internal/topology"
 )
 
 // Publication is the name of the publication on every node.
@@ -139,7 +137,7 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 			rep.Notes = append(rep.Notes, fmt.Sprintf("DDL capture is off on %s until a superuser runs there (ddl.capture: auto; or set ddl.capture: manual and use pgmesh ddl):\n%s", n.Name, script))
 		}
 	}
-	links := topology.FullMesh(cfg.NodeNames())
+	links := cfg.Links()
 	slotsCreated := false
 	for _, l := range links {
 		created, err := EnsureSlot(ctx, conns[l.Up], l.Slot())
@@ -215,7 +213,7 @@ func ensureConflictSetup(ctx context.Context, conn *pgx.Conn, node string, names
 		return fmt.Errorf("read pgmesh.node: %w", err)
 	}
 	if !slices.Equal(have, names) {
-		if err := conflict.SyncNodes(ctx, conn, names); err != nil {
+		if err := SyncNodes(ctx, conn, names); err != nil {
 			return err
 		}
 		act(node, "set node ranks %s", strings.Join(names, ", "))
@@ -239,7 +237,7 @@ ON CONFLICT (peer, origin) DO NOTHING`, names, node)
 	}
 	// The tombstone triggers are (re)installed where they are missing or
 	// have other arguments (the table's name and key columns).
-	changed, err := conflict.InstallTriggers(ctx, conn, tables)
+	changed, err := InstallTriggers(ctx, conn, tables)
 	if err != nil {
 		return err
 	}
