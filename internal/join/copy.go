@@ -41,10 +41,12 @@ import (
 // missing origin, it matches no node, no peer_seen row and no rank.
 const UnknownOrigin = "pgmesh_(unknown)"
 
-// copySettings make both ends print and parse values alike: the rows pass
-// through in COPY text format without being decoded.
-const copySettings = `SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
-SET extra_float_digits = 3; SET bytea_output = 'hex'; SET statement_timeout = 0`
+// copySettings: a copy takes as long as the table needs. Both ends print
+// and parse values alike (pg.ConnectExact: the rows pass through in COPY
+// text format without being decoded), and row security is off there, so a
+// policy that would hide rows from pgmesh's role fails the copy instead of
+// leaving them out.
+const copySettings = `SET statement_timeout = 0`
 
 const (
 	// chunkBytes bounds the rows held in memory per table being copied.
@@ -146,7 +148,7 @@ func (j *joiner) copyData(ctx context.Context, s *snapshot) (map[string]time.Tim
 
 // openSource opens a session on the source that reads in the snapshot.
 func (j *joiner) openSource(ctx context.Context, s *snapshot) (*pgx.Conn, error) {
-	c, err := pg.Connect(ctx, j.source.Name, j.source.DSN, "pgmesh node add "+j.node.Name+": copy")
+	c, err := pg.ConnectExact(ctx, j.source.Name, j.source.DSN, "pgmesh node add "+j.node.Name+": copy")
 	if err != nil {
 		return nil, err
 	}
@@ -512,7 +514,7 @@ type writer struct {
 }
 
 func newWriter(ctx context.Context, n config.Node, ls *leases, log *slog.Logger) (*writer, error) {
-	c, err := pg.Connect(ctx, n.Name, n.DSN, "pgmesh node add: write")
+	c, err := pg.ConnectExact(ctx, n.Name, n.DSN, "pgmesh node add: write")
 	if err != nil {
 		return nil, err
 	}

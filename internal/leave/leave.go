@@ -92,7 +92,9 @@ func Remove(ctx context.Context, cfg *config.Config, o Options) (*Report, error)
 		return nil, fmt.Errorf("%w: %s is the last node", ErrRefused, node.Name)
 	}
 	for _, n := range r.survivors {
-		c, err := pg.Connect(ctx, n.Name, n.DSN, "pgmesh node remove "+node.Name)
+		// Exact values: a forced removal passes the rows it reads on one
+		// survivor as text to the apply statements of another.
+		c, err := pg.ConnectExact(ctx, n.Name, n.DSN, "pgmesh node remove "+node.Name)
 		if err != nil {
 			return nil, fmt.Errorf("%w: every survivor must be reachable to receive %s's last changes: %v", ErrRefused, node.Name, err)
 		}
