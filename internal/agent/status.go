@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -59,30 +58,13 @@ const IdleLagBytes = 64 << 10
 // works whether or not agents run, and from any machine).
 func Status(ctx context.Context, cfg *config.Config) ([]LinkStatus, error) {
 	links := cfg.Links()
+	all, failed := pg.ConnectNodes(ctx, cfg.Nodes, "pgmesh status")
+	defer pg.CloseAll(ctx, all)
 	conns := map[string]*pgx.Conn{}
 	errs := map[string]error{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, n := range cfg.Nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := pg.Connect(ctx, n.Name, n.DSN, "pgmesh status")
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs[n.Name] = err
-				return
-			}
-			conns[n.Name] = c
-		}()
+	for i, n := range cfg.Nodes {
+		conns[n.Name], errs[n.Name] = all[i], failed[i]
 	}
-	wg.Wait()
-	defer func() {
-		for _, c := range conns {
-			c.Close(context.WithoutCancel(ctx))
-		}
-	}()
 
 	out := make([]LinkStatus, 0, len(links))
 	for _, l := range links {

@@ -94,18 +94,14 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 		return rep, fmt.Errorf("%w: %d FAIL findings; fix them and run init again", ErrPreflightFailed, check.Count(fs, check.Fail))
 	}
 
+	all, errs := pg.ConnectNodes(ctx, cfg.Nodes, "pgmesh init")
+	defer pg.CloseAll(ctx, all)
+	if err := errors.Join(errs...); err != nil {
+		return rep, err
+	}
 	conns := map[string]*pgx.Conn{}
-	defer func() {
-		for _, c := range conns {
-			c.Close(context.WithoutCancel(ctx))
-		}
-	}()
-	for _, n := range cfg.Nodes {
-		c, err := pg.Connect(ctx, n.Name, n.DSN, "pgmesh init")
-		if err != nil {
-			return rep, err
-		}
-		conns[n.Name] = c
+	for i, n := range cfg.Nodes {
+		conns[n.Name] = all[i]
 	}
 
 	// A node that joined with node add has announced what it holds; the
