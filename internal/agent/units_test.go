@@ -49,6 +49,7 @@ func TestHealth(t *testing.T) {
 		{StateStreaming, false, false, false, false, 0, HealthNoAgent}, // its agent died: nobody reads the slot
 		{StateStreaming, false, false, false, true, 0, HealthStreaming},
 		{StateNoAgent, false, false, false, false, 0, HealthNoAgent},
+		{StateWaiting, true, false, false, false, IdleLagBytes + 1, HealthWaiting}, // a node copies: not catching up
 	}
 	for _, c := range cases {
 		if got := health(c.state, c.mine, c.blocked, c.unreachable, c.slotActive, c.lag); got != c.want {
