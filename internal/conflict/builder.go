@@ -314,20 +314,28 @@ func (b *builder) ImageKeyJSON(expr string) string {
 // of a key is never found again. pgmesh.to_jsonb_utc does, but its SET
 // clause costs about as much as a plain INSERT at every execution, so keys
 // whose every column is of a type that renders the same under any setting
-// (settingFree) use plain to_jsonb; any other type — timestamptz and
-// interval, but also ranges, domains and composites over them — the
-// function.
+// (settingFree) are built by jsonb_build_object, which converts each value
+// as to_jsonb of the row does and, being one expression rather than a
+// sub-select, adds no plan node to initialise at every execution; any
+// other type — timestamptz and interval, but also ranges, domains and
+// composites over them — goes through the function.
 func (b *builder) KeyJSON() string { return keyJSON(b.Ident) }
 
 func keyJSON(cols []column) string {
-	fn := "to_jsonb"
 	for _, c := range cols {
 		if !settingFree.MatchString(c.Type) {
-			fn = "pgmesh.to_jsonb_utc"
+			return jsonOf("pgmesh.to_jsonb_utc", cols)
 		}
 	}
-	return jsonOf(fn, cols)
+	if 2*len(cols) > maxFuncArgs {
+		return jsonOf("to_jsonb", cols)
+	}
+	return "pg_catalog.jsonb_build_object(" + join(cols, func(c column) string { return pg.QuoteLiteral(c.Name) + ", " + c.Value }) + ")"
 }
+
+// maxFuncArgs is the most arguments a PostgreSQL function call takes
+// (FUNC_MAX_ARGS): jsonb_build_object takes two per column.
+const maxFuncArgs = 100
 
 // settingFree matches the types (as format_type prints them, and arrays of
 // them) whose to_jsonb depends on no session setting.
