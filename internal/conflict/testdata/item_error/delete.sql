@@ -13,7 +13,6 @@ tombstone AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pgmesh.close_gate('public.item', pg_catalog.jsonb_build_object('id', $4::text::integer))) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.item' || (pg_catalog.jsonb_build_object('id', $4::text::integer))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_245156be91bd9a69c3d88f2c', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_full_245156be91bd9a69c3d88f2c', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text],
+                                            'public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), true) END AS verdict
          OFFSET 0) r
