@@ -249,6 +249,11 @@ func (b *builder) Fast() bool { return b.mode == fast }
 // name.
 func (b *builder) KeyDeferrable() bool { return b.t.KeyDeferrable }
 
+// EveryArbiter: the fast insert leaves every unique index and exclusion
+// constraint to ON CONFLICT DO NOTHING without a target, which cannot
+// take a deferrable one (templates/fast.sql.tmpl says why it may).
+func (b *builder) EveryArbiter() bool { return !b.Keyless && !b.t.Deferrable() }
+
 // AnyDeferred: some checked constraint is deferrable.
 func (b *builder) AnyDeferred() bool {
 	return slices.ContainsFunc(b.Uniques, func(k check) bool { return k.Deferred() })

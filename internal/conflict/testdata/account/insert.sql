@@ -5,9 +5,7 @@ WITH written AS (
     AND pgmesh.insert_clear('public.account', pg_catalog.jsonb_build_object('id', $4::text::uuid), $2::text)
     AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
                      WHERE z.table_name = 'public.account' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
-    AND NOT EXISTS (SELECT FROM "public"."account" pgmesh_u WHERE pgmesh_u."email" = $7::text AND NOT (pgmesh_u."id" = $4::text::uuid))
-    AND NOT EXISTS (SELECT FROM "public"."account" pgmesh_u WHERE pgmesh_u."tenant" = $5::text::integer AND pgmesh_u."login" = $6::text AND NOT (pgmesh_u."id" = $4::text::uuid))
- ON CONFLICT ("id") DO NOTHING
+ ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL

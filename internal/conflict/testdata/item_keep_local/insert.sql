@@ -5,8 +5,7 @@ WITH written AS (
     AND pgmesh.insert_clear('public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), $2::text)
     AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
                      WHERE z.table_name = 'public.item' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
-    AND NOT EXISTS (SELECT FROM "public"."item" pgmesh_u WHERE pgmesh_u."email" = $5::text AND NOT (pgmesh_u."id" = $4::text::integer))
- ON CONFLICT ("id") DO NOTHING
+ ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL

@@ -5,7 +5,7 @@ WITH written AS (
     AND pgmesh.insert_clear('public.stock', pg_catalog.jsonb_build_object('id', $4::text::integer), $2::text)
     AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
                      WHERE z.table_name = 'public.stock' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
- ON CONFLICT ("id") DO NOTHING
+ ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
