@@ -129,6 +129,9 @@ func benchApply(b *testing.B, bc benchCase) {
 	}
 	names := [2]string{"plain", "generated"}
 	for i, sql := range [2]string{bc.plain, bc.sql(tbl)} {
+		if err := prepareFallbacks(ctx, pc, sql); err != nil {
+			b.Fatal(err)
+		}
 		if _, err := pc.Prepare(ctx, names[i], sql, nil); err != nil {
 			b.Fatalf("prepare %s: %v", names[i], err)
 		}

@@ -464,6 +464,10 @@ func (b *builder) With(arg string) withArg { return withArg{b, arg} }
 // same text always gets the same name.
 func (b *builder) FallbackName() string { return StatementName(b.Fallback) }
 
+// FallbackRef names, as a literal, the prepared statement of Fallback that
+// the fast statement calls (Fallbacks).
+func (b *builder) FallbackRef() string { return pg.QuoteLiteral(fallbackName(b.Fallback)) }
+
 // FallbackText is Fallback as a dollar-quoted literal whose tag it does not
 // contain, so that it appears verbatim.
 func (b *builder) FallbackText() string { return dollarQuote(b.Fallback) }

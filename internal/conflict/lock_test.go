@@ -27,7 +27,7 @@ func TestFallbackLocksAbsentKey(t *testing.T) {
 	var del verdict
 	err := f.session("n1", now, func(ctx context.Context, conn *pgx.Conn) error {
 		params := [][]byte{[]byte(now.Format(time.RFC3339Nano)), []byte("n1"), []byte(fmt.Sprintf("0/%X", f.lsn.Load())), []byte("1")}
-		res := conn.PgConn().ExecParams(ctx, DeleteSQL(tbl), params, nil, nil, nil).Read()
+		res := execStatement(ctx, conn.PgConn(), DeleteSQL(tbl), params)
 		if res.Err != nil {
 			return res.Err
 		}

@@ -13,6 +13,5 @@ tombstone AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    ELSE pgmesh.resolve_key('pgmesh_full_d6fe189bf868606bfc7fd248', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text],
-                                            'public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), true) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_d6fe189bf868606bfc7fd248', ARRAY[$1::text, $2::text, $3::text, $4::text], 'public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), true) END AS verdict
          OFFSET 0) r

@@ -13,6 +13,5 @@ tombstone AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    ELSE pgmesh.resolve_key('pgmesh_full_b2dab77e2f37c8a943cdd0d7', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text],
-                                            'public.it''s "odd"', pg_catalog.jsonb_build_object('Id', $4::text::integer), true) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_b2dab77e2f37c8a943cdd0d7', ARRAY[$1::text, $2::text, $3::text, $4::text], 'public.it''s "odd"', pg_catalog.jsonb_build_object('Id', $4::text::integer), true) END AS verdict
          OFFSET 0) r

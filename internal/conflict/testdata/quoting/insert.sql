@@ -9,6 +9,5 @@ WITH written AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    ELSE pgmesh.resolve_key('pgmesh_full_db81263b5399bf162eb6d737', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text],
-                                            'public.it''s "odd"', pg_catalog.jsonb_build_object('Id', $4::text::integer), false) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_db81263b5399bf162eb6d737', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text], 'public.it''s "odd"', pg_catalog.jsonb_build_object('Id', $4::text::integer), false) END AS verdict
          OFFSET 0) r

@@ -9,6 +9,5 @@ WITH written AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    ELSE pgmesh.resolve_key('pgmesh_full_b317eeab8727cd6a65a913df', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text],
-                                            'public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::text::timestamp with time zone AS "started", $5::text::interval AS "span") x), false) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_b317eeab8727cd6a65a913df', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text], 'public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::text::timestamp with time zone AS "started", $5::text::interval AS "span") x), false) END AS verdict
          OFFSET 0) r

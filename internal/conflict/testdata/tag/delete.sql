@@ -13,6 +13,5 @@ tombstone AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    ELSE pgmesh.resolve_key('pgmesh_full_93a5ecd067de7940831c6096', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text],
-                                            'public.tag', pg_catalog.jsonb_build_object('name', $4::text), true) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_93a5ecd067de7940831c6096', ARRAY[$1::text, $2::text, $3::text, $4::text], 'public.tag', pg_catalog.jsonb_build_object('name', $4::text), true) END AS verdict
          OFFSET 0) r
