@@ -38,3 +38,52 @@ BEGIN
     RETURN pgmesh.resolve_change(resolve_key.name, NULL, resolve_key.params);
 END
 $$;
+
+-- insert_clear (0010) with the truncation check of the fast insert, which
+-- was a sub-select of every insert and is now decided once per table and
+-- remote transaction: false also when the table's truncation (tombstone key
+-- '{}', 0011) orders after the change, committed at remote_time (as the
+-- statement received it, text) by remote_node. Once the truncation is found
+-- not to, the decision is kept in a setting local to the transaction, for
+-- the table, remote_time and remote_node, and the next inserts of the
+-- transaction into the table skip the probe. That is exact: every fast
+-- insert holds the table's ROW EXCLUSIVE lock, taken before it runs, until
+-- its transaction ends, and every writer of a truncation holds a lock that
+-- conflicts with it until it commits (a local TRUNCATE, ACCESS EXCLUSIVE,
+-- whose trigger records it; a remote one, SHARE: conflict.TruncateLockSQL).
+-- So the first probe, made on a snapshot of its own taken after the lock,
+-- sees every truncation that will ever be committed before this
+-- transaction ends. A truncation pruned meanwhile only makes the decision
+-- more true; a rolled-back subtransaction takes the setting with it. The
+-- setting's name is a hash of the table name and its value names the
+-- table: two tables sharing a name only probe more often.
+CREATE OR REPLACE FUNCTION pgmesh.insert_clear(table_name text, key jsonb, remote_node text, remote_time text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    setting text;
+    decided text;
+BEGIN
+    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1885826408, pgmesh.key_gate(insert_clear.table_name, insert_clear.key)) THEN
+        RETURN false;
+    END IF;
+    IF EXISTS (SELECT FROM pgmesh.tombstone z
+                WHERE z.table_name = insert_clear.table_name AND z.key = insert_clear.key
+                  AND z.node IS DISTINCT FROM insert_clear.remote_node) THEN
+        RETURN false;
+    END IF;
+    setting := 'pgmesh.truncation_' || (pg_catalog.hashtext(insert_clear.table_name) & 1023);
+    decided := ARRAY[insert_clear.table_name, insert_clear.remote_time, insert_clear.remote_node]::text;
+    IF pg_catalog.current_setting(setting, true) IS NOT DISTINCT FROM decided THEN
+        RETURN true;
+    END IF;
+    IF EXISTS (SELECT FROM pgmesh.tombstone z
+                WHERE z.table_name = insert_clear.table_name AND z.key = '{}'::jsonb
+                  AND NOT pgmesh.orders_after(insert_clear.remote_time::timestamptz, insert_clear.remote_node,
+                                              pgmesh.tombstone_time(z.deleted_at, z.xid), z.node)) THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_catalog.set_config(setting, decided, true);
+    RETURN true;
+END
+$$;

@@ -238,6 +238,10 @@ func (b *builder) CommitTime() string { return b.arg(paramCommitTime, "timestamp
 func (b *builder) Origin() string     { return b.arg(paramOrigin, "text") }
 func (b *builder) LSN() string        { return b.arg(paramLSN, "pg_lsn") }
 
+// CommitTimeText is, in a fast statement, the remote commit time as
+// received: text, which pgmesh.insert_clear compares without parsing it.
+func (b *builder) CommitTimeText() string { return fmt.Sprintf("$%d::text", paramCommitTime) }
+
 // OriginPrefix is what the name of a link's replication origin adds to its
 // upstream's node name.
 func (b *builder) OriginPrefix() string { return pg.QuoteLiteral(topology.OriginName("")) }

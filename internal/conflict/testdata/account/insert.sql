@@ -2,9 +2,7 @@ WITH written AS (
  INSERT INTO "public"."account" ("id", "tenant", "login", "email")
  SELECT $4::text::uuid, $5::text::integer, $6::text, $7::text
   WHERE NOT EXISTS (SELECT FROM "public"."account" pgmesh_t WHERE pgmesh_t."id" = $4::text::uuid)
-    AND pgmesh.insert_clear('public.account', pg_catalog.jsonb_build_object('id', $4::text::uuid), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.account' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
+    AND pgmesh.insert_clear('public.account', pg_catalog.jsonb_build_object('id', $4::text::uuid), $2::text, $1::text)
  ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution

@@ -2,9 +2,7 @@ WITH written AS (
  INSERT INTO "public"."item" ("id", "email", "name", "qty")
  SELECT $4::text::integer, $5::text, $6::text, $7::text::integer
   WHERE NOT EXISTS (SELECT FROM "public"."item" pgmesh_t WHERE pgmesh_t."id" = $4::text::integer)
-    AND pgmesh.insert_clear('public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.item' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
+    AND pgmesh.insert_clear('public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), $2::text, $1::text)
  ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution

@@ -2,9 +2,7 @@ WITH written AS (
  INSERT INTO "public"."line" ("order_id", "line_no", "sku", "amount")
  SELECT $4::text::bigint, $5::text::integer, $6::text, $7::text::numeric(12,2)
   WHERE NOT EXISTS (SELECT FROM "public"."line" pgmesh_t WHERE pgmesh_t."order_id" = $4::text::bigint AND pgmesh_t."line_no" = $5::text::integer)
-    AND pgmesh.insert_clear('public.line', pg_catalog.jsonb_build_object('order_id', $4::text::bigint, 'line_no', $5::text::integer), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.line' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
+    AND pgmesh.insert_clear('public.line', pg_catalog.jsonb_build_object('order_id', $4::text::bigint, 'line_no', $5::text::integer), $2::text, $1::text)
  ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution

@@ -2,9 +2,7 @@ WITH written AS (
  INSERT INTO "public"."session" ("started", "span", "who")
  SELECT $4::text::timestamp with time zone, $5::text::interval, $6::text
   WHERE NOT EXISTS (SELECT FROM "public"."session" pgmesh_t WHERE pgmesh_t."started" = $4::text::timestamp with time zone AND pgmesh_t."span" = $5::text::interval)
-    AND pgmesh.insert_clear('public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::text::timestamp with time zone AS "started", $5::text::interval AS "span") x), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.session' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
+    AND pgmesh.insert_clear('public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::text::timestamp with time zone AS "started", $5::text::interval AS "span") x), $2::text, $1::text)
  ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution

@@ -2,9 +2,7 @@ WITH written AS (
  INSERT INTO "public"."slot" ("id", "v")
  SELECT $4::text::integer, $5::text
   WHERE NOT EXISTS (SELECT FROM "public"."slot" pgmesh_t WHERE pgmesh_t."id" = $4::text::integer)
-    AND pgmesh.insert_clear('public.slot', pg_catalog.jsonb_build_object('id', $4::text::integer), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.slot' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
+    AND pgmesh.insert_clear('public.slot', pg_catalog.jsonb_build_object('id', $4::text::integer), $2::text, $1::text)
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL

@@ -2,9 +2,7 @@ WITH written AS (
  INSERT INTO "public"."tag" ("name")
  SELECT $4::text
   WHERE NOT EXISTS (SELECT FROM "public"."tag" pgmesh_t WHERE pgmesh_t."name" = $4::text)
-    AND pgmesh.insert_clear('public.tag', pg_catalog.jsonb_build_object('name', $4::text), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.tag' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
+    AND pgmesh.insert_clear('public.tag', pg_catalog.jsonb_build_object('name', $4::text), $2::text, $1::text)
  ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
