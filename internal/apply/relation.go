@@ -524,8 +524,9 @@ func updateKeyTuple(c *stream.Change) stream.Tuple {
 
 // prepare queues the preparation of the conflict-resolving statement for
 // the current shape, unless this session prepared the same SQL before
-// (reported by the second result). Parameters are untyped: the statement
-// casts each one to its column's type.
+// (reported by the second result), after the full statements it falls back
+// to that the session has not prepared (queued here). Parameters are
+// untyped: the statement casts each one to its column's type.
 func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
 	st := &stmt{name: "pgmesh_s" + strconv.Itoa(len(a.stmts)+1)}
 	t := ri.table
@@ -557,6 +558,16 @@ func (a *Applier) prepare(ri *relInfo, c *stream.Change) (*stmt, bool) {
 		// Same statement for a newer description of the relation.
 		st.name = name
 		return st, false
+	}
+	// The full statements it falls back to by name, first: their results
+	// come back before the statement's own, which the caller queues.
+	for _, fb := range conflict.Fallbacks(sql) {
+		if _, ok := a.stmts[fb.SQL]; ok {
+			continue
+		}
+		a.stmts[fb.SQL] = fb.Name
+		a.pipe.SendPrepare(fb.Name, fb.SQL, fb.ParamOIDs)
+		a.pending = append(a.pending, item{kind: itemPrepare, txn: a.txn, rel: ri, stmt: &stmt{name: fb.Name, what: "fallback of " + st.what}})
 	}
 	a.stmts[sql] = st.name
 	a.pipe.SendPrepare(st.name, sql, nil)
