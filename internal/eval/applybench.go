@@ -72,6 +72,7 @@ func BenchApply(ctx context.Context, o ApplyBenchOptions) (*ApplyBenchResult, er
 		if err := os.Chmod(d, 0o755); err != nil {
 			return nil, err
 		}
+		defer os.RemoveAll(d)
 		dir = filepath.Join(d, "cluster")
 	}
 	cl, err := sandbox.Up(ctx, sandbox.Options{Dir: dir, Nodes: 2, BinDir: o.BinDir, DB: "native",
@@ -155,8 +156,14 @@ func (b *applyBench) prepare(ctx context.Context) error {
 	if err := execSQL(ctx, b.cl.DSNAs(n1, "native", sandbox.Admin), `CREATE PUBLICATION bench FOR ALL TABLES`); err != nil {
 		return err
 	}
+	// The subscriber's walreceiver runs as the server's OS user, which
+	// cannot read the sandbox's password file.
+	pub, err := b.cl.ServerDSN(n1, "native", sandbox.Admin)
+	if err != nil {
+		return err
+	}
 	sub := fmt.Sprintf(`CREATE SUBSCRIPTION bench CONNECTION %s PUBLICATION bench WITH (copy_data = false, enabled = false)`,
-		pg.QuoteLiteral(b.cl.DSNAs(n1, "native", sandbox.Admin)))
+		pg.QuoteLiteral(pub))
 	if err := execSQL(ctx, b.cl.DSNAs(n2, "native", sandbox.Admin), sub); err != nil {
 		return err
 	}
