@@ -367,6 +367,14 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 		return false, fmt.Errorf("link %s: %w", l.Name(), err)
 	}
 	defer ddlConn.Close(context.WithoutCancel(ctx))
+	// ...and to the upstream, opened when the first such question comes up
+	// (a remote column that this node lacks: rare).
+	var ddlUp *pgx.Conn
+	defer func() {
+		if ddlUp != nil {
+			ddlUp.Close(context.WithoutCancel(ctx))
+		}
+	}()
 
 	ddlExec := &ddl.Executor{Node: l.Down, Logger: l.log}
 	cfg := l.conflicts()
@@ -387,7 +395,14 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 			return ddlExec.Handle(ctx, ddl.ConnExecer{Conn: applyConn.PgConn()}, m)
 		},
 		MissingColumn: func(ctx context.Context, table, column string) (apply.ColumnFate, error) {
-			return l.columnFate(ctx, ddlConn, table, column)
+			if ddlUp == nil || ddlUp.IsClosed() {
+				c, err := pg.Connect(ctx, l.Up, l.up.DSN, "pgmesh ddl check "+l.Name())
+				if err != nil {
+					return apply.ColumnUnknown, err
+				}
+				ddlUp = c
+			}
+			return columnFate(ctx, ddlConn, ddlUp, table, column)
 		},
 		RecheckDeferred: recheck,
 		OnApplied:       func(ap apply.Applied) { l.applyTime.Observe(ap.Duration.Seconds()) },
@@ -519,14 +534,9 @@ func memberState(ctx context.Context, conn *pgx.Conn) (string, error) {
 // this node lacks (apply.ColumnFate): ColumnComing when a DDL mentioning it
 // has been applied upstream and not here (it adds or renames it, and is on
 // its way), ColumnGone when one has been applied here and not upstream (it
-// dropped or renamed it here first). local is a connection to the
-// downstream that is free on the handler's goroutine.
-func (l *link) columnFate(ctx context.Context, local *pgx.Conn, table, column string) (apply.ColumnFate, error) {
-	up, err := pg.Connect(ctx, l.Up, l.up.DSN, "pgmesh ddl check "+l.Name())
-	if err != nil {
-		return apply.ColumnUnknown, err
-	}
-	defer up.Close(context.WithoutCancel(ctx))
+// dropped or renamed it here first). local and up are connections to the
+// downstream and the upstream that are free on the handler's goroutine.
+func columnFate(ctx context.Context, local, up *pgx.Conn, table, column string) (apply.ColumnFate, error) {
 	if ok, err := ddl.InFlight(ctx, local, up, table, column); err != nil || ok {
 		return apply.ColumnComing, err
 	}
