@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"github.com/pgmesh/pgmesh/internal/human"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -65,9 +66,9 @@ func TestHumanUnits(t *testing.T) {
 		{humanSeconds(3.21), "3.2 s"},
 		{humanSeconds(150), "2.5 min"},
 		{humanSeconds(7200), "2.0 h"},
-		{humanBytes(512), "512 B"},
-		{humanBytes(3277), "3.2 KiB"},
-		{humanBytes(5 << 30), "5.0 GiB"},
+		{human.Bytes(512), "512 B"},
+		{human.Bytes(3277), "3.2 KiB"},
+		{human.Bytes(5 << 30), "5.0 GiB"},
 		{signedMillis(-0.0121), "-12.1 ms"},
 	}
 	for _, c := range cases {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pgmesh/pgmesh/internal/human"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -142,7 +143,7 @@ func (j *joiner) copyData(ctx context.Context, s *snapshot) (map[string]time.Tim
 		j.rep.Bytes += st.Bytes
 	}
 	j.rep.Seconds = time.Since(began).Seconds()
-	j.printf("copied %d rows (%s) of %d tables in %s", j.rep.Rows, humanBytes(j.rep.Bytes), len(tables), time.Since(began).Round(time.Millisecond))
+	j.printf("copied %d rows (%s) of %d tables in %s", j.rep.Rows, human.Bytes(j.rep.Bytes), len(tables), time.Since(began).Round(time.Millisecond))
 	return seen, nil
 }
 
@@ -777,17 +778,4 @@ func truncate(b []byte) string {
 		return string(b[:80]) + "…"
 	}
 	return string(b)
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
