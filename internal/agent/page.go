@@ -3,13 +3,14 @@ package agent
 import (
 	_ "embed"
 	"fmt"
-	"github.com/pgmesh/pgmesh/internal/human"
 	"html/template"
 	"math"
 	"net/http"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/pgmesh/pgmesh/internal/human"
 )
 
 //go:embed page.html

@@ -3,10 +3,11 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"github.com/pgmesh/pgmesh/internal/human"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgmesh/pgmesh/internal/human"
 )
 
 func TestRefused(t *testing.T) {

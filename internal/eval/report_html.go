@@ -3,11 +3,12 @@ package eval
 import (
 	"bytes"
 	"fmt"
-	"github.com/pgmesh/pgmesh/internal/human"
 	"html/template"
 	"math"
 	"slices"
 	"strings"
+
+	"github.com/pgmesh/pgmesh/internal/human"
 )
 
 // HTML renders the report as one self-contained page: inline SVG charts,
