@@ -263,7 +263,7 @@ func (r *remover) detach(ctx context.Context) error {
 	for _, s := range r.survivors {
 		names = append(names, s.Name)
 		c := r.conns[s.Name]
-		if err := dropSlot(ctx, c, topology.Link{Up: s.Name, Down: r.node.Name}.Slot()); err != nil {
+		if err := setup.DropSlot(ctx, c, topology.Link{Up: s.Name, Down: r.node.Name}.Slot()); err != nil {
 			return fmt.Errorf("node %s: %w", s.Name, err)
 		}
 	}
@@ -274,7 +274,7 @@ func (r *remover) detach(ctx context.Context) error {
 	}
 	if n, ok := r.conns[r.node.Name]; ok {
 		for _, s := range r.survivors {
-			if err := dropSlot(ctx, n, topology.Link{Up: r.node.Name, Down: s.Name}.Slot()); err != nil {
+			if err := setup.DropSlot(ctx, n, topology.Link{Up: r.node.Name, Down: s.Name}.Slot()); err != nil {
 				return fmt.Errorf("node %s: %w", r.node.Name, err)
 			}
 		}
@@ -283,15 +283,6 @@ func (r *remover) detach(ctx context.Context) error {
 		}
 	}
 	r.printf("%s is out of the mesh: its slots are dropped, the survivors no longer rank it", r.node.Name)
-	return nil
-}
-
-func dropSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
-	_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots
-	                           WHERE slot_name = $1 AND database = current_database()`, slot)
-	if err != nil {
-		return fmt.Errorf("drop slot %s: %w", slot, err)
-	}
 	return nil
 }
 

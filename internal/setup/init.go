@@ -352,6 +352,16 @@ func describeChange(have, want []string) string {
 	return fmt.Sprintf("%d tables (%s)", len(want), strings.Join(parts, "; "))
 }
 
+// DropSlot drops slot on conn's node if it exists there (in its database).
+func DropSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
+	_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots
+	                           WHERE slot_name = $1 AND database = current_database()`, slot)
+	if err != nil {
+		return fmt.Errorf("drop slot %s: %w", slot, err)
+	}
+	return nil
+}
+
 // EnsureSlot creates the logical slot on conn's node unless it exists; an
 // existing slot must be a pgoutput slot of the same database.
 func EnsureSlot(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
