@@ -64,16 +64,12 @@ func BenchApply(ctx context.Context, o ApplyBenchOptions) (*ApplyBenchResult, er
 	}
 	dir := o.Dir
 	if dir == "" {
-		d, err := os.MkdirTemp("", "pgmesh-bench-")
+		d, remove, err := sandbox.TempDir("pgmesh-bench-")
 		if err != nil {
 			return nil, err
 		}
-		// As root the servers run as the postgres user, who must enter it.
-		if err := os.Chmod(d, 0o755); err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(d)
-		dir = filepath.Join(d, "cluster")
+		defer remove()
+		dir = d
 	}
 	cl, err := sandbox.Up(ctx, sandbox.Options{Dir: dir, Nodes: 2, BinDir: o.BinDir, DB: "native",
 		Logf: func(f string, a ...any) { fmt.Fprintf(o.Out, "  "+f+"\n", a...) }})
