@@ -373,10 +373,7 @@ func (a *Agent) recordStates(ctx context.Context) {
 			a.promote(ctx)
 		}
 		for _, l := range a.currentLinks() {
-			snap := recorded{linkSnapshot: l.snapshot()}
-			if b := l.blockedTxn(); b != nil {
-				snap.blocked = *b
-			}
+			snap := l.recorded()
 			if written[l.Name()] == snap {
 				continue
 			}
@@ -393,10 +390,9 @@ func (a *Agent) recordStates(ctx context.Context) {
 			// Record "stopped" on the way out, with a short deadline.
 			stopCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			for _, l := range a.currentLinks() {
-				snap := recorded{linkSnapshot: l.snapshot()}
-				if b := l.blockedTxn(); b != nil {
-					snap.blocked = *b // still blocked: `pgmesh skip` works with the agent stopped
-				}
+				// Still blocked, if it was: `pgmesh skip` works with the
+				// agent stopped.
+				snap := l.recorded()
 				snap.state, snap.lastErr = StateStopped, ""
 				_ = w.write(stopCtx, l, snap)
 			}
@@ -412,6 +408,15 @@ func (a *Agent) recordStates(ctx context.Context) {
 type recorded struct {
 	linkSnapshot
 	blocked BlockedTxn
+}
+
+// recorded is what pgmesh.link_state should hold of l now.
+func (l *link) recorded() recorded {
+	r := recorded{linkSnapshot: l.snapshot()}
+	if b := l.blockedTxn(); b != nil {
+		r.blocked = *b
+	}
+	return r
 }
 
 // stateWriter keeps one connection per downstream node for link states.
