@@ -44,7 +44,7 @@ func lw(kind, resolution, loser string) logWant {
 	return logWant{kinds: strings.Split(kind, "|"), resolution: resolution, loser: loser}
 }
 
-// TestConflictTable makes each row of the DESIGN §5 table happen for real:
+// TestConflictTable makes each row of the README's conflict table happen for real:
 // rows are seeded through the mesh, then the agent is stopped, the nodes
 // write concurrently (the later statement has the later commit time), and
 // the agent is started again. Every case has its own keys, so they share

@@ -514,12 +514,14 @@ func TestJoinInterrupted(t *testing.T) {
 
 	add = startNodeAdd(t, je, "copy", t.TempDir())
 	add.waitHold(t, "copy")
-	// The copy's progress is in the agent's metrics.
+	// The copy's progress is in the agent's metrics, and the links into
+	// n4 show as waiting.
 	eventually(t, 30*time.Second, "the agent's metrics show n4 copying", func() (bool, string) {
 		m := je.agent.get(t, "/metrics")
 		return strings.Contains(m, `pgmesh_node_state{node="n4",state="copying"} 1`) &&
 			regexp.MustCompile(`pgmesh_join_estimated_rows\{node="n4",table="public\.\w+"\} \d`).MatchString(m) &&
-			strings.Contains(m, `pgmesh_join_copied_rows{node="n4"`), m
+			strings.Contains(m, `pgmesh_join_copied_rows{node="n4"`) &&
+			strings.Contains(m, `pgmesh_link_state{downstream="n4",link="n1->n4",state="waiting",upstream="n1"} 1`), m
 	})
 	je.agent.kill()
 	if err := je.Cluster.Stop(ctx, "n4", "immediate"); err != nil {

@@ -106,6 +106,10 @@ func TestApplicationRoleWrites(t *testing.T) {
 		`UPDATE pgmesh.sequence_config SET node_id = 2`,
 		`INSERT INTO pgmesh.ddl_log (id, origin_node, sql, status) VALUES ('x', 'n2', 'DROP TABLE s_step.t', 'applied')`,
 		`SELECT count(*) FROM pgmesh.conflict_log`,
+		// Nor to order a transaction skipped, or read what was skipped.
+		`INSERT INTO pgmesh.skip_request (upstream, commit_lsn) VALUES ('n2', '0/1')`,
+		`SELECT changes FROM pgmesh.dead_letter`,
+		`UPDATE pgmesh.link_state SET blocked = NULL`,
 		`SELECT pgmesh.ddl_run('DROP TABLE s_step.t', '')`,
 		`SELECT pgmesh.snowflake_nextval('s_step.t_id_seq')`,
 		`SELECT pg_logical_emit_message(false, 'pgmesh.seen', '{"node":"n2","seen":{"n1":"9999-01-01T00:00:00Z"}}')`,

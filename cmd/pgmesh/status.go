@@ -102,6 +102,20 @@ func printStatus(cmd *cobra.Command, sts []agent.LinkStatus) {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%.1f\t%s\t%s\t%s\n", s.Link, s.State, bytesIEC(s.LagBytes), s.LagSeconds, last, bytesIEC(s.RetainedWALBytes), problem)
 	}
 	w.Flush()
+	for _, s := range sts {
+		if b := s.Blocked; b != nil && s.Problem == "" {
+			fmt.Fprintf(cmd.OutOrStdout(), "\n%s is blocked on transaction %s (xid %d, committed %s upstream) since %s, %d attempts: %s",
+				s.Link, b.CommitLSN, b.XID, b.CommitTime.Local().Format(time.DateTime+".000"), b.Since.Local().Format(time.DateTime), b.Attempts, b.What)
+			if b.Table != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), " %s", b.Table)
+			}
+			if b.Key != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), " (%s)", b.Key)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "\n  error: %s\n  fix the cause on %s and it applies, or move it aside: pgmesh skip --link %s --lsn %s\n",
+				b.Error, s.Downstream, s.Link, b.CommitLSN)
+		}
+	}
 }
 
 // bytesIEC prints n as 512B, 3.2KiB, 1.5MiB…

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,7 +18,6 @@ import (
 
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/pg"
-	"github.com/pgmesh/pgmesh/internal/topology"
 )
 
 // Options configures an Agent.
@@ -137,7 +137,7 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 // wantLinks returns the links of cfg this agent runs (new, not started).
 func (a *Agent) wantLinks(cfg *config.Config) []*link {
 	var out []*link
-	for _, l := range topology.FullMesh(cfg.NodeNames()) {
+	for _, l := range cfg.Links() {
 		if a.opts.Node != "" && l.Down != a.opts.Node {
 			continue
 		}
@@ -356,7 +356,7 @@ func (a *Agent) followMembers(ctx context.Context, wg *sync.WaitGroup) {
 func (a *Agent) recordStates(ctx context.Context) {
 	w := &stateWriter{conns: map[string]*pgx.Conn{}}
 	defer w.close()
-	written := map[string]linkSnapshot{}
+	written := map[string]recorded{}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	promoted := time.Now()
@@ -366,7 +366,7 @@ func (a *Agent) recordStates(ctx context.Context) {
 			a.promote(ctx)
 		}
 		for _, l := range a.currentLinks() {
-			snap := l.snapshot()
+			snap := l.recorded()
 			if written[l.Name()] == snap {
 				continue
 			}
@@ -383,7 +383,9 @@ func (a *Agent) recordStates(ctx context.Context) {
 			// Record "stopped" on the way out, with a short deadline.
 			stopCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			for _, l := range a.currentLinks() {
-				snap := l.snapshot()
+				// Still blocked, if it was: `pgmesh skip` works with the
+				// agent stopped.
+				snap := l.recorded()
 				snap.state, snap.lastErr = StateStopped, ""
 				_ = w.write(stopCtx, l, snap)
 			}
@@ -394,10 +396,26 @@ func (a *Agent) recordStates(ctx context.Context) {
 	}
 }
 
+// recorded is what pgmesh.link_state holds of a link: its snapshot and the
+// transaction it is blocked on (zero: none), which `pgmesh skip` reads.
+type recorded struct {
+	linkSnapshot
+	blocked BlockedTxn
+}
+
+// recorded is what pgmesh.link_state should hold of l now.
+func (l *link) recorded() recorded {
+	r := recorded{linkSnapshot: l.snapshot()}
+	if b := l.blockedTxn(); b != nil {
+		r.blocked = *b
+	}
+	return r
+}
+
 // stateWriter keeps one connection per downstream node for link states.
 type stateWriter struct{ conns map[string]*pgx.Conn }
 
-func (w *stateWriter) write(ctx context.Context, l *link, s linkSnapshot) error {
+func (w *stateWriter) write(ctx context.Context, l *link, s recorded) error {
 	conn := w.conns[l.Down]
 	if conn == nil || conn.IsClosed() {
 		c, err := pg.Connect(ctx, l.Down, l.down.DSN, "pgmesh agent")
@@ -411,14 +429,22 @@ func (w *stateWriter) write(ctx context.Context, l *link, s linkSnapshot) error 
 		lsn = s.lastEndLSN.String()
 		ts = s.lastCommitTime
 	}
+	var blocked any
+	if s.blocked.CommitLSN != "" {
+		b, err := json.Marshal(s.blocked)
+		if err != nil {
+			return err
+		}
+		blocked = string(b)
+	}
 	_, err := conn.Exec(ctx, `
-INSERT INTO pgmesh.link_state AS s (upstream, state, last_error, last_commit_lsn, last_commit_time, applied_txns, updated_at)
-VALUES ($1, $2, NULLIF($3, ''), $4::pg_lsn, $5, $6, now())
+INSERT INTO pgmesh.link_state AS s (upstream, state, last_error, last_commit_lsn, last_commit_time, applied_txns, blocked, updated_at)
+VALUES ($1, $2, NULLIF($3, ''), $4::pg_lsn, $5, $6, $7::jsonb, now())
 ON CONFLICT (upstream) DO UPDATE SET state = EXCLUDED.state, last_error = EXCLUDED.last_error,
   last_commit_lsn = COALESCE(EXCLUDED.last_commit_lsn, s.last_commit_lsn),
   last_commit_time = COALESCE(EXCLUDED.last_commit_time, s.last_commit_time),
-  applied_txns = EXCLUDED.applied_txns, updated_at = now()`,
-		l.Up, s.state, s.lastErr, lsn, ts, int64(s.txns))
+  applied_txns = EXCLUDED.applied_txns, blocked = EXCLUDED.blocked, updated_at = now()`,
+		l.Up, s.state, s.lastErr, lsn, ts, int64(s.txns), blocked)
 	if err != nil {
 		conn.Close(context.WithoutCancel(ctx))
 		return fmt.Errorf("link %s: write pgmesh.link_state on %s: %w", l.Name(), l.Down, err)

@@ -23,9 +23,11 @@ import (
 	"github.com/pgmesh/pgmesh/internal/apply"
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/ddl"
+	"github.com/pgmesh/pgmesh/internal/deadletter"
 	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
+	"github.com/pgmesh/pgmesh/internal/setup"
 	"github.com/pgmesh/pgmesh/internal/stream"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
@@ -393,6 +395,14 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 		return false, err
 	}
 	var ddlMu sync.Mutex
+	// ...and to the upstream, opened when the first such question comes up
+	// (a remote column that this node lacks: rare).
+	var ddlUp *pgx.Conn
+	defer func() {
+		if ddlUp != nil {
+			ddlUp.Close(context.WithoutCancel(ctx))
+		}
+	}()
 
 	// A worker's origin is missing when agent.apply_workers was raised, or
 	// on a node that joined (node add sets up the first): it starts with
@@ -422,12 +432,22 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 		ResumeAfter: resume,
 		Catalog:     catalog,
 		OnMessage: func(ctx context.Context, conn *pgconn.PgConn, m stream.Message) error {
+			if m.Prefix == deadletter.Prefix {
+				return deadletter.Store(ctx, conn, l.Up, m)
+			}
 			return ddlExec.Handle(ctx, ddl.ConnExecer{Conn: conn}, m)
 		},
 		MissingColumn: func(ctx context.Context, table, column string) (apply.ColumnFate, error) {
 			ddlMu.Lock()
 			defer ddlMu.Unlock()
-			return l.columnFate(ctx, ddlConn, table, column)
+			if ddlUp == nil || ddlUp.IsClosed() {
+				c, err := pg.Connect(ctx, l.Up, l.up.DSN, "pgmesh ddl check "+l.Name())
+				if err != nil {
+					return apply.ColumnUnknown, err
+				}
+				ddlUp = c
+			}
+			return columnFate(ctx, ddlConn, ddlUp, table, column)
 		},
 		RecheckDeferred: recheck,
 		OnApplied:       func(ap apply.Applied) { l.applyTime.Observe(ap.Duration.Seconds()) },
@@ -489,17 +509,28 @@ func (l *link) session(ctx context.Context) (streamed bool, err error) {
 		case <-ctx.Done():
 		}
 	}()
+	// A transaction the operator ordered skipped (`pgmesh skip`) goes into
+	// pgmesh.dead_letter instead of the tables.
+	skip, err := deadletter.Pending(ctx, monConn, l.Up)
+	if err != nil {
+		return true, fmt.Errorf("link %s: node %s: %w", l.Name(), l.Down, err)
+	}
+	var handler stream.Handler = applier
+	if skip != 0 {
+		l.log.Warn("the operator ordered a transaction skipped: it goes into pgmesh.dead_letter", "commit_lsn", skip.String())
+		handler = deadletter.Divert(applier, skip)
+	}
 	flushed := func(ctx context.Context) (stream.LSN, error) {
 		return origin.Progress(ctx, monConn, l.Up, true)
 	}
 	err = stream.Run(ctx, replConn, stream.Options{
 		Node:        l.Up,
 		Slot:        l.Slot(),
-		Publication: "pgmesh",
+		Publication: setup.Publication,
 		StartLSN:    start,
 		OriginNone:  major >= 16,
 		Logger:      l.log,
-	}, applier, flushed)
+	}, handler, flushed)
 	if aerr := applier.Err(); aerr != nil {
 		return true, fmt.Errorf("link %s: %w", l.Name(), aerr)
 	}
@@ -558,14 +589,9 @@ func memberState(ctx context.Context, conn *pgx.Conn) (string, error) {
 // this node lacks (apply.ColumnFate): ColumnComing when a DDL mentioning it
 // has been applied upstream and not here (it adds or renames it, and is on
 // its way), ColumnGone when one has been applied here and not upstream (it
-// dropped or renamed it here first). local is a connection to the
-// downstream that is free on the handler's goroutine.
-func (l *link) columnFate(ctx context.Context, local *pgx.Conn, table, column string) (apply.ColumnFate, error) {
-	up, err := pg.Connect(ctx, l.Up, l.up.DSN, "pgmesh ddl check "+l.Name())
-	if err != nil {
-		return apply.ColumnUnknown, err
-	}
-	defer up.Close(context.WithoutCancel(ctx))
+// dropped or renamed it here first). local and up are connections to the
+// downstream and the upstream that are free on the handler's goroutine.
+func columnFate(ctx context.Context, local, up *pgx.Conn, table, column string) (apply.ColumnFate, error) {
 	if ok, err := ddl.InFlight(ctx, local, up, table, column); err != nil || ok {
 		return apply.ColumnComing, err
 	}

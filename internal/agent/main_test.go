@@ -65,6 +65,9 @@ func throughProxy(t *testing.T, env *sandboxtest.Env, node string) (*config.Conf
 		}
 		out.Nodes[i].DSN = port.ReplaceAllString(n.DSN, "port="+p) + " passfile=" + passfile
 	}
+	// Not the file's config any more: an agent following the file (node
+	// add/remove) would go back to the direct addresses.
+	out.Path = ""
 	return &out, net
 }
 

@@ -21,6 +21,7 @@ import (
 // it: the supervisor's state refined with what the nodes say.
 const (
 	HealthConnecting  = "connecting"  // starting a session
+	HealthWaiting     = "waiting"     // a node of the link is copying its data (node add) or leaving
 	HealthStreaming   = "streaming"   // applying, caught up
 	HealthCatchingUp  = "catching_up" // applying, more than IdleLagBytes behind
 	HealthRetrying    = "retrying"    // the last session failed; waiting to retry
@@ -31,7 +32,7 @@ const (
 )
 
 // Healths lists every health, in the order of the pgmesh_link_state series.
-var Healths = []string{HealthConnecting, HealthStreaming, HealthCatchingUp, HealthRetrying,
+var Healths = []string{HealthConnecting, HealthWaiting, HealthStreaming, HealthCatchingUp, HealthRetrying,
 	HealthBlocked, HealthUnreachable, HealthStopped, HealthNoAgent}
 
 // View is what the agent knows of the mesh at one moment: the status page
@@ -274,7 +275,7 @@ func (m *monitor) sample(ctx context.Context) {
 		mine[l.Name()] = l
 		downstream[l.Down] = true
 	}
-	all := topology.FullMesh(m.a.config().NodeNames())
+	all := m.a.config().Links()
 	results := make([]probeResult, len(m.nodes))
 	var wg sync.WaitGroup
 	for i, p := range m.nodes {
@@ -431,6 +432,8 @@ func health(state string, mine, blocked, unreachable, slotActive bool, lagBytes 
 		return HealthRetrying
 	case state == StateConnecting:
 		return HealthConnecting
+	case state == StateWaiting:
+		return HealthWaiting
 	case lagBytes > IdleLagBytes:
 		return HealthCatchingUp
 	}

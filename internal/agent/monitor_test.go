@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"image/png"
 	"net/http"
 	"os"
@@ -108,6 +109,15 @@ func TestBrokenMeshIsVisible(t *testing.T) {
 		if poison.Table != "public.t" || poison.Key != "id=2" || !strings.Contains(poison.Error, "no_poison") || poison.CommitLSN == "" || poison.Attempts < 1 {
 			t.Errorf("blocked transaction of n1->n2: %+v, want the insert of id=2 into public.t refused by no_poison", poison)
 		}
+		// The blocked transaction is recorded on the downstream, where
+		// `pgmesh skip` and `pgmesh status` read it.
+		n2 := m.env.Inspect(t, 1)
+		eventually(t, 30*time.Second, "n2 records what n1->n2 is blocked on", func() (bool, string) {
+			var lsn *string
+			err := n2.QueryRow(context.Background(),
+				`SELECT blocked->>'commit_lsn' FROM pgmesh.link_state WHERE upstream = 'n1'`).Scan(&lsn)
+			return err == nil && lsn != nil && *lsn == poison.CommitLSN, fmt.Sprint(lsn, err)
+		})
 		if d := byLink["n2->n1"]; !strings.Contains(d.What, "pgmesh.ddl") || !strings.Contains(d.Error, "already exists") {
 			t.Errorf("blocked transaction of n2->n1: %+v, want the DDL message failing on the existing index", d)
 		}
@@ -177,7 +187,7 @@ func TestBrokenMeshIsVisible(t *testing.T) {
 		bin := chromium(t)
 		dom := string(runChromium(t, bin, "--dump-dom", m.base+"/"))
 		for _, w := range []string{`id="mesh-svg"`, `id="chart-lag-svg"`, `id="chart-rate-svg"`, `id="chart-conflicts-svg"`,
-			`id="blocked"`, "no_poison", "one from n1", "one from n2", `class="ddl"`, "already exists"} {
+			`id="blocked"`, "no_poison", "one from n1", "one from n2", `class="ddl"`, "already exists", "pgmesh skip --link n1-&gt;n2 --lsn 0/"} {
 			if !strings.Contains(dom, w) {
 				t.Errorf("rendered page lacks %s", w)
 			}
@@ -189,6 +199,9 @@ func TestBrokenMeshIsVisible(t *testing.T) {
 			if !strings.Contains(dom, w) {
 				t.Errorf("the mesh picture lacks %s", w)
 			}
+		}
+		if t.Failed() {
+			t.Logf("the mesh picture: %s", regexp.MustCompile(`(?s)<svg id="mesh-svg".*?</svg>`).FindString(dom))
 		}
 		if n := strings.Count(dom, `<path class="link `); n != 6 {
 			t.Errorf("%d links in the mesh picture, want 6", n)

@@ -9,13 +9,14 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/pgmesh/pgmesh/internal/human"
 )
 
 //go:embed page.html
 var pageHTML string
 
-// pageTmpl is the status page. The "blocked-actions" block is empty: it is
-// where actions on a blocked transaction belong (see BlockedTxn).
+// pageTmpl is the status page.
 var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 	"sub": func(a, b float64) float64 { return a - b },
 }).Parse(pageHTML))
@@ -87,7 +88,7 @@ func buildPage(v View, hist map[string][]Sample, conflicts []ConflictSample, int
 		pl := pageLink{Name: l.Link, Health: l.Health, Mine: l.Mine, Lag: "–", Behind: "–", SlotWAL: "–", WALStatus: l.WALStatus,
 			Rate: "–", Applied: "–", Restarts: "–", Problem: firstNonEmpty(l.LastError, l.Problem)}
 		if l.SlotRead {
-			pl.Lag, pl.Behind, pl.SlotWAL = humanSeconds(l.LagSeconds), humanBytes(l.LagBytes), humanBytes(l.RetainedWALBytes)
+			pl.Lag, pl.Behind, pl.SlotWAL = humanSeconds(l.LagSeconds), human.Bytes(l.LagBytes), human.Bytes(l.RetainedWALBytes)
 		}
 		if l.Mine {
 			pl.Rate = fmt.Sprintf("%.1f/s", l.TxnsPerSecond)
@@ -163,20 +164,6 @@ func humanSeconds(s float64) string {
 		return fmt.Sprintf("%.1f h", s/3600)
 	}
 	return fmt.Sprintf("%.1f d", s/86400)
-}
-
-// humanBytes renders n as 512 B, 3.2 KiB, 1.5 MiB…
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func signedMillis(s float64) string {
@@ -258,7 +245,7 @@ func linkLabel(l LinkView) string {
 	case HealthUnreachable, HealthBlocked, HealthRetrying, HealthStopped, HealthNoAgent, HealthConnecting:
 		return strings.ReplaceAll(l.Health, "_", " ")
 	}
-	return humanSeconds(l.LagSeconds) + " · " + humanBytes(l.LagBytes)
+	return humanSeconds(l.LagSeconds) + " · " + human.Bytes(l.LagBytes)
 }
 
 // --- charts -----------------------------------------------------------------

@@ -2,8 +2,8 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -45,6 +45,9 @@ type LinkStatus struct {
 	SafeWALBytes *int64 `json:"safe_wal_size_bytes,omitempty"`
 	// Problem is set when a side could not be read (node down, no slot…).
 	Problem string `json:"problem,omitempty"`
+	// Blocked is the remote transaction the link fails on, as its agent
+	// recorded it (`pgmesh skip` moves it aside).
+	Blocked *BlockedTxn `json:"blocked,omitempty"`
 }
 
 // IdleLagBytes is the slack under which a link counts as caught up: the
@@ -55,31 +58,14 @@ const IdleLagBytes = 64 << 10
 // Status reads every link's status from the nodes (not from an agent, so it
 // works whether or not agents run, and from any machine).
 func Status(ctx context.Context, cfg *config.Config) ([]LinkStatus, error) {
-	links := topology.FullMesh(cfg.NodeNames())
+	links := cfg.Links()
+	all, failed := pg.ConnectNodes(ctx, cfg.Nodes, "pgmesh status")
+	defer pg.CloseAll(ctx, all)
 	conns := map[string]*pgx.Conn{}
 	errs := map[string]error{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, n := range cfg.Nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := pg.Connect(ctx, n.Name, n.DSN, "pgmesh status")
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs[n.Name] = err
-				return
-			}
-			conns[n.Name] = c
-		}()
+	for i, n := range cfg.Nodes {
+		conns[n.Name], errs[n.Name] = all[i], failed[i]
 	}
-	wg.Wait()
-	defer func() {
-		for _, c := range conns {
-			c.Close(context.WithoutCancel(ctx))
-		}
-	}()
 
 	out := make([]LinkStatus, 0, len(links))
 	for _, l := range links {
@@ -146,16 +132,23 @@ FROM pg_replication_slots WHERE slot_name = $1`, s.Slot).Scan(&s.SlotActive, &s.
 func readLinkState(ctx context.Context, conn *pgx.Conn, s *LinkStatus) error {
 	var state, lastErr *string
 	var ts *time.Time
+	var blocked []byte
 	err := conn.QueryRow(ctx, `
-SELECT ls.state, ls.last_error, ls.last_commit_time
+SELECT ls.state, ls.last_error, ls.last_commit_time, ls.blocked
 FROM (SELECT 1) one LEFT JOIN pgmesh.link_state ls ON ls.upstream = $1`,
-		s.Upstream).Scan(&state, &lastErr, &ts)
+		s.Upstream).Scan(&state, &lastErr, &ts, &blocked)
 	if err != nil {
 		return fmt.Errorf("read link state on %s: %w", s.Downstream, err)
 	}
 	progress, err := origin.Progress(ctx, conn, s.Upstream, false)
 	if err != nil {
 		return fmt.Errorf("read link state on %s: %w", s.Downstream, err)
+	}
+	if blocked != nil {
+		s.Blocked = &BlockedTxn{}
+		if err := json.Unmarshal(blocked, s.Blocked); err != nil {
+			return fmt.Errorf("read link state on %s: blocked: %w", s.Downstream, err)
+		}
 	}
 	if state != nil {
 		s.State = *state

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgmesh/pgmesh/internal/human"
 )
 
 func TestRefused(t *testing.T) {
@@ -49,6 +51,7 @@ func TestHealth(t *testing.T) {
 		{StateStreaming, false, false, false, false, 0, HealthNoAgent}, // its agent died: nobody reads the slot
 		{StateStreaming, false, false, false, true, 0, HealthStreaming},
 		{StateNoAgent, false, false, false, false, 0, HealthNoAgent},
+		{StateWaiting, true, false, false, false, IdleLagBytes + 1, HealthWaiting}, // a node copies: not catching up
 	}
 	for _, c := range cases {
 		if got := health(c.state, c.mine, c.blocked, c.unreachable, c.slotActive, c.lag); got != c.want {
@@ -64,9 +67,9 @@ func TestHumanUnits(t *testing.T) {
 		{humanSeconds(3.21), "3.2 s"},
 		{humanSeconds(150), "2.5 min"},
 		{humanSeconds(7200), "2.0 h"},
-		{humanBytes(512), "512 B"},
-		{humanBytes(3277), "3.2 KiB"},
-		{humanBytes(5 << 30), "5.0 GiB"},
+		{human.Bytes(512), "512 B"},
+		{human.Bytes(3277), "3.2 KiB"},
+		{human.Bytes(5 << 30), "5.0 GiB"},
 		{signedMillis(-0.0121), "-12.1 ms"},
 	}
 	for _, c := range cases {

@@ -13,7 +13,7 @@ import (
 )
 
 // BenchmarkApply applies a backlog of pgbench TPC-B transactions (3 updates
-// and 1 insert each), the workload of DESIGN §10: "backlog" as the applier
+// and 1 insert each), the workload of pgmesh bench apply: "backlog" as the applier
 // runs it (flights of many transactions), and for comparison
 // "round-trip-per-txn", which waits for each transaction (what an applier
 // without cross-transaction pipelining achieves). Run with e.g.

@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
@@ -66,7 +65,7 @@ func newEnvN(t testing.TB, n int) *testEnv {
 	}
 	e.exec(t, "SET search_path = public")
 	e.exec(t, "INSERT INTO pgmesh.local_node (cluster, name) VALUES ('test', 'n2')")
-	if err := conflict.SyncNodes(context.Background(), e.db, []string{e.origin, "n2"}); err != nil {
+	if err := setup.SyncNodes(context.Background(), e.db, []string{e.origin, "n2"}); err != nil {
 		t.Fatal(err)
 	}
 	for _, o := range e.origins {

@@ -51,7 +51,7 @@ func (w *worker) queueInserts(o op) (bool, error) {
 	st, ok := ri.stmts["M"]
 	if !ok {
 		var queued bool
-		st, queued = w.prepareSQL("insert into", conflict.InsertManySQL(ri.table))
+		st, queued = w.prepareSQL(t, ri, "insert into", conflict.InsertManySQL(ri.table))
 		ri.stmts["M"] = st
 		if queued {
 			w.add(item{kind: itemPrepare, txn: t, rel: ri, stmt: st})

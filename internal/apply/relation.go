@@ -536,8 +536,9 @@ func updateKeyTuple(c *stream.Change) stream.Tuple {
 
 // prepare queues the preparation of the conflict-resolving statement for
 // the current shape, unless this session prepared the same SQL before
-// (reported by the second result). Parameters are untyped: the statement
-// casts each one to its column's type.
+// (reported by the second result), after the full statements it falls back
+// to that the session has not prepared (queued here). Parameters are
+// untyped: the statement casts each one to its column's type.
 func (w *worker) prepare(tx *txn, ri *relInfo, c *stream.Change) (*stmt, bool) {
 	t := ri.table
 	// Without a key the rows written cannot be found again at the end
@@ -551,22 +552,33 @@ func (w *worker) prepare(tx *txn, ri *relInfo, c *stream.Change) (*stmt, bool) {
 	}
 	switch {
 	case c.Op == stream.Insert:
-		return w.prepareSQL("insert into", conflict.InsertSQL(t))
+		return w.prepareSQL(tx, ri, "insert into", conflict.InsertSQL(t))
 	case w.shape[0] == shapeMove:
-		return w.prepareSQL("update moving the key of", conflict.MoveSQL(t, set))
+		return w.prepareSQL(tx, ri, "update moving the key of", conflict.MoveSQL(t, set))
 	case c.Op == stream.Update:
-		return w.prepareSQL("update", conflict.UpdateSQL(t, set))
+		return w.prepareSQL(tx, ri, "update", conflict.UpdateSQL(t, set))
 	default:
-		return w.prepareSQL("delete from", conflict.DeleteSQL(t))
+		return w.prepareSQL(tx, ri, "delete from", conflict.DeleteSQL(t))
 	}
 }
 
 // prepareSQL queues the preparation of sql (what names the operation in
-// messages), unless this session prepared it before.
-func (w *worker) prepareSQL(what, sql string) (*stmt, bool) {
+// messages), unless this session prepared it before, after the full
+// statements it falls back to by name that the session has not prepared:
+// their results come back before the statement's own, which the caller
+// queues.
+func (w *worker) prepareSQL(t *txn, ri *relInfo, what, sql string) (*stmt, bool) {
 	if prev, ok := w.stmts[sql]; ok {
 		// Same statement for a newer description of the relation.
 		return prev, false
+	}
+	for _, fb := range conflict.Fallbacks(sql) {
+		if _, ok := w.stmts[fb.SQL]; ok {
+			continue
+		}
+		w.stmts[fb.SQL] = &stmt{name: fb.Name, what: "fallback of " + what}
+		w.pipe.SendPrepare(fb.Name, fb.SQL, fb.ParamOIDs)
+		w.add(item{kind: itemPrepare, txn: t, rel: ri, stmt: w.stmts[fb.SQL]})
 	}
 	w.nstmt++
 	st := &stmt{name: "pgmesh_s" + strconv.Itoa(w.nstmt), what: what}

@@ -11,7 +11,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/stream"
 )
 
-// Seen messages make conflict detection exact (issue 3, option (a)): a
+// Seen messages make conflict detection exact: a
 // remote change from peer P on a local row last written by node O at T is
 // a conflict only if P had not applied O's write when it committed the
 // change, i.e. if T is after pgmesh.peer_seen(P, O).
@@ -33,16 +33,12 @@ import (
 //     change, and it reaches the peers before the claim: they judge it
 //     concurrent with U's change, as it is.
 //
-// The claim used to be emitted on a separate connection before a whole
-// flight of transactions was sent. A local transaction committing while
-// that flight was still on its way was then taken by the peers as having
-// seen U's changes although it had not: they applied it over U's version
-// without a log row, leaving D alone to log the conflict when U's change
-// reached it — and when that change reached D late (a slow or retried
-// flight), D's row had meanwhile been overwritten by a third node's write
-// that had seen U's change, which superseded it silently: the losing row
-// was logged nowhere (the partition experiment caught it). Claiming per
-// transaction costs one more statement in the pipeline, not a round trip.
+// Anywhere else the claim is wrong: emitted on another connection before
+// a flight of transactions is sent, it would let a local transaction that
+// commits while the flight is on its way pass for having seen U's changes;
+// the peers would apply it over U's version without a log row, and the
+// losing row could end up logged nowhere. Claiming per transaction costs
+// one more statement in the pipeline, not a round trip.
 //
 // What remains inexact: an apply transaction that fails after its claim
 // (the link restarts and applies it again) leaves a claim that ran ahead;

@@ -29,7 +29,7 @@ const (
 // no other node generates. conns holds a session on every node.
 func JoinPreflight(ctx context.Context, cfg *config.Config, node, source string, conns map[string]*pgx.Conn) ([]Finding, error) {
 	r := &run{cfg: cfg, opts: Options{}.withDefaults()}
-	links := topology.FullMesh(cfg.NodeNames())
+	links := cfg.Links()
 	checks := []nodeCheck{{"version", checkVersion}, {"settings", checkSettings}, {"capacity", checkCapacity}, {"privileges", checkPrivileges}}
 	var fs []Finding
 	nodes := map[string]*Node{}

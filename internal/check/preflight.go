@@ -3,7 +3,6 @@ package check
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	"github.com/jackc/pgx/v5"
 
@@ -100,25 +99,9 @@ func Preflight(ctx context.Context, cfg *config.Config) ([]Finding, error) {
 // their defaults.
 func PreflightWith(ctx context.Context, cfg *config.Config, opts Options) ([]Finding, error) {
 	r := &run{cfg: cfg, opts: opts.withDefaults()}
-	links := topology.FullMesh(cfg.NodeNames())
-	conns := make([]*pgx.Conn, len(cfg.Nodes))
-	errs := make([]error, len(cfg.Nodes))
-	var wg sync.WaitGroup
-	for i, n := range cfg.Nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			conns[i], errs[i] = pg.Connect(ctx, n.Name, n.DSN, "pgmesh check")
-		}()
-	}
-	wg.Wait()
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close(context.WithoutCancel(ctx))
-			}
-		}
-	}()
+	links := cfg.Links()
+	conns, errs := pg.ConnectNodes(ctx, cfg.Nodes, "pgmesh check")
+	defer pg.CloseAll(ctx, conns)
 
 	var findings []Finding
 	var nodes []*Node

@@ -11,7 +11,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/origin"
 )
 
-// minVersion is the oldest server pgmesh is built and tested for (DESIGN.md);
+// minVersion is the oldest server pgmesh is built and tested for;
 // init also relies on catalogs that appeared in 15 (pg_publication_namespace).
 const minVersion = 150000
 

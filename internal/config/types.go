@@ -1,6 +1,10 @@
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/pgmesh/pgmesh/internal/topology"
+)
 
 // Config is a parsed and validated pgmesh.yaml.
 type Config struct {
@@ -112,6 +116,10 @@ func (c *Config) NodeNames() []string {
 	}
 	return names
 }
+
+// Links returns the links of the mesh: one from every node to every other,
+// ordered by upstream then downstream in config order.
+func (c *Config) Links() []topology.Link { return topology.FullMesh(c.NodeNames()) }
 
 // PolicyFor returns the policy of table "schema.table".
 func (c *Config) PolicyFor(table string) Policy {

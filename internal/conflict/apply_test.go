@@ -9,7 +9,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/config"
 )
 
-// One case per row of the DESIGN §5 table and per policy rule. The node
+// One case per row of the README's conflict table and per policy rule. The node
 // under test is n3; remote changes come from n1 (rank 1) unless said
 // otherwise. Local writes (origin 0 = n3) commit at the real time "now";
 // remote changes are an hour older or newer. peer_seen is empty unless a

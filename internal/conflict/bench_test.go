@@ -3,7 +3,9 @@ package conflict
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +19,9 @@ import (
 // type, 100 per pipelined remote transaction under the origin of n1,
 // alternating batch by batch. The rows were last written by n1, as in
 // steady-state replication, so no change meets a conflict. Reported: ns
-// per statement of each and their ratio.
+// per statement of each and their ratio, and the ratio of the server
+// backend's CPU time spent on each (server-cpu-ratio), which the other
+// processes of a shared machine disturb much less.
 
 // BenchmarkInsert: remote inserts of new keys. The table is not empty, as
 // an empty analyzed table makes the planner scan it sequentially.
@@ -27,6 +31,37 @@ func BenchmarkInsert(b *testing.B) {
 		plain: "INSERT INTO public.item (id, email, name, qty) SELECT $4::integer, $5::text, $6::text, $7::integer WHERE $1::timestamptz IS NOT NULL AND $2::text IS NOT NULL AND $3::pg_lsn IS NOT NULL",
 		sql:   func(t Table) string { return InsertSQL(t) },
 		// Each statement inserts a key of its own range.
+		params: func(stmt, i int) [][]byte {
+			id := []byte(strconv.Itoa((stmt+1)*10_000_000 + i))
+			return [][]byte{id, append([]byte("e"), id...), []byte("y"), []byte("1")}
+		},
+	})
+}
+
+// BenchmarkInsertAfterTruncate: BenchmarkInsert on a table whose truncation
+// by another node, older than the changes, is recorded: each insert must
+// not be older than it.
+func BenchmarkInsertAfterTruncate(b *testing.B) {
+	benchApply(b, benchCase{
+		setup: "INSERT INTO item SELECT g, 'e' || g, 'x', 0 FROM generate_series(1, 1000) g;" +
+			" INSERT INTO pgmesh.tombstone VALUES ('public.item', '{}', now() - interval '2 hours', NULL, 'n2')",
+		plain: "INSERT INTO public.item (id, email, name, qty) SELECT $4::integer, $5::text, $6::text, $7::integer WHERE $1::timestamptz IS NOT NULL AND $2::text IS NOT NULL AND $3::pg_lsn IS NOT NULL",
+		sql:   func(t Table) string { return InsertSQL(t) },
+		params: func(stmt, i int) [][]byte {
+			id := []byte(strconv.Itoa((stmt+1)*10_000_000 + i))
+			return [][]byte{id, append([]byte("e"), id...), []byte("y"), []byte("1")}
+		},
+	})
+}
+
+// BenchmarkInsertKeyless: remote inserts into a table without key or
+// unique index.
+func BenchmarkInsertKeyless(b *testing.B) {
+	benchApply(b, benchCase{
+		ddl:   "CREATE TABLE item (id int, email text, name text, qty int NOT NULL DEFAULT 0)",
+		setup: "INSERT INTO item SELECT g, 'e' || g, 'x', 0 FROM generate_series(1, 1000) g",
+		plain: "INSERT INTO public.item (id, email, name, qty) SELECT $4::integer, $5::text, $6::text, $7::integer WHERE $1::timestamptz IS NOT NULL AND $2::text IS NOT NULL AND $3::pg_lsn IS NOT NULL",
+		sql:   func(t Table) string { return InsertSQL(t) },
 		params: func(stmt, i int) [][]byte {
 			id := []byte(strconv.Itoa((stmt+1)*10_000_000 + i))
 			return [][]byte{id, append([]byte("e"), id...), []byte("y"), []byte("1")}
@@ -83,6 +118,7 @@ func BenchmarkDelete(b *testing.B) {
 }
 
 type benchCase struct {
+	ddl   string // the table item; itemDDL when ""
 	setup string // run as n1 an hour ago, before everything
 	// rows is run as rowsBy (default n1) an hour ago, for statement 0
 	// (plain) and 1 (generated), n changes each.
@@ -97,7 +133,11 @@ type benchCase struct {
 }
 
 func benchApply(b *testing.B, bc benchCase) {
-	f := newFixture(b, itemDDL)
+	ddl := bc.ddl
+	if ddl == "" {
+		ddl = itemDDL
+	}
+	f := newFixture(b, ddl)
 	tbl := f.table("item", nil)
 	ctx := context.Background()
 	const batch, warmup = 100, 3
@@ -129,6 +169,9 @@ func benchApply(b *testing.B, bc benchCase) {
 	}
 	names := [2]string{"plain", "generated"}
 	for i, sql := range [2]string{bc.plain, bc.sql(tbl)} {
+		if err := prepareFallbacks(ctx, pc, sql); err != nil {
+			b.Fatal(err)
+		}
 		if _, err := pc.Prepare(ctx, names[i], sql, nil); err != nil {
 			b.Fatalf("prepare %s: %v", names[i], err)
 		}
@@ -139,10 +182,31 @@ func benchApply(b *testing.B, bc benchCase) {
 	}
 	b.Logf("PostgreSQL %s", version)
 
+	// The server backend's CPU time (Linux schedstat), when the server runs
+	// on this machine: on a shared machine, wall time mostly measures the
+	// other processes.
+	var pid int
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		b.Fatal(err)
+	}
+	serverCPU := func() time.Duration {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
+		if err != nil {
+			return 0
+		}
+		f := strings.Fields(string(data))
+		if len(f) == 0 {
+			return 0
+		}
+		ns, _ := strconv.ParseInt(f[0], 10, 64)
+		return time.Duration(ns)
+	}
+	var cpu [2]time.Duration
 	lsn := 0
 	next := [2]int{}
 	run := func(stmt int) (time.Duration, error) {
-		start := time.Now()
+		start, startCPU := time.Now(), serverCPU()
+		defer func() { cpu[stmt] += serverCPU() - startCPU }()
 		lsn++
 		ts := []byte(time.Now().Format(time.RFC3339Nano))
 		p := pc.StartPipeline(ctx)
@@ -203,6 +267,9 @@ func benchApply(b *testing.B, bc benchCase) {
 	b.ReportMetric(float64(took[0].Nanoseconds())/n, "plain-ns/stmt")
 	b.ReportMetric(float64(took[1].Nanoseconds())/n, "generated-ns/stmt")
 	b.ReportMetric(float64(took[1])/float64(took[0]), "ratio")
+	if cpu[0] > 0 {
+		b.ReportMetric(float64(cpu[1])/float64(cpu[0]), "server-cpu-ratio")
+	}
 	var logged int
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pgmesh.conflict_log").Scan(&logged); err != nil {
 		b.Fatal(err)

@@ -246,6 +246,10 @@ func (b *builder) CommitTime() string { return b.arg(paramCommitTime, "timestamp
 func (b *builder) Origin() string     { return b.arg(paramOrigin, "text") }
 func (b *builder) LSN() string        { return b.arg(paramLSN, "pg_lsn") }
 
+// CommitTimeText is, in a fast statement, the remote commit time as
+// received: text, which pgmesh.insert_clear compares without parsing it.
+func (b *builder) CommitTimeText() string { return fmt.Sprintf("$%d::text", paramCommitTime) }
+
 // OriginPrefix is what the name of a link's replication origin adds to its
 // upstream's node name.
 func (b *builder) OriginPrefix() string { return pg.QuoteLiteral(topology.OriginName("")) }
@@ -256,6 +260,11 @@ func (b *builder) Fast() bool { return b.mode == fast }
 // KeyDeferrable: the key's index is deferrable, which ON CONFLICT cannot
 // name.
 func (b *builder) KeyDeferrable() bool { return b.t.KeyDeferrable }
+
+// EveryArbiter: the fast insert leaves every unique index and exclusion
+// constraint to ON CONFLICT DO NOTHING without a target, which cannot
+// take a deferrable one (templates/fast.sql.tmpl says why it may).
+func (b *builder) EveryArbiter() bool { return !b.Keyless && !b.t.Deferrable() }
 
 // AnyDeferred: some checked constraint is deferrable.
 func (b *builder) AnyDeferred() bool {
@@ -322,20 +331,28 @@ func (b *builder) ImageKeyJSON(expr string) string {
 // of a key is never found again. pgmesh.to_jsonb_utc does, but its SET
 // clause costs about as much as a plain INSERT at every execution, so keys
 // whose every column is of a type that renders the same under any setting
-// (settingFree) use plain to_jsonb; any other type — timestamptz and
-// interval, but also ranges, domains and composites over them — the
-// function.
+// (settingFree) are built by jsonb_build_object, which converts each value
+// as to_jsonb of the row does and, being one expression rather than a
+// sub-select, adds no plan node to initialise at every execution; any
+// other type — timestamptz and interval, but also ranges, domains and
+// composites over them — goes through the function.
 func (b *builder) KeyJSON() string { return keyJSON(b.Ident) }
 
 func keyJSON(cols []column) string {
-	fn := "to_jsonb"
 	for _, c := range cols {
 		if !settingFree.MatchString(c.Type) {
-			fn = "pgmesh.to_jsonb_utc"
+			return jsonOf("pgmesh.to_jsonb_utc", cols)
 		}
 	}
-	return jsonOf(fn, cols)
+	if 2*len(cols) > maxFuncArgs {
+		return jsonOf("to_jsonb", cols)
+	}
+	return "pg_catalog.jsonb_build_object(" + join(cols, func(c column) string { return pg.QuoteLiteral(c.Name) + ", " + c.Value }) + ")"
 }
+
+// maxFuncArgs is the most arguments a PostgreSQL function call takes
+// (FUNC_MAX_ARGS): jsonb_build_object takes two per column.
+const maxFuncArgs = 100
 
 // settingFree matches the types (as format_type prints them, and arrays of
 // them) whose to_jsonb depends on no session setting.
@@ -458,6 +475,10 @@ func (b *builder) With(arg string) withArg { return withArg{b, arg} }
 // FallbackName names the prepared statement of Fallback in a session: the
 // same text always gets the same name.
 func (b *builder) FallbackName() string { return StatementName(b.Fallback) }
+
+// FallbackRef names, as a literal, the prepared statement of Fallback that
+// the fast statement calls (Fallbacks).
+func (b *builder) FallbackRef() string { return pg.QuoteLiteral(fallbackName(b.Fallback)) }
 
 // FallbackText is Fallback as a dollar-quoted literal whose tag it does not
 // contain, so that it appears verbatim.

@@ -246,7 +246,7 @@ func (f *fixture) applyTxn(node string, ts time.Time, changes ...change) ([]verd
 					params = append(params, []byte(*v))
 				}
 			}
-			res := conn.PgConn().ExecParams(ctx, c.sql, params, nil, nil, nil).Read()
+			res := execStatement(ctx, conn.PgConn(), c.sql, params)
 			if res.Err != nil {
 				return res.Err
 			}

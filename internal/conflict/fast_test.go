@@ -3,6 +3,7 @@ package conflict
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgmesh/pgmesh/internal/config"
 )
@@ -231,6 +233,9 @@ func (s *rollbackSession) outcome(sql string, args []any) (string, bool) {
 	pc := s.conn.PgConn()
 	name := fmt.Sprintf("t%x", sha256.Sum256([]byte(sql)))[:30]
 	if !s.prepared[name] {
+		if err := prepareFallbacks(ctx, pc, sql); err != nil {
+			s.t.Fatalf("prepare: %v\n%s", err, sql)
+		}
 		if _, err := pc.Prepare(ctx, name, sql, nil); err != nil {
 			s.t.Fatalf("prepare: %v\n%s", err, sql)
 		}
@@ -371,9 +376,10 @@ func whileLocalWrites(t *testing.T, f *fixture, sql string, apply func() (verdic
 	return r.v, r.err
 }
 
-// The full statement is prepared once per session, also when the
-// transaction that prepared it rolled back (which forgets the marker but
-// not the prepared statement).
+// The full statement is prepared once per session (Fallbacks) and runs in
+// every transaction, also after one that ran it rolled back (which forgets
+// resolve_change's marker but not the prepared statement): it is never
+// prepared again, under any name.
 func TestFallbackPreparedOncePerSession(t *testing.T) {
 	f := newFixture(t, itemDDL)
 	tbl := f.table("item", nil)
@@ -404,7 +410,7 @@ func TestFallbackPreparedOncePerSession(t *testing.T) {
 		}
 		id := fmt.Sprint(step.id)
 		params := [][]byte{[]byte(ts.Format(time.RFC3339Nano)), []byte("n1"), []byte("0/10"), []byte(id), []byte(id), []byte("x" + id), []byte("R"), []byte("0")}
-		res := conn.PgConn().ExecParams(ctx, upd, params, nil, nil, nil).Read()
+		res := execStatement(ctx, conn.PgConn(), upd, params)
 		if res.Err != nil {
 			t.Fatalf("step %d: %v", i, res.Err)
 		}
@@ -420,7 +426,7 @@ func TestFallbackPreparedOncePerSession(t *testing.T) {
 		}
 	}
 	var prepared int
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgmesh\\_full\\_%'").Scan(&prepared); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'pgmesh\\_%'").Scan(&prepared); err != nil {
 		t.Fatal(err)
 	}
 	if prepared != 1 {
@@ -431,5 +437,25 @@ func TestFallbackPreparedOncePerSession(t *testing.T) {
 	}
 	if l := f.logRows(); len(l) != 2 {
 		t.Errorf("log %v, want the two committed conflicts", l)
+	}
+}
+
+// A fast statement names the full statement it falls back to: a session
+// that has not prepared it gets an error saying so, never a decision made
+// without it.
+func TestFallbackNotPrepared(t *testing.T) {
+	f := newFixture(t, itemDDL)
+	tbl := f.table("item", nil)
+	f.exec("INSERT INTO item VALUES (1, 'a', 'L')")
+	err := f.session("n1", time.Now(), func(ctx context.Context, conn *pgx.Conn) error {
+		params := [][]byte{[]byte(time.Now().Format(time.RFC3339Nano)), []byte("n1"), []byte("0/10"), []byte("1"), []byte("a"), []byte("R"), []byte("0")}
+		return conn.PgConn().ExecParams(ctx, InsertSQL(tbl), params, nil, nil, nil).Read().Err
+	})
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "26000" || !strings.Contains(pe.Message, "is not prepared in this session") {
+		t.Fatalf("insert over an existing row without its fallback prepared: got %v, want SQLSTATE 26000 naming the statement", err)
+	}
+	if got := f.rows(); got != "1:a:L:0" {
+		t.Errorf("rows %q", got)
 	}
 }

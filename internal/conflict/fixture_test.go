@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
@@ -51,9 +52,7 @@ func newFixture(t testing.TB, ddl ...string) *fixture {
 		}
 	}
 	f.exec("INSERT INTO pgmesh.local_node (cluster, name) VALUES ('test', 'n3')")
-	if err := SyncNodes(ctx, f.conn, []string{"n1", "n2", "n3"}); err != nil {
-		t.Fatal(err)
-	}
+	f.exec("INSERT INTO pgmesh.node (name, rank) VALUES ('n1', 1), ('n2', 2), ('n3', 3)")
 	for _, n := range []string{"n1", "n2", "n3"} {
 		f.exec("SELECT pg_replication_origin_create($1) WHERE pg_replication_origin_oid($1) IS NULL", "pgmesh_"+n)
 	}
@@ -67,8 +66,8 @@ func newFixture(t testing.TB, ddl ...string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := InstallTriggers(ctx, f.conn, tables); err != nil {
-		t.Fatal(err)
+	for _, tb := range tables {
+		f.exec("SELECT pgmesh.tombstone_triggers($1::regclass, $2::text[])", tb.Ident(), tb.KeyColumns)
 	}
 	return f
 }
@@ -173,7 +172,7 @@ func (f *fixture) exec1(ctx context.Context, conn *pgx.Conn, sql string, ts time
 			params = append(params, []byte(*val))
 		}
 	}
-	res := conn.PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
+	res := execStatement(ctx, conn.PgConn(), sql, params)
 	if res.Err != nil {
 		return verdict{}, res.Err
 	}
@@ -181,6 +180,34 @@ func (f *fixture) exec1(ctx context.Context, conn *pgx.Conn, sql string, ts time
 		return verdict{}, fmt.Errorf("statement returned %d rows, want 1", len(res.Rows))
 	}
 	return verdict{string(res.Rows[0][0]), string(res.Rows[0][1])}, nil
+}
+
+// execStatement runs a statement of this package on conn as the applier
+// does: the full statements it falls back to prepared in the session
+// first (Fallbacks), then sql with text parameters of unspecified type.
+func execStatement(ctx context.Context, conn *pgconn.PgConn, sql string, params [][]byte) *pgconn.Result {
+	if err := prepareFallbacks(ctx, conn, sql); err != nil {
+		return &pgconn.Result{Err: err}
+	}
+	return conn.ExecParams(ctx, sql, params, nil, nil, nil).Read()
+}
+
+// prepareFallbacks prepares in conn's session the full statements that sql
+// calls by name and that the session has not prepared yet.
+func prepareFallbacks(ctx context.Context, conn *pgconn.PgConn, sql string) error {
+	for _, fb := range Fallbacks(sql) {
+		res := conn.ExecParams(ctx, "SELECT FROM pg_prepared_statements WHERE name = $1", [][]byte{[]byte(fb.Name)}, nil, nil, nil).Read()
+		if res.Err != nil {
+			return res.Err
+		}
+		if len(res.Rows) > 0 {
+			continue
+		}
+		if _, err := conn.Prepare(ctx, fb.Name, fb.SQL, fb.ParamOIDs); err != nil {
+			return fmt.Errorf("prepare the fallback %s: %w", fb.Name, err)
+		}
+	}
+	return nil
 }
 
 func (f *fixture) mustApply(node string, ts time.Time, sql string, values ...*string) verdict {

@@ -61,7 +61,7 @@ func TestKeyMatchesTombstoneInAnyTimeZone(t *testing.T) {
 					for _, val := range values {
 						params = append(params, []byte(fmt.Sprint(val)))
 					}
-					res := conn.PgConn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
+					res := execStatement(ctx, conn.PgConn(), sql, params)
 					if res.Err != nil {
 						return res.Err
 					}

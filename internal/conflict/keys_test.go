@@ -2,6 +2,7 @@ package conflict
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -198,5 +199,94 @@ func TestLocalKeyChange(t *testing.T) {
 	}
 	if r := f.rows(); r != "2:b:kept:0 7:a:A:0" {
 		t.Errorf("rows %q: the old key must stay gone", r)
+	}
+}
+
+// The fast inserts of a remote transaction decide once per table whether
+// the table's truncation orders after them (pgmesh.insert_clear). A remote
+// truncate applied meanwhile by another link waits for the inserting
+// transaction (the table lock it takes first), so none can commit between
+// that decision and a later insert of the transaction: the truncate, newer,
+// then removes every row the transaction inserted. The decision does not
+// outlive its transaction: the next one, even of the same commit time and
+// node, meets the truncate.
+func TestTruncateWhileInserting(t *testing.T) {
+	f := newFixture(t, itemDDL)
+	tbl := f.table("item", nil)
+	ctx := context.Background()
+	now := time.Now().Truncate(time.Microsecond)
+	insAt, truncAt := now.Add(-2*time.Hour), now.Add(-time.Hour)
+	conn, err := pgx.Connect(ctx, f.env.DSNs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	defer conn.Exec(ctx, "SELECT pg_replication_origin_session_reset()") //nolint:errcheck // released on close anyway
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	exec("SET session_replication_role = replica")
+	exec("SELECT pg_replication_origin_session_setup('pgmesh_n1')")
+	insert := func(id int) verdict {
+		t.Helper()
+		params := [][]byte{[]byte(insAt.Format(time.RFC3339Nano)), []byte("n1"), []byte("0/10"),
+			[]byte(fmt.Sprint(id)), []byte(fmt.Sprint("e", id)), []byte("R"), []byte("0")}
+		res := execStatement(ctx, conn.PgConn(), InsertSQL(tbl), params)
+		if res.Err != nil {
+			t.Fatalf("insert %d: %v", id, res.Err)
+		}
+		return verdict{string(res.Rows[0][0]), string(res.Rows[0][1])}
+	}
+
+	exec("BEGIN")
+	exec("SELECT pg_replication_origin_xact_setup('0/10', $1)", insAt)
+	if v := insert(1); v != (verdict{}) {
+		t.Fatalf("insert 1: %+v, want no conflict", v)
+	}
+	truncated := make(chan error, 1)
+	go func() {
+		truncated <- f.session("n2", truncAt, func(ctx context.Context, c *pgx.Conn) error {
+			if _, err := c.Exec(ctx, TruncateLockSQL(tbl)); err != nil {
+				return err
+			}
+			_, err := c.Exec(ctx, TruncateSQL(tbl), truncAt.Format(time.RFC3339Nano), "n2", "0/1")
+			return err
+		})
+	}()
+	// Go on once the truncate waits for this transaction (or has finished
+	// without waiting: then the checks below fail).
+	for waiting := false; !waiting; {
+		if err := f.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'relation' AND NOT granted)`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-truncated:
+			truncated <- err
+			waiting = true
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if v := insert(2); v != (verdict{}) {
+		t.Fatalf("insert 2: %+v, want no conflict", v)
+	}
+	exec("COMMIT")
+	if err := <-truncated; err != nil {
+		t.Fatalf("truncate as n2: %v", err)
+	}
+	if r, tb := f.rows(), f.tombstones(); r != "" || tb != "{}@n2" {
+		t.Errorf("after the newer truncate: rows %q (want none), tombstones %q (want {}@n2)", r, tb)
+	}
+
+	exec("BEGIN")
+	exec("SELECT pg_replication_origin_xact_setup('0/20', $1)", insAt)
+	if v, want := insert(3), (verdict{InsertDeleted, KeepLocal}); v != want {
+		t.Errorf("insert 3, older than the truncate, in the next transaction: %+v, want %+v", v, want)
+	}
+	exec("COMMIT")
+	if r := f.rows(); r != "" {
+		t.Errorf("rows %q, want none", r)
 	}
 }

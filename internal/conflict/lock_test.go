@@ -27,7 +27,7 @@ func TestFallbackLocksAbsentKey(t *testing.T) {
 	var del verdict
 	err := f.session("n1", now, func(ctx context.Context, conn *pgx.Conn) error {
 		params := [][]byte{[]byte(now.Format(time.RFC3339Nano)), []byte("n1"), []byte(fmt.Sprintf("0/%X", f.lsn.Load())), []byte("1")}
-		res := conn.PgConn().ExecParams(ctx, DeleteSQL(tbl), params, nil, nil, nil).Read()
+		res := execStatement(ctx, conn.PgConn(), DeleteSQL(tbl), params)
 		if res.Err != nil {
 			return res.Err
 		}
@@ -304,5 +304,78 @@ SELECT pgmesh.insert_clear('public.item', '{"id": 1}', 'n2'),
 	}
 	if r.clear {
 		t.Error("insert_clear: true, want false (n1's tombstone committed before the gate was taken)")
+	}
+}
+
+// A local transaction writes the unique value of a remote insert while the
+// insert is applied: the insert must wait for it and then decide on the
+// committed outcome as the full statement would — a holder that commits
+// is a unique conflict (the older remote row loses), a holder deleted
+// meanwhile leaves the value free — and never fail the remote transaction
+// on a unique violation.
+func TestFastInsertWaitsForUniqueHolder(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup string // committed before, by the local node
+		local string // left open while the remote insert runs
+		want  verdict
+		rows  string
+	}{
+		{"holder inserted", "", "INSERT INTO item VALUES (2, 'a', 'L', 0)", verdict{UniqueConflict, KeepLocal}, "2:a:L:0"},
+		{"holder deleted", "INSERT INTO item VALUES (2, 'a', 'L', 0)", "DELETE FROM item WHERE id = 2", verdict{}, "1:a:R:0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, itemDDL)
+			tbl := f.table("item", nil)
+			if tc.setup != "" {
+				f.exec(tc.setup)
+			}
+			ctx := context.Background()
+			local := f.env.Conn(t, 0)
+			tx, err := local.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+			if _, err := tx.Exec(ctx, tc.local); err != nil {
+				t.Fatal(err)
+			}
+			type result struct {
+				v   verdict
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				v, err := f.apply("n2", time.Now().Add(-time.Hour), InsertSQL(tbl), vals(1, "a", "R", 0)...)
+				done <- result{v, err}
+			}()
+			// Commit once the insert waits for the local transaction (or
+			// has finished without waiting: then the checks below fail).
+			for waiting := false; !waiting; {
+				if err := f.conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted)`).Scan(&waiting); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case r := <-done:
+					done <- r
+					waiting = true
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r := <-done
+			if r.err != nil {
+				t.Fatalf("apply as n2: %v", r.err)
+			}
+			if r.v != tc.want {
+				t.Errorf("verdict: got %v, want %v", r.v, tc.want)
+			}
+			if got := f.rows(); got != tc.rows {
+				t.Errorf("rows: got %q, want %q", got, tc.rows)
+			}
+		})
 	}
 }

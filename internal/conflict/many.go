@@ -11,8 +11,9 @@ import (
 // per column of t ($4 for t.Columns[0]…), element i of each being row i's
 // value. Every row passes the fast path's test (templates/many.sql.tmpl)
 // and is inserted in one INSERT … SELECT; a row that fails it goes, alone,
-// through the full statement as InsertSQL would send it (the same advisory
-// lock first, the same parameters as text). The statement answers
+// through the full statement as InsertSQL's fallback does (the same
+// advisory lock first, the same parameters as text): prepare its
+// Fallbacks in the session first. The statement answers
 // (position, kind, resolution) for each row that met a conflict, position
 // counting from 1; nothing for the others.
 //
@@ -23,6 +24,7 @@ import (
 func InsertManySQL(t Table) string {
 	b := newBuilder(t, opInsert, t.Columns, many)
 	b.Fallback = full(t, opInsert, t.Columns, slow)
+	fallbacks.Store(fallbackName(b.Fallback), b.Fallback)
 	return b.render("insert_many")
 }
 

@@ -55,6 +55,11 @@ func TestInsertManyMatchesInsert(t *testing.T) {
 	for _, node := range []string{"n1", "n2"} {
 		conn := replicaSession(t, f, node)
 		sessions[node] = conn
+		for _, sql := range []string{one, many} {
+			if err := prepareFallbacks(ctx, conn.PgConn(), sql); err != nil {
+				t.Fatal(err)
+			}
+		}
 		for _, off := range []time.Duration{-2 * h, 2 * h} {
 			head := []string{at(off).Format(time.RFC3339Nano), node, "0/10"}
 			var seq []string
@@ -103,6 +108,9 @@ func TestInsertManyMatchesInsert(t *testing.T) {
 	// A table without a key or unique index: every row is inserted.
 	ev := f.table("ev", nil)
 	conn := sessions["n1"]
+	if err := prepareFallbacks(ctx, conn.PgConn(), InsertManySQL(ev)); err != nil {
+		t.Fatal(err)
+	}
 	got := inTxn(t, conn, func() {
 		params := textParams([]string{at(0).Format(time.RFC3339Nano), "n1", "0/10", textArray([]string{"1", "1", "2"}), textArray([]string{"x", "x", "y"})})
 		if res := conn.PgConn().ExecParams(ctx, InsertManySQL(ev), params, nil, nil, nil).Read(); res.Err != nil || len(res.Rows) != 0 {

@@ -236,7 +236,7 @@ func TestSameTransaction(t *testing.T) {
 			for _, a := range s.args {
 				params = append(params, []byte(*a))
 			}
-			res := conn.PgConn().ExecParams(ctx, s.sql, params, nil, nil, nil).Read()
+			res := execStatement(ctx, conn.PgConn(), s.sql, params)
 			if res.Err != nil {
 				return res.Err
 			}

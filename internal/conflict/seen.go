@@ -21,9 +21,12 @@ const SeenPrefix = "pgmesh.seen"
 //
 // Node is the sender; Seen maps an origin node to the commit time (as that
 // origin stamped it) up to which the sender had applied all its changes
-// when it emitted the message. The sender emits it as a non-transactional
-// message from a session without replication origin, after the
-// transactions it covers have committed.
+// when it emitted the message. The sender's applier emits it inside the
+// apply transaction of the last of those changes, after its row changes and
+// before its COMMIT (pgmesh.claim_seen, sql/0005), as a non-transactional
+// message with the session's replication origin released around it, so
+// that the peers' slots do not filter it with the applied changes; see
+// internal/apply/seen.go for why that placement makes the claim hold.
 type SeenMessage struct {
 	Node string               `json:"node"`
 	Seen map[string]time.Time `json:"seen"`

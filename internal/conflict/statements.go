@@ -1,6 +1,16 @@
 package conflict
 
-import "github.com/pgmesh/pgmesh/internal/pg"
+import (
+	"crypto/sha256"
+	"fmt"
+	"regexp"
+	"slices"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/pgmesh/pgmesh/internal/pg"
+)
 
 // Parameters of the statements built here. Every value is sent as text with
 // an unspecified type; the statement casts each parameter to its column's
@@ -122,7 +132,49 @@ func statement(t Table, op string, set []string) string {
 	if len(b.Unchecked) > 0 {
 		return b.render("guarded")
 	}
+	fallbacks.Store(fallbackName(b.Fallback), b.Fallback)
 	return b.render(op + "_fast")
+}
+
+// Fallback is a full statement that fast statements call by name
+// (pgmesh.resolve_key): a session must prepare it, as Name with parameter
+// types ParamOIDs, before it runs a statement that calls it (Fallbacks).
+// The fast statement does not carry its text: the server handles the text
+// of a prepared statement at every execution — on PostgreSQL 18 that cost
+// more than the plain write itself for a full statement of a few kB.
+type Fallback struct {
+	Name      string
+	SQL       string
+	ParamOIDs []uint32 // one text[]: every parameter of the change as text
+}
+
+// fallbacks maps the name of every fast statement's fallback built in this
+// process to its text. A name is a hash of the text, so an entry never
+// changes; there is one per statement shape built.
+var fallbacks sync.Map
+
+// fallbackRef finds the fallbacks a statement calls by name.
+var fallbackRef = regexp.MustCompile(`pgmesh_fallback_[0-9a-f]{24}`)
+
+// Fallbacks are the full statements that sql, a statement built by this
+// package, calls by name: prepare them in the session before sql runs.
+func Fallbacks(sql string) []Fallback {
+	var out []Fallback
+	for _, name := range fallbackRef.FindAllString(sql, -1) {
+		if text, ok := fallbacks.Load(name); ok && !slices.ContainsFunc(out, func(f Fallback) bool { return f.Name == name }) {
+			out = append(out, Fallback{Name: name, SQL: text.(string), ParamOIDs: []uint32{pgtype.TextArrayOID}})
+		}
+	}
+	return out
+}
+
+// fallbackName names the prepared statement of a fast statement's
+// fallback: the same text always gets the same name, distinct from the
+// one resolve_change gives the same text (StatementName) when a move or a
+// guarded statement prepares it itself.
+func fallbackName(sql string) string {
+	sum := sha256.Sum256([]byte(sql))
+	return fmt.Sprintf("pgmesh_fallback_%x", sum[:12])
 }
 
 func full(t Table, op string, set []string, m mode) string {

@@ -1,5 +1,5 @@
 // Package conflict resolves conflicts between remote changes and the local
-// state of a node (DESIGN.md §5, issue 3). Resolution happens inside the
+// state of a node (docs/ARCHITECTURE.md, "Conflict statements"). Resolution happens inside the
 // database: every remote row change is applied by ONE SQL statement built
 // here, which returns one row (kind text, resolution text). No round trip
 // waits for a decision, so the applier can pipeline any number of these

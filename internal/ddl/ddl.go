@@ -1,5 +1,5 @@
 // Package ddl propagates schema changes through the replication stream
-// (DESIGN.md §6). A DDL runs on its origin node together with a
+// (README, "DDL"). A DDL runs on its origin node together with a
 // transactional logical message (prefix Prefix) that carries its text, so
 // each peer executes it at the same point of the origin's stream. The SQL
 // side lives in sql/0004_ddl.sql: pgmesh.ddl_run (`pgmesh ddl`), the event

@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgmesh/pgmesh/internal/config"
-	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/ddl"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
@@ -540,7 +539,7 @@ func triggerArgs(t *testing.T, c *pgx.Conn, table string) ([]string, uint32) {
 	var args []string
 	var xmin uint32
 	err := c.QueryRow(testCtx(t), `SELECT (SELECT array_agg(a ORDER BY o) FROM unnest(string_to_array(rtrim(encode(tgargs, 'escape'), '\000'), '\000')) WITH ORDINALITY u(a, o)),
-		xmin::text::bigint FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2`, table, conflict.TriggerName).Scan(&args, &xmin)
+		xmin::text::bigint FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2`, table, setup.TriggerName).Scan(&args, &xmin)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, 0
 	}
@@ -554,18 +553,18 @@ func TestTombstoneTrigger(t *testing.T) {
 	m := newMesh(t, 1)
 	ctx := testCtx(t)
 	c := m.conns[0]
-	// public.a gets its trigger from init (conflict.InstallTriggers).
+	// public.a gets its trigger from init (setup.InstallTriggers).
 	m.env.ExecUncaptured(t, 0, "CREATE TABLE public.a (id int, k text, PRIMARY KEY (k, id))")
 	tables, err := pg.ReplicatedTables(ctx, c, []string{"public"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conflict.InstallTriggers(ctx, c, tables); err != nil {
+	if _, err := setup.InstallTriggers(ctx, c, tables); err != nil {
 		t.Fatal(err)
 	}
 	initArgs, initXmin := triggerArgs(t, c, "public.a")
 	if !slices.Equal(initArgs, []string{"public.a", "k", "id"}) {
-		t.Fatalf("conflict.InstallTriggers made args %q", initArgs)
+		t.Fatalf("setup.InstallTriggers made args %q", initArgs)
 	}
 	// A captured CREATE TABLE gets the same trigger from the event trigger,
 	// and leaves public.a's alone.

@@ -83,15 +83,12 @@ func BenchApply(ctx context.Context, o ApplyBenchOptions) (*ApplyBenchResult, er
 	}
 	dir := o.Dir
 	if dir == "" {
-		d, err := os.MkdirTemp("", "pgmesh-bench-")
+		d, remove, err := sandbox.TempDir("pgmesh-bench-")
 		if err != nil {
 			return nil, err
 		}
-		// As root the servers run as the postgres user, who must enter it.
-		if err := os.Chmod(d, 0o755); err != nil {
-			return nil, err
-		}
-		dir = filepath.Join(d, "cluster")
+		defer remove()
+		dir = d
 	}
 	cl, err := sandbox.Up(ctx, sandbox.Options{Dir: dir, Nodes: 2, BinDir: o.BinDir, DB: "native",
 		Logf: func(f string, a ...any) { fmt.Fprintf(o.Out, "  "+f+"\n", a...) }})
@@ -183,8 +180,14 @@ func (b *applyBench) prepare(ctx context.Context) error {
 	if err := execSQL(ctx, b.cl.DSNAs(n1, "native", sandbox.Admin), `CREATE PUBLICATION bench FOR ALL TABLES`); err != nil {
 		return err
 	}
+	// The subscriber's walreceiver runs as the server's OS user, which
+	// cannot read the sandbox's password file.
+	pub, err := b.cl.ServerDSN(n1, "native", sandbox.Admin)
+	if err != nil {
+		return err
+	}
 	sub := fmt.Sprintf(`CREATE SUBSCRIPTION bench CONNECTION %s PUBLICATION bench WITH (copy_data = false, enabled = false)`,
-		pg.QuoteLiteral(b.cl.DSNAs(n1, "native", sandbox.Admin)))
+		pg.QuoteLiteral(pub))
 	if err := execSQL(ctx, b.cl.DSNAs(n2, "native", sandbox.Admin), sub); err != nil {
 		return err
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -61,15 +60,12 @@ func StartDemo(ctx context.Context, o DemoOptions) (*Demo, error) {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if o.Dir == "" {
-		d, err := os.MkdirTemp("", "pgmesh-demo-")
+		// Not removed: --keep leaves the cluster running there.
+		d, _, err := sandbox.TempDir("pgmesh-demo-")
 		if err != nil {
 			return nil, err
 		}
-		// As root the servers run as the postgres user, who must enter it.
-		if err := os.Chmod(d, 0o755); err != nil {
-			return nil, err
-		}
-		o.Dir = filepath.Join(d, "cluster")
+		o.Dir = d
 	}
 	step := func(f string, a ...any) { fmt.Fprintf(o.Out, "==> "+f+"\n", a...) }
 

@@ -55,15 +55,12 @@ func BenchJoin(ctx context.Context, o JoinBenchOptions) (*JoinBenchResult, error
 	}
 	dir := o.Dir
 	if dir == "" {
-		d, err := os.MkdirTemp("", "pgmesh-bench-")
+		d, remove, err := sandbox.TempDir("pgmesh-bench-")
 		if err != nil {
 			return nil, err
 		}
-		if err := os.Chmod(d, 0o755); err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(d)
-		dir = filepath.Join(d, "cluster")
+		defer remove()
+		dir = d
 	}
 	cl, err := sandbox.Up(ctx, sandbox.Options{Dir: dir, Nodes: 3, BinDir: o.BinDir, DB: "app",
 		Logf: func(f string, a ...any) { fmt.Fprintf(o.Out, "  "+f+"\n", a...) }})

@@ -7,6 +7,8 @@ import (
 	"math"
 	"slices"
 	"strings"
+
+	"github.com/pgmesh/pgmesh/internal/human"
 )
 
 // HTML renders the report as one self-contained page: inline SVG charts,
@@ -64,7 +66,7 @@ func (r *Report) view() pageView {
 		{Name: "conflicts", Value: fmt.Sprint(total), Meaning: "Concurrent writes to the same row that pgmesh had to resolve; every losing version is kept in pgmesh.conflict_log."},
 		{Name: "lag_ms p50 / p95 / p99 / max", Value: fmt.Sprintf("%.0f / %.0f / %.0f / %.0f", r.LagMS.P50, r.LagMS.P95, r.LagMS.P99, r.LagMS.Max), Meaning: "How long a write on one node took to become visible on another, sampled on every link every 250 ms."},
 		{Name: "convergence_seconds", Value: fmt.Sprintf("%.2f", r.ConvergenceSeconds), Meaning: "After a fault that healed while the nodes kept writing: the time until every node had everything the others wrote before the heal. Otherwise: the time from the end of the writes until every link had caught up."},
-		{Name: "slot_wal_peak_bytes", Value: humanBytes(r.SlotWALPeakBytes), Meaning: "The most WAL a replication slot kept on its node's disk for a peer that was behind."},
+		{Name: "slot_wal_peak_bytes", Value: human.Bytes(r.SlotWALPeakBytes), Meaning: "The most WAL a replication slot kept on its node's disk for a peer that was behind."},
 	}
 	end := r.DurationSeconds
 	for _, s := range r.LagSamples {
@@ -81,18 +83,6 @@ func (r *Report) view() pageView {
 			walChart(r, end)},
 	}
 	return v
-}
-
-func humanBytes(b int64) string {
-	switch {
-	case b >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30))
-	case b >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
-	case b >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(b)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", b)
 }
 
 // series is one line of a chart.
@@ -136,7 +126,7 @@ func walChart(r *Report, end float64) template.HTML {
 	for i, n := range names {
 		ss[i] = *by[n]
 	}
-	return lineChart("chart-wal", ss, r.Faults, end, "retained WAL", func(v float64) string { return humanBytes(int64(v)) })
+	return lineChart("chart-wal", ss, r.Faults, end, "retained WAL", func(v float64) string { return human.Bytes(int64(v)) })
 }
 
 func perSecondChart(id string, m map[string][]int, faults []Fault, end float64, unit string) template.HTML {

@@ -160,7 +160,7 @@ type harness struct {
 	sc         scenario
 	cl         *sandbox.Cluster
 	ownCluster bool
-	tmp        string         // the new sandbox's parent directory
+	removeTmp  func()         // removes the new sandbox's directory
 	cfg        *config.Config // direct DSNs, as pgmesh's role
 	db         string         // the database on every node
 	net        *netfault.Net
@@ -292,8 +292,8 @@ func (h *harness) cleanup(ctx context.Context) {
 			h.progress("removing the sandbox: %v", err)
 		}
 	}
-	if h.tmp != "" {
-		os.RemoveAll(h.tmp)
+	if h.removeTmp != nil {
+		h.removeTmp()
 	}
 }
 
@@ -307,18 +307,14 @@ func (h *harness) servers(ctx context.Context) error {
 		}
 		h.cl = h.o.Cluster
 	} else {
-		d, err := os.MkdirTemp("", "pgmesh-eval-cluster-")
+		d, remove, err := sandbox.TempDir("pgmesh-eval-cluster-")
 		if err != nil {
 			return err
 		}
-		h.tmp = d
-		// As root the servers run as the postgres user, who must enter it.
-		if err := os.Chmod(d, 0o755); err != nil {
-			return err
-		}
+		h.removeTmp = remove
 		db = "eval"
 		h.progress("starting %d PostgreSQL servers", h.o.Nodes)
-		cl, err := sandbox.Up(ctx, sandbox.Options{Dir: filepath.Join(d, "cluster"), Nodes: h.o.Nodes, BinDir: h.o.BinDir, DB: db})
+		cl, err := sandbox.Up(ctx, sandbox.Options{Dir: d, Nodes: h.o.Nodes, BinDir: h.o.BinDir, DB: db})
 		if err != nil {
 			return err
 		}

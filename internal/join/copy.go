@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/human"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
@@ -41,10 +42,12 @@ import (
 // missing origin, it matches no node, no peer_seen row and no rank.
 const UnknownOrigin = "pgmesh_(unknown)"
 
-// copySettings make both ends print and parse values alike: the rows pass
-// through in COPY text format without being decoded.
-const copySettings = `SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
-SET extra_float_digits = 3; SET bytea_output = 'hex'; SET statement_timeout = 0`
+// copySettings: a copy takes as long as the table needs. Both ends print
+// and parse values alike (pg.ConnectExact: the rows pass through in COPY
+// text format without being decoded), and row security is off there, so a
+// policy that would hide rows from pgmesh's role fails the copy instead of
+// leaving them out.
+const copySettings = `SET statement_timeout = 0`
 
 const (
 	// chunkBytes bounds the rows held in memory per table being copied.
@@ -140,13 +143,13 @@ func (j *joiner) copyData(ctx context.Context, s *snapshot) (map[string]time.Tim
 		j.rep.Bytes += st.Bytes
 	}
 	j.rep.Seconds = time.Since(began).Seconds()
-	j.printf("copied %d rows (%s) of %d tables in %s", j.rep.Rows, humanBytes(j.rep.Bytes), len(tables), time.Since(began).Round(time.Millisecond))
+	j.printf("copied %d rows (%s) of %d tables in %s", j.rep.Rows, human.Bytes(j.rep.Bytes), len(tables), time.Since(began).Round(time.Millisecond))
 	return seen, nil
 }
 
 // openSource opens a session on the source that reads in the snapshot.
 func (j *joiner) openSource(ctx context.Context, s *snapshot) (*pgx.Conn, error) {
-	c, err := pg.Connect(ctx, j.source.Name, j.source.DSN, "pgmesh node add "+j.node.Name+": copy")
+	c, err := pg.ConnectExact(ctx, j.source.Name, j.source.DSN, "pgmesh node add "+j.node.Name+": copy")
 	if err != nil {
 		return nil, err
 	}
@@ -512,7 +515,7 @@ type writer struct {
 }
 
 func newWriter(ctx context.Context, n config.Node, ls *leases, log *slog.Logger) (*writer, error) {
-	c, err := pg.Connect(ctx, n.Name, n.DSN, "pgmesh node add: write")
+	c, err := pg.ConnectExact(ctx, n.Name, n.DSN, "pgmesh node add: write")
 	if err != nil {
 		return nil, err
 	}
@@ -775,17 +778,4 @@ func truncate(b []byte) string {
 		return string(b[:80]) + "…"
 	}
 	return string(b)
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -34,7 +34,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgmesh/pgmesh/internal/config"
-	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
@@ -360,7 +359,7 @@ func syncNodes(ctx context.Context, conn *pgx.Conn, names []string) error {
 	if slices.Equal(have, names) {
 		return nil
 	}
-	return conflict.SyncNodes(ctx, conn, names)
+	return setup.SyncNodes(ctx, conn, names)
 }
 
 // finish waits for the node to catch up (Options.Wait) and reports its state.

@@ -19,6 +19,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/check"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/sandbox"
+	"github.com/pgmesh/pgmesh/internal/setup"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
 
@@ -93,7 +94,7 @@ func (j *joiner) preflight(ctx context.Context, restart bool) error {
 // schema stays: schema() compares it with the source's.
 func (j *joiner) cleanup(ctx context.Context) error {
 	for _, p := range j.peers {
-		if err := dropSlot(ctx, j.n, topology.Link{Up: j.node.Name, Down: p.Name}.Slot()); err != nil {
+		if err := setup.DropSlot(ctx, j.n, topology.Link{Up: j.node.Name, Down: p.Name}.Slot()); err != nil {
 			return fmt.Errorf("node %s: %w", j.node.Name, err)
 		}
 	}

@@ -43,7 +43,7 @@ func (j *joiner) peerSlots(ctx context.Context) (map[string]pglogrepl.LSN, error
 		if lost {
 			// Its WAL is gone: a new slot starts now, still before the
 			// snapshot.
-			if err := dropSlot(ctx, c, l.Slot()); err != nil {
+			if err := setup.DropSlot(ctx, c, l.Slot()); err != nil {
 				return nil, fmt.Errorf("node %s: %w", p.Name, err)
 			}
 			return j.peerSlots(ctx)
@@ -129,7 +129,7 @@ func (j *joiner) snapshot(ctx context.Context) (*snapshot, error) {
 	src := j.conns[j.source.Name]
 	slot := topology.Link{Up: j.source.Name, Down: j.node.Name}.Slot()
 	// A slot of an interrupted attempt has lost its snapshot.
-	if err := dropSlot(ctx, src, slot); err != nil {
+	if err := setup.DropSlot(ctx, src, slot); err != nil {
 		return nil, fmt.Errorf("node %s: %w", j.source.Name, err)
 	}
 	repl, err := pg.ConnectReplication(ctx, j.source.Name, j.source.DSN, "pgmesh node add "+j.node.Name)
@@ -218,14 +218,4 @@ func (j *joiner) recordPositions(ctx context.Context, s *snapshot, slots map[str
 		}
 		return nil
 	})
-}
-
-// dropSlot drops slot on conn's node if it exists.
-func dropSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
-	_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots
-	                           WHERE slot_name = $1 AND database = current_database()`, slot)
-	if err != nil {
-		return fmt.Errorf("drop slot %s: %w", slot, err)
-	}
-	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgmesh/pgmesh/internal/human"
 	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/topology"
@@ -238,33 +239,19 @@ func DescribeTable(t Table) string {
 	if t.EstRows > 0 && t.FinishedAt == nil {
 		fmt.Fprintf(&b, " of ~%d", t.EstRows)
 	}
-	fmt.Fprintf(&b, ", %s", HumanBytes(t.Bytes))
+	fmt.Fprintf(&b, ", %s", human.Bytes(t.Bytes))
 	switch {
 	case t.FinishedAt != nil:
-		fmt.Fprintf(&b, ", done at %s/s", HumanBytes(int64(t.Rate())))
+		fmt.Fprintf(&b, ", done at %s/s", human.Bytes(int64(t.Rate())))
 	case t.StartedAt == nil:
 		b.WriteString(", waiting")
 	default:
-		fmt.Fprintf(&b, ", %s/s", HumanBytes(int64(t.Rate())))
+		fmt.Fprintf(&b, ", %s/s", human.Bytes(int64(t.Rate())))
 		if eta := t.ETA(); eta > 0 {
 			fmt.Fprintf(&b, ", ETA %s", eta.Round(time.Second))
 		}
 	}
 	return b.String()
-}
-
-// HumanBytes prints n in binary units: 512 B, 3.2 KiB, 1.5 MiB.
-func HumanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // lsnOf reads a pg_lsn text; "" is 0.

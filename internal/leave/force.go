@@ -23,11 +23,6 @@ import (
 // already is written again as the same change, which changes nothing.
 const seenMargin = time.Second
 
-// readSettings make values print alike on every node: they are passed as
-// text to the apply statements of another node.
-const readSettings = `SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres';
-SET extra_float_digits = 3; SET bytea_output = 'hex'`
-
 // catchUpFromSurvivors brings every survivor to what the most advanced one
 // holds of the node's changes, when the node itself is gone.
 func (r *remover) catchUpFromSurvivors(ctx context.Context) error {
@@ -82,9 +77,6 @@ func (r *remover) replay(ctx context.Context, src, dst string, to pglogrepl.LSN)
 	}
 	if !since.IsZero() {
 		since = since.Add(-seenMargin)
-	}
-	if _, err := from.Exec(ctx, readSettings); err != nil {
-		return 0, fmt.Errorf("node %s: %w", src, err)
 	}
 	tables, err := pg.ReplicatedTables(ctx, into, r.cfg.Replicate.Schemas, r.cfg.Replicate.Exclude)
 	if err != nil {
@@ -191,7 +183,7 @@ func (r *remover) replay(ctx context.Context, src, dst string, to pglogrepl.LSN)
 	}
 	sortByTime(changes, func(c change) time.Time { return c.ts })
 
-	conn, err := pg.Connect(ctx, dst, r.nodeDSN(dst), "pgmesh node remove "+r.node.Name+": catch up")
+	conn, err := pg.ConnectExact(ctx, dst, r.nodeDSN(dst), "pgmesh node remove "+r.node.Name+": catch up")
 	if err != nil {
 		return 0, err
 	}

@@ -30,10 +30,10 @@ import (
 
 	"github.com/pgmesh/pgmesh/internal/agent"
 	"github.com/pgmesh/pgmesh/internal/config"
-	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
+	"github.com/pgmesh/pgmesh/internal/setup"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
 
@@ -92,7 +92,9 @@ func Remove(ctx context.Context, cfg *config.Config, o Options) (*Report, error)
 		return nil, fmt.Errorf("%w: %s is the last node", ErrRefused, node.Name)
 	}
 	for _, n := range r.survivors {
-		c, err := pg.Connect(ctx, n.Name, n.DSN, "pgmesh node remove "+node.Name)
+		// Exact values: a forced removal passes the rows it reads on one
+		// survivor as text to the apply statements of another.
+		c, err := pg.ConnectExact(ctx, n.Name, n.DSN, "pgmesh node remove "+node.Name)
 		if err != nil {
 			return nil, fmt.Errorf("%w: every survivor must be reachable to receive %s's last changes: %v", ErrRefused, node.Name, err)
 		}
@@ -261,18 +263,18 @@ func (r *remover) detach(ctx context.Context) error {
 	for _, s := range r.survivors {
 		names = append(names, s.Name)
 		c := r.conns[s.Name]
-		if err := dropSlot(ctx, c, topology.Link{Up: s.Name, Down: r.node.Name}.Slot()); err != nil {
+		if err := setup.DropSlot(ctx, c, topology.Link{Up: s.Name, Down: r.node.Name}.Slot()); err != nil {
 			return fmt.Errorf("node %s: %w", s.Name, err)
 		}
 	}
 	for _, s := range r.survivors {
-		if err := conflict.SyncNodes(ctx, r.conns[s.Name], names); err != nil {
+		if err := setup.SyncNodes(ctx, r.conns[s.Name], names); err != nil {
 			return fmt.Errorf("node %s: %w", s.Name, err)
 		}
 	}
 	if n, ok := r.conns[r.node.Name]; ok {
 		for _, s := range r.survivors {
-			if err := dropSlot(ctx, n, topology.Link{Up: r.node.Name, Down: s.Name}.Slot()); err != nil {
+			if err := setup.DropSlot(ctx, n, topology.Link{Up: r.node.Name, Down: s.Name}.Slot()); err != nil {
 				return fmt.Errorf("node %s: %w", r.node.Name, err)
 			}
 		}
@@ -281,15 +283,6 @@ func (r *remover) detach(ctx context.Context) error {
 		}
 	}
 	r.printf("%s is out of the mesh: its slots are dropped, the survivors no longer rank it", r.node.Name)
-	return nil
-}
-
-func dropSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
-	_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots
-	                           WHERE slot_name = $1 AND database = current_database()`, slot)
-	if err != nil {
-		return fmt.Errorf("drop slot %s: %w", slot, err)
-	}
 	return nil
 }
 

@@ -192,3 +192,19 @@ func tail(path string, offset int64, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TempDir makes a new temporary directory (prefix as for os.MkdirTemp) that
+// the postgres OS user can enter, which it must when the servers run as it
+// (as root), and returns the sandbox directory to use inside it and a
+// function that removes both.
+func TempDir(prefix string) (dir string, remove func(), err error) {
+	d, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := os.Chmod(d, 0o755); err != nil {
+		os.RemoveAll(d)
+		return "", nil, err
+	}
+	return filepath.Join(d, "cluster"), func() { os.RemoveAll(d) }, nil
+}

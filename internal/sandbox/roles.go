@@ -128,6 +128,18 @@ func (c *Cluster) AliasPassfile(path string, aliases map[string]string) error {
 	return nil
 }
 
+// ServerDSN is a DSN to node's database db as role with the password
+// inline: for connections a sandbox server makes itself (a native
+// subscription's walreceiver), which run as the server's OS user and cannot
+// read the password file. It never goes into output.
+func (c *Cluster) ServerDSN(node, db string, role Role) (string, error) {
+	pw, err := c.readPasswords()
+	if err != nil {
+		return "", err
+	}
+	return c.DSNAs(node, db, role) + " password=" + dsnValue(pw[role]), nil
+}
+
 // readPasswords reads the passwords back from the password file.
 func (c *Cluster) readPasswords() (map[Role]string, error) {
 	f, err := os.Open(c.Passfile())

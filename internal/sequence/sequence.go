@@ -1,5 +1,5 @@
 // Package sequence keeps ids generated on different nodes from colliding
-// (DESIGN.md §7). It finds the sequences that feed replicated tables (serial
+// (README, "Sequences"). It finds the sequences that feed replicated tables (serial
 // defaults and identity columns), converts them to one of three strategies,
 // and proves for `pgmesh check` that no two nodes can generate the same id:
 //

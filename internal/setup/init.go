@@ -23,12 +23,10 @@ import (
 
 	"github.com/pgmesh/pgmesh/internal/check"
 	"github.com/pgmesh/pgmesh/internal/config"
-	"github.com/pgmesh/pgmesh/internal/conflict"
 	"github.com/pgmesh/pgmesh/internal/ddl"
 	"github.com/pgmesh/pgmesh/internal/joinstate"
 	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
-	"github.com/pgmesh/pgmesh/internal/topology"
 )
 
 // Publication is the name of the publication on every node.
@@ -97,18 +95,14 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 		return rep, fmt.Errorf("%w: %d FAIL findings; fix them and run init again", ErrPreflightFailed, check.Count(fs, check.Fail))
 	}
 
+	all, errs := pg.ConnectNodes(ctx, cfg.Nodes, "pgmesh init")
+	defer pg.CloseAll(ctx, all)
+	if err := errors.Join(errs...); err != nil {
+		return rep, err
+	}
 	conns := map[string]*pgx.Conn{}
-	defer func() {
-		for _, c := range conns {
-			c.Close(context.WithoutCancel(ctx))
-		}
-	}()
-	for _, n := range cfg.Nodes {
-		c, err := pg.Connect(ctx, n.Name, n.DSN, "pgmesh init")
-		if err != nil {
-			return rep, err
-		}
-		conns[n.Name] = c
+	for i, n := range cfg.Nodes {
+		conns[n.Name] = all[i]
 	}
 
 	// A node that joined with node add has announced what it holds; the
@@ -140,7 +134,7 @@ func Init(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Report, e
 			rep.Notes = append(rep.Notes, fmt.Sprintf("DDL capture is off on %s until a superuser runs there (ddl.capture: auto; or set ddl.capture: manual and use pgmesh ddl):\n%s", n.Name, script))
 		}
 	}
-	links := topology.FullMesh(cfg.NodeNames())
+	links := cfg.Links()
 	slotsCreated := false
 	for _, l := range links {
 		created, err := EnsureSlot(ctx, conns[l.Up], l.Slot())
@@ -216,7 +210,7 @@ func ensureConflictSetup(ctx context.Context, conn *pgx.Conn, node string, names
 		return fmt.Errorf("read pgmesh.node: %w", err)
 	}
 	if !slices.Equal(have, names) {
-		if err := conflict.SyncNodes(ctx, conn, names); err != nil {
+		if err := SyncNodes(ctx, conn, names); err != nil {
 			return err
 		}
 		act(node, "set node ranks %s", strings.Join(names, ", "))
@@ -240,7 +234,7 @@ ON CONFLICT (peer, origin) DO NOTHING`, names, node)
 	}
 	// The tombstone triggers are (re)installed where they are missing or
 	// have other arguments (the table's name and key columns).
-	changed, err := conflict.InstallTriggers(ctx, conn, tables)
+	changed, err := InstallTriggers(ctx, conn, tables)
 	if err != nil {
 		return err
 	}
@@ -357,6 +351,16 @@ func describeChange(have, want []string) string {
 		parts = append(parts, "reset schemas, row filters and column lists")
 	}
 	return fmt.Sprintf("%d tables (%s)", len(want), strings.Join(parts, "; "))
+}
+
+// DropSlot drops slot on conn's node if it exists there (in its database).
+func DropSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
+	_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots
+	                           WHERE slot_name = $1 AND database = current_database()`, slot)
+	if err != nil {
+		return fmt.Errorf("drop slot %s: %w", slot, err)
+	}
+	return nil
 }
 
 // EnsureSlot creates the logical slot on conn's node unless it exists; an

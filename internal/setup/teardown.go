@@ -20,7 +20,7 @@ import (
 // an active pgmesh slot is left untouched (stop the agents first); the other
 // nodes are still torn down and every problem is returned, joined.
 func Teardown(ctx context.Context, cfg *config.Config) error {
-	links := topology.FullMesh(cfg.NodeNames())
+	links := cfg.Links()
 	var errs []error
 	for _, n := range cfg.Nodes {
 		if err := teardownNode(ctx, n, topology.Inbound(links, n.Name)); err != nil {

@@ -2,15 +2,10 @@ WITH written AS (
  INSERT INTO "public"."account" ("id", "tenant", "login", "email")
  SELECT $4::text::uuid, $5::text::integer, $6::text, $7::text
   WHERE NOT EXISTS (SELECT FROM "public"."account" pgmesh_t WHERE pgmesh_t."id" = $4::text::uuid)
-    AND pgmesh.insert_clear('public.account', (SELECT to_jsonb(x) FROM (SELECT $4::text::uuid AS "id") x), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.account' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
-    AND NOT EXISTS (SELECT FROM "public"."account" pgmesh_u WHERE pgmesh_u."email" = $7::text AND NOT (pgmesh_u."id" = $4::text::uuid))
-    AND NOT EXISTS (SELECT FROM "public"."account" pgmesh_u WHERE pgmesh_u."tenant" = $5::text::integer AND pgmesh_u."login" = $6::text AND NOT (pgmesh_u."id" = $4::text::uuid))
- ON CONFLICT ("id") DO NOTHING
+    AND pgmesh.insert_clear('public.account', pg_catalog.jsonb_build_object('id', $4::text::uuid), $2::text, $1::text)
+ ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.account' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::uuid AS "id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_5fa7c7b7706055a832e00eb6', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_1987994737e5ee9f20486748', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text], 'public.account', pg_catalog.jsonb_build_object('id', $4::text::uuid), false) END AS verdict
          OFFSET 0) r

@@ -3,17 +3,14 @@ written AS (
  INSERT INTO "public"."account" ("id", "tenant", "login", "email")
  SELECT v.pgmesh_c4::uuid, v.pgmesh_c5::integer, v.pgmesh_c6, v.pgmesh_c7 FROM v
   WHERE NOT EXISTS (SELECT FROM "public"."account" pgmesh_t WHERE pgmesh_t."id" = v.pgmesh_c4::uuid OFFSET 0)
-    AND pgmesh.insert_clear('public.account', (SELECT to_jsonb(x) FROM (SELECT v.pgmesh_c4::uuid AS "id") x), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.account' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node) OFFSET 0)
+    AND pgmesh.insert_clear('public.account', pg_catalog.jsonb_build_object('id', v.pgmesh_c4::uuid), $2::text, $1::text)
     AND NOT EXISTS (SELECT FROM "public"."account" pgmesh_u WHERE pgmesh_u."email" = v.pgmesh_c7 AND NOT (pgmesh_u."id" = v.pgmesh_c4::uuid) OFFSET 0)
     AND NOT EXISTS (SELECT FROM "public"."account" pgmesh_u WHERE pgmesh_u."tenant" = v.pgmesh_c5::integer AND pgmesh_u."login" = v.pgmesh_c6 AND NOT (pgmesh_u."id" = v.pgmesh_c4::uuid) OFFSET 0)
  ON CONFLICT ("id") DO NOTHING
  RETURNING "id")
 SELECT x.n, (x.v).kind, (x.v).resolution
   FROM (SELECT v.pgmesh_n AS n,
-               CASE WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.account' || ((SELECT to_jsonb(x) FROM (SELECT v.pgmesh_c4::uuid AS "id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_5fa7c7b7706055a832e00eb6', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, v.pgmesh_c4, v.pgmesh_c5, v.pgmesh_c6, v.pgmesh_c7]) END AS v
+               pgmesh.resolve_key('pgmesh_fallback_1987994737e5ee9f20486748', ARRAY[$1::text, $2::text, $3::text, v.pgmesh_c4, v.pgmesh_c5, v.pgmesh_c6, v.pgmesh_c7], 'public.account', pg_catalog.jsonb_build_object('id', v.pgmesh_c4::uuid), false) AS v
           FROM v
          WHERE NOT EXISTS (SELECT FROM written w WHERE w."id" = v.pgmesh_c4::uuid)
          OFFSET 0) x

@@ -13,6 +13,5 @@ WITH written AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.account' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::uuid AS "id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_1ad9978c0c1b0312e2f29747', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_562275c79e547687c218e823', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text], 'public.account', pg_catalog.jsonb_build_object('id', $4::text::uuid), false) END AS verdict
          OFFSET 0) r

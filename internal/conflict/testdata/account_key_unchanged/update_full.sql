@@ -6,7 +6,7 @@ WITH local_row AS MATERIALIZED (
           WHERE pgmesh_l."id" = $4::uuid
           FOR UPDATE OF pgmesh_l) locked,
         LATERAL pg_catalog.pg_xact_commit_timestamp_origin(locked.xmin) ct),
-key_json AS MATERIALIZED (SELECT (SELECT to_jsonb(x) FROM (SELECT $4::uuid AS "id") x) AS key),
+key_json AS MATERIALIZED (SELECT pg_catalog.jsonb_build_object('id', $4::uuid) AS key),
 local_state AS MATERIALIZED (
  SELECT coalesce(l.found, false) AS present, coalesce(tb.found, false) AS tomb, l.img, l.tid, l.toid,
         CASE WHEN l.found THEN l.commit_time ELSE tb.deleted_at END AS state_time,
@@ -92,7 +92,7 @@ loser_removed AS (
  RETURNING 1),
 unique_tombstones AS (
  INSERT INTO pgmesh.tombstone AS z (table_name, key, deleted_at, xid, node)
- SELECT 'public.account', (SELECT to_jsonb(x) FROM (SELECT (h.img)."id" AS "id") x), h.commit_time, NULL::xid8, h.node
+ SELECT 'public.account', pg_catalog.jsonb_build_object('id', (h.img)."id"), h.commit_time, NULL::xid8, h.node
    FROM verdict v, unique_holders h
   WHERE v.writes
  UNION ALL

@@ -7,5 +7,5 @@ WITH written AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_73fd208a64bb95ef9b3bb770', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_73fd208a64bb95ef9b3bb770', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text], 'public.ev', NULL, false) END AS verdict
          OFFSET 0) r

@@ -2,14 +2,10 @@ WITH written AS (
  INSERT INTO "public"."item" ("id", "email", "name", "qty")
  SELECT $4::text::integer, $5::text, $6::text, $7::text::integer
   WHERE NOT EXISTS (SELECT FROM "public"."item" pgmesh_t WHERE pgmesh_t."id" = $4::text::integer)
-    AND pgmesh.insert_clear('public.item', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.item' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
-    AND NOT EXISTS (SELECT FROM "public"."item" pgmesh_u WHERE pgmesh_u."email" = $5::text AND NOT (pgmesh_u."id" = $4::text::integer))
- ON CONFLICT ("id") DO NOTHING
+    AND pgmesh.insert_clear('public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), $2::text, $1::text)
+ ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_a3d121dfb2f27d82f616f3a3', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_9ea2b3c63535bf8a831d7404', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text], 'public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), false) END AS verdict
          OFFSET 0) r

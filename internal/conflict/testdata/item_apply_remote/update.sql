@@ -12,6 +12,5 @@ WITH written AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_7945da54b0515d558eb3d476', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_4fc715782480cfe7e314771a', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text], 'public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), false) END AS verdict
          OFFSET 0) r

@@ -1,14 +1,14 @@
 WITH locked AS MATERIALIZED (
  SELECT count(*) AS n
    FROM (SELECT pg_catalog.pg_advisory_xact_lock(h.h)
-           FROM (VALUES (pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0)), (pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $5::text::integer AS "id") x))::text, 0))) h (h)
-          WHERE (SELECT true FROM pgmesh.close_gate('public.item', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x)))
+           FROM (VALUES (pg_catalog.hashtextextended('public.item' || (pg_catalog.jsonb_build_object('id', $4::text::integer))::text, 0)), (pg_catalog.hashtextextended('public.item' || (pg_catalog.jsonb_build_object('id', $5::text::integer))::text, 0))) h (h)
+          WHERE (SELECT true FROM pgmesh.close_gate('public.item', pg_catalog.jsonb_build_object('id', $4::text::integer)))
           ORDER BY h.h) l),
 removed AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_00037e946cbc14ccb3b3cb4e', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_75386dea1afa7a490b97771c', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
    FROM locked),
 added AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_f2797a07902f65e42ff7f6d7', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, $7::text, $8::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_878a66f199e22015656d8b1f', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, $7::text, $8::text]) AS verdict
    FROM removed)
 SELECT (v.verdict).kind, (v.verdict).resolution
   FROM (SELECT CASE WHEN (a.verdict).kind IS NOT NULL THEN a.verdict

@@ -12,6 +12,5 @@ WITH written AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_4a4b829b8d4938a0b997a2af', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_c715cbdd310b18239d8a5aae', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text], 'public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), false) END AS verdict
          OFFSET 0) r

@@ -6,14 +6,12 @@ WITH written AS (
  RETURNING 1),
 tombstone AS (
  INSERT INTO pgmesh.tombstone AS z (table_name, key, deleted_at, xid, node)
- SELECT 'public.item', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x), $1::text::timestamptz, NULL, $2::text
+ SELECT 'public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), $1::text::timestamptz, NULL, $2::text
    FROM written
  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = excluded.deleted_at, xid = NULL, node = excluded.node
   WHERE coalesce(pgmesh.tombstone_time(z.deleted_at, z.xid), '-infinity') < excluded.deleted_at
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pgmesh.close_gate('public.item', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_48ac90c99333f86a4ddf0a8c', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_e2cacfbd0544c9906ba30b84', ARRAY[$1::text, $2::text, $3::text, $4::text], 'public.item', pg_catalog.jsonb_build_object('id', $4::text::integer), true) END AS verdict
          OFFSET 0) r

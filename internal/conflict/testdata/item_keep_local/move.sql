@@ -1,14 +1,14 @@
 WITH locked AS MATERIALIZED (
  SELECT count(*) AS n
    FROM (SELECT pg_catalog.pg_advisory_xact_lock(h.h)
-           FROM (VALUES (pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0)), (pg_catalog.hashtextextended('public.item' || ((SELECT to_jsonb(x) FROM (SELECT $5::text::integer AS "id") x))::text, 0))) h (h)
-          WHERE (SELECT true FROM pgmesh.close_gate('public.item', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x)))
+           FROM (VALUES (pg_catalog.hashtextextended('public.item' || (pg_catalog.jsonb_build_object('id', $4::text::integer))::text, 0)), (pg_catalog.hashtextextended('public.item' || (pg_catalog.jsonb_build_object('id', $5::text::integer))::text, 0))) h (h)
+          WHERE (SELECT true FROM pgmesh.close_gate('public.item', pg_catalog.jsonb_build_object('id', $4::text::integer)))
           ORDER BY h.h) l),
 removed AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_7bf14a77c5b031d64bf30f82', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_d6fe189bf868606bfc7fd248', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
    FROM locked),
 added AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_fbf87697ce440698b84a0928', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, $7::text, $8::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_8fa64dd4c1df9194b7fadad9', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, $7::text, $8::text]) AS verdict
    FROM removed)
 SELECT (v.verdict).kind, (v.verdict).resolution
   FROM (SELECT CASE WHEN (a.verdict).kind IS NOT NULL THEN a.verdict

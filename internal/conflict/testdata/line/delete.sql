@@ -6,14 +6,12 @@ WITH written AS (
  RETURNING 1),
 tombstone AS (
  INSERT INTO pgmesh.tombstone AS z (table_name, key, deleted_at, xid, node)
- SELECT 'public.line', (SELECT to_jsonb(x) FROM (SELECT $4::text::bigint AS "order_id", $5::text::integer AS "line_no") x), $1::text::timestamptz, NULL, $2::text
+ SELECT 'public.line', pg_catalog.jsonb_build_object('order_id', $4::text::bigint, 'line_no', $5::text::integer), $1::text::timestamptz, NULL, $2::text
    FROM written
  ON CONFLICT (table_name, key) DO UPDATE SET deleted_at = excluded.deleted_at, xid = NULL, node = excluded.node
   WHERE coalesce(pgmesh.tombstone_time(z.deleted_at, z.xid), '-infinity') < excluded.deleted_at
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pgmesh.close_gate('public.line', (SELECT to_jsonb(x) FROM (SELECT $4::text::bigint AS "order_id", $5::text::integer AS "line_no") x))) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.line' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::bigint AS "order_id", $5::text::integer AS "line_no") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_bd1930c88e8456f0a04fb32c', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_4389ddf63007e8405d4ec8e9', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text], 'public.line', pg_catalog.jsonb_build_object('order_id', $4::text::bigint, 'line_no', $5::text::integer), true) END AS verdict
          OFFSET 0) r

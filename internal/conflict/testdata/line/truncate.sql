@@ -18,7 +18,7 @@ tombstone AS (
  RETURNING 1),
 logged AS (
  INSERT INTO pgmesh.conflict_log (table_name, kind, resolution, key, local_row, remote_row, local_commit_time, remote_commit_time, local_origin, remote_origin, remote_lsn)
- SELECT 'public.line', 'truncate_origin_differs', 'apply_remote', (SELECT to_jsonb(x) FROM (SELECT (c.img)."order_id" AS "order_id", (c.img)."line_no" AS "line_no") x), to_jsonb(c.img), NULL,
+ SELECT 'public.line', 'truncate_origin_differs', 'apply_remote', pg_catalog.jsonb_build_object('order_id', (c.img)."order_id", 'line_no', (c.img)."line_no"), to_jsonb(c.img), NULL,
         c.commit_time, $1::text::timestamptz, c.node, $2::text, $3::text::pg_lsn
    FROM concurrent c
  RETURNING 1)

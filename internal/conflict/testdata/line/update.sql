@@ -11,6 +11,5 @@ WITH written AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.line' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::bigint AS "order_id", $5::text::integer AS "line_no") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_b143b80e4a6b7b44f1b0c38e', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_028cc14e53313d54035b31d6', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text], 'public.line', pg_catalog.jsonb_build_object('order_id', $4::text::bigint, 'line_no', $5::text::integer), false) END AS verdict
          OFFSET 0) r

@@ -2,13 +2,10 @@ WITH written AS (
  INSERT INTO "public"."it's ""odd""" ("Id", "na""me")
  SELECT $4::text::integer, $5::text
   WHERE NOT EXISTS (SELECT FROM "public"."it's ""odd""" pgmesh_t WHERE pgmesh_t."Id" = $4::text::integer)
-    AND pgmesh.insert_clear('public.it''s "odd"', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "Id") x), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.it''s "odd"' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
- ON CONFLICT ("Id") DO NOTHING
+    AND pgmesh.insert_clear('public.it''s "odd"', pg_catalog.jsonb_build_object('Id', $4::text::integer), $2::text, $1::text)
+ ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.it''s "odd"' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "Id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_aa97399333ec7891b4cebba8', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_db81263b5399bf162eb6d737', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text], 'public.it''s "odd"', pg_catalog.jsonb_build_object('Id', $4::text::integer), false) END AS verdict
          OFFSET 0) r

@@ -1,14 +1,14 @@
 WITH locked AS MATERIALIZED (
  SELECT count(*) AS n
    FROM (SELECT pg_catalog.pg_advisory_xact_lock(h.h)
-           FROM (VALUES (pg_catalog.hashtextextended('public.it''s "odd"' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "Id") x))::text, 0)), (pg_catalog.hashtextextended('public.it''s "odd"' || ((SELECT to_jsonb(x) FROM (SELECT $5::text::integer AS "Id") x))::text, 0))) h (h)
-          WHERE (SELECT true FROM pgmesh.close_gate('public.it''s "odd"', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "Id") x)))
+           FROM (VALUES (pg_catalog.hashtextextended('public.it''s "odd"' || (pg_catalog.jsonb_build_object('Id', $4::text::integer))::text, 0)), (pg_catalog.hashtextextended('public.it''s "odd"' || (pg_catalog.jsonb_build_object('Id', $5::text::integer))::text, 0))) h (h)
+          WHERE (SELECT true FROM pgmesh.close_gate('public.it''s "odd"', pg_catalog.jsonb_build_object('Id', $4::text::integer)))
           ORDER BY h.h) l),
 removed AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_18f4c7ce786d814ba749a6e8', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_b2dab77e2f37c8a943cdd0d7', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
    FROM locked),
 added AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_aa97399333ec7891b4cebba8', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_db81263b5399bf162eb6d737', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text]) AS verdict
    FROM removed)
 SELECT (v.verdict).kind, (v.verdict).resolution
   FROM (SELECT CASE WHEN (a.verdict).kind IS NOT NULL THEN a.verdict

@@ -9,6 +9,5 @@ WITH written AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.it''s "odd"' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "Id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_1880890046e7c56ad9f86cda', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_99838e9f7904daf2f1c6eee8', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text], 'public.it''s "odd"', pg_catalog.jsonb_build_object('Id', $4::text::integer), false) END AS verdict
          OFFSET 0) r

@@ -13,7 +13,5 @@ tombstone AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pgmesh.close_gate('public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::text::timestamp with time zone AS "started", $5::text::interval AS "span") x))) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.session' || ((SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::text::timestamp with time zone AS "started", $5::text::interval AS "span") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_e45eb132e877f3b5267afcb4', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_e45eb132e877f3b5267afcb4', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text], 'public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::text::timestamp with time zone AS "started", $5::text::interval AS "span") x), true) END AS verdict
          OFFSET 0) r

@@ -2,13 +2,10 @@ WITH written AS (
  INSERT INTO "public"."session" ("started", "span", "who")
  SELECT $4::text::timestamp with time zone, $5::text::interval, $6::text
   WHERE NOT EXISTS (SELECT FROM "public"."session" pgmesh_t WHERE pgmesh_t."started" = $4::text::timestamp with time zone AND pgmesh_t."span" = $5::text::interval)
-    AND pgmesh.insert_clear('public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::text::timestamp with time zone AS "started", $5::text::interval AS "span") x), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.session' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
- ON CONFLICT ("started", "span") DO NOTHING
+    AND pgmesh.insert_clear('public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::text::timestamp with time zone AS "started", $5::text::interval AS "span") x), $2::text, $1::text)
+ ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.session' || ((SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::text::timestamp with time zone AS "started", $5::text::interval AS "span") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_b317eeab8727cd6a65a913df', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_b317eeab8727cd6a65a913df', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text], 'public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT $4::text::timestamp with time zone AS "started", $5::text::interval AS "span") x), false) END AS verdict
          OFFSET 0) r

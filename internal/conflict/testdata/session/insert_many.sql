@@ -3,15 +3,12 @@ written AS (
  INSERT INTO "public"."session" ("started", "span", "who")
  SELECT v.pgmesh_c4::timestamp with time zone, v.pgmesh_c5::interval, v.pgmesh_c6 FROM v
   WHERE NOT EXISTS (SELECT FROM "public"."session" pgmesh_t WHERE pgmesh_t."started" = v.pgmesh_c4::timestamp with time zone AND pgmesh_t."span" = v.pgmesh_c5::interval OFFSET 0)
-    AND pgmesh.insert_clear('public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT v.pgmesh_c4::timestamp with time zone AS "started", v.pgmesh_c5::interval AS "span") x), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.session' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node) OFFSET 0)
+    AND pgmesh.insert_clear('public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT v.pgmesh_c4::timestamp with time zone AS "started", v.pgmesh_c5::interval AS "span") x), $2::text, $1::text)
  ON CONFLICT ("started", "span") DO NOTHING
  RETURNING "started", "span")
 SELECT x.n, (x.v).kind, (x.v).resolution
   FROM (SELECT v.pgmesh_n AS n,
-               CASE WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.session' || ((SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT v.pgmesh_c4::timestamp with time zone AS "started", v.pgmesh_c5::interval AS "span") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_b317eeab8727cd6a65a913df', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, v.pgmesh_c4, v.pgmesh_c5, v.pgmesh_c6]) END AS v
+               pgmesh.resolve_key('pgmesh_fallback_b317eeab8727cd6a65a913df', ARRAY[$1::text, $2::text, $3::text, v.pgmesh_c4, v.pgmesh_c5, v.pgmesh_c6], 'public.session', (SELECT pgmesh.to_jsonb_utc(x) FROM (SELECT v.pgmesh_c4::timestamp with time zone AS "started", v.pgmesh_c5::interval AS "span") x), false) AS v
           FROM v
          WHERE NOT EXISTS (SELECT FROM written w WHERE w."started" = v.pgmesh_c4::timestamp with time zone AND w."span" = v.pgmesh_c5::interval)
          OFFSET 0) x

@@ -1,4 +1,4 @@
-SELECT count(pgmesh.raise_deferred('public.slot', c.name, (SELECT to_jsonb(x) FROM (SELECT (w.img)."id" AS "id") x)))
+SELECT count(pgmesh.raise_deferred('public.slot', c.name, pg_catalog.jsonb_build_object('id', (w.img)."id")))
   FROM (SELECT pgmesh_w AS img, pgmesh_w.tableoid AS toid, pgmesh_w.ctid AS tid
           FROM "public"."slot" pgmesh_w
          WHERE (pgmesh_w."id") IN

@@ -2,12 +2,9 @@ WITH written AS (
  INSERT INTO "public"."slot" ("id", "v")
  SELECT $4::text::integer, $5::text
   WHERE NOT EXISTS (SELECT FROM "public"."slot" pgmesh_t WHERE pgmesh_t."id" = $4::text::integer)
-    AND pgmesh.insert_clear('public.slot', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.slot' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
+    AND pgmesh.insert_clear('public.slot', pg_catalog.jsonb_build_object('id', $4::text::integer), $2::text, $1::text)
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.slot' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_8af2cc6a2c4ab6b7e2c1aa2a', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_57855a588fc56e2a11f25870', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text], 'public.slot', pg_catalog.jsonb_build_object('id', $4::text::integer), false) END AS verdict
          OFFSET 0) r

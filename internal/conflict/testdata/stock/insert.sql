@@ -2,13 +2,10 @@ WITH written AS (
  INSERT INTO "public"."stock" ("id", "name", "qty", "price")
  SELECT $4::text::integer, $5::text, $6::text::integer, $7::text::numeric
   WHERE NOT EXISTS (SELECT FROM "public"."stock" pgmesh_t WHERE pgmesh_t."id" = $4::text::integer)
-    AND pgmesh.insert_clear('public.stock', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.stock' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
- ON CONFLICT ("id") DO NOTHING
+    AND pgmesh.insert_clear('public.stock', pg_catalog.jsonb_build_object('id', $4::text::integer), $2::text, $1::text)
+ ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.stock' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_d8286c606198786bdcf286cd', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_0620d8a2532618274074fff8', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text], 'public.stock', pg_catalog.jsonb_build_object('id', $4::text::integer), false) END AS verdict
          OFFSET 0) r

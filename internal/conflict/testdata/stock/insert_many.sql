@@ -3,15 +3,12 @@ written AS (
  INSERT INTO "public"."stock" ("id", "name", "qty", "price")
  SELECT v.pgmesh_c4::integer, v.pgmesh_c5, v.pgmesh_c6::integer, v.pgmesh_c7::numeric FROM v
   WHERE NOT EXISTS (SELECT FROM "public"."stock" pgmesh_t WHERE pgmesh_t."id" = v.pgmesh_c4::integer OFFSET 0)
-    AND pgmesh.insert_clear('public.stock', (SELECT to_jsonb(x) FROM (SELECT v.pgmesh_c4::integer AS "id") x), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.stock' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node) OFFSET 0)
+    AND pgmesh.insert_clear('public.stock', pg_catalog.jsonb_build_object('id', v.pgmesh_c4::integer), $2::text, $1::text)
  ON CONFLICT ("id") DO NOTHING
  RETURNING "id")
 SELECT x.n, (x.v).kind, (x.v).resolution
   FROM (SELECT v.pgmesh_n AS n,
-               CASE WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.stock' || ((SELECT to_jsonb(x) FROM (SELECT v.pgmesh_c4::integer AS "id") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_d8286c606198786bdcf286cd', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, v.pgmesh_c4, v.pgmesh_c5, v.pgmesh_c6, v.pgmesh_c7]) END AS v
+               pgmesh.resolve_key('pgmesh_fallback_0620d8a2532618274074fff8', ARRAY[$1::text, $2::text, $3::text, v.pgmesh_c4, v.pgmesh_c5, v.pgmesh_c6, v.pgmesh_c7], 'public.stock', pg_catalog.jsonb_build_object('id', v.pgmesh_c4::integer), false) AS v
           FROM v
          WHERE NOT EXISTS (SELECT FROM written w WHERE w."id" = v.pgmesh_c4::integer)
          OFFSET 0) x

@@ -1,14 +1,14 @@
 WITH locked AS MATERIALIZED (
  SELECT count(*) AS n
    FROM (SELECT pg_catalog.pg_advisory_xact_lock(h.h)
-           FROM (VALUES (pg_catalog.hashtextextended('public.stock' || ((SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x))::text, 0)), (pg_catalog.hashtextextended('public.stock' || ((SELECT to_jsonb(x) FROM (SELECT $5::text::integer AS "id") x))::text, 0))) h (h)
-          WHERE (SELECT true FROM pgmesh.close_gate('public.stock', (SELECT to_jsonb(x) FROM (SELECT $4::text::integer AS "id") x)))
+           FROM (VALUES (pg_catalog.hashtextextended('public.stock' || (pg_catalog.jsonb_build_object('id', $4::text::integer))::text, 0)), (pg_catalog.hashtextextended('public.stock' || (pg_catalog.jsonb_build_object('id', $5::text::integer))::text, 0))) h (h)
+          WHERE (SELECT true FROM pgmesh.close_gate('public.stock', pg_catalog.jsonb_build_object('id', $4::text::integer)))
           ORDER BY h.h) l),
 removed AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_27d414e3121477f93e8a601f', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_4878af4edd7ed4bba66bc8db', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) AS verdict
    FROM locked),
 added AS MATERIALIZED (
- SELECT pgmesh.resolve_change('pgmesh_full_d8286c606198786bdcf286cd', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, $7::text, $8::text]) AS verdict
+ SELECT pgmesh.resolve_change('pgmesh_full_0620d8a2532618274074fff8', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $5::text, $6::text, $7::text, $8::text]) AS verdict
    FROM removed)
 SELECT (v.verdict).kind, (v.verdict).resolution
   FROM (SELECT CASE WHEN (a.verdict).kind IS NOT NULL THEN a.verdict

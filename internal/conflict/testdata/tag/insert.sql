@@ -2,13 +2,10 @@ WITH written AS (
  INSERT INTO "public"."tag" ("name")
  SELECT $4::text
   WHERE NOT EXISTS (SELECT FROM "public"."tag" pgmesh_t WHERE pgmesh_t."name" = $4::text)
-    AND pgmesh.insert_clear('public.tag', (SELECT to_jsonb(x) FROM (SELECT $4::text AS "name") x), $2::text)
-    AND NOT EXISTS (SELECT FROM pgmesh.tombstone z
-                     WHERE z.table_name = 'public.tag' AND z.key = '{}'::jsonb AND NOT pgmesh.orders_after($1::text::timestamptz, $2::text, pgmesh.tombstone_time(z.deleted_at, z.xid), z.node))
- ON CONFLICT ("name") DO NOTHING
+    AND pgmesh.insert_clear('public.tag', pg_catalog.jsonb_build_object('name', $4::text), $2::text, $1::text)
+ ON CONFLICT DO NOTHING
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.tag' || ((SELECT to_jsonb(x) FROM (SELECT $4::text AS "name") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_f1a7275ac0443a0500286e0a', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_f0f9aa61918f54abdfe81b28', ARRAY[$1::text, $2::text, $3::text, $4::text], 'public.tag', pg_catalog.jsonb_build_object('name', $4::text), false) END AS verdict
          OFFSET 0) r

@@ -8,6 +8,5 @@ WITH written AS (
  RETURNING 1)
 SELECT (r.verdict).kind, (r.verdict).resolution
   FROM (SELECT CASE WHEN EXISTS (SELECT FROM written) THEN NULL
-                    WHEN (SELECT false FROM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('public.tag' || ((SELECT to_jsonb(x) FROM (SELECT $4::text AS "name") x))::text, 0))) THEN NULL
-                    ELSE pgmesh.resolve_change('pgmesh_full_481f57c98036b6f4ccd04ed9', $pgmesh$ …the full statement: <op>_full.sql with parameters ($1[n])::type… $pgmesh$, ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text]) END AS verdict
+                    ELSE pgmesh.resolve_key('pgmesh_fallback_8e2e2aca4ef0d6bf99ddf160', ARRAY[$1::text, $2::text, $3::text, $4::text, $5::text], 'public.tag', pg_catalog.jsonb_build_object('name', $4::text), false) END AS verdict
          OFFSET 0) r

@@ -1,4 +1,4 @@
-package conflict
+package setup
 
 import (
 	"context"

@@ -1,0 +1,19 @@
+// Package human renders quantities for people: the CLI's progress lines,
+// the status page, the eval report.
+package human
+
+import "fmt"
+
+// Bytes prints n in binary units: 512 B, 3.2 KiB, 1.5 MiB.
+func Bytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
