@@ -113,7 +113,7 @@ $$;
 
 -- apply_wait_lock waits for the advisory lock (link, seq) in share mode
 -- until the transaction ends, or, with <gate>, for that session-level lock
--- (released at once). The wait goes in steps of 100 ms, each a lock wait
+-- (released at once) for one step at most. The wait goes in steps of 100 ms, each a lock wait
 -- the other sessions' deadlock detectors see; between two, a cycle through
 -- this session and a local transaction (the holder waits for the local
 -- one, which waits for this one) ends the wait with a deadlock error: this
@@ -162,6 +162,13 @@ BEGIN
         IF deadline IS NOT NULL AND clock_timestamp() > deadline THEN
             RAISE EXCEPTION 'pgmesh: waited too long for remote transaction % to commit', seq
                 USING ERRCODE = '55P03';
+        END IF;
+        -- A gate is released for a moment only, and this session is out of
+        -- the lock's queue between two steps: the session it waits for may
+        -- have begun the transaction meanwhile, and would hold its gate
+        -- until its next one. The caller (apply_await) looks again.
+        IF gate IS NOT NULL THEN
+            RETURN;
         END IF;
     END LOOP;
 END

@@ -32,9 +32,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgmesh/pgmesh/internal/config"
+	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/topology"
 )
 
@@ -307,15 +309,23 @@ func (s *session) waitApplied(ctx context.Context, start []string, timeout time.
 		var next []topology.Link
 		for _, l := range pending {
 			up, down := idx[l.Up], idx[l.Down]
-			var originExists, originDone, slotExists, slotDone bool
-			err := s.conns[down].QueryRow(ctx, `
-SELECT pg_replication_origin_oid($1) IS NOT NULL,
-       CASE WHEN pg_replication_origin_oid($1) IS NULL THEN false
-            ELSE COALESCE(pg_replication_origin_progress($1, false) >= $2::pg_lsn, false) END`,
-				l.Origin(), start[up]).Scan(&originExists, &originDone)
+			var slotExists, slotDone bool
+			// A link applies under one origin per apply worker: its
+			// progress is the greatest of theirs.
+			origins, err := origin.List(ctx, s.conns[down], l.Up)
 			if err != nil {
-				return "", fmt.Errorf("node %s: origin %s progress: %w", l.Down, l.Origin(), err)
+				return "", fmt.Errorf("node %s: %w", l.Down, err)
 			}
+			originExists := len(origins) > 0
+			progress, err := origin.Progress(ctx, s.conns[down], l.Up, false)
+			if err != nil {
+				return "", fmt.Errorf("node %s: %w", l.Down, err)
+			}
+			want, err := pglogrepl.ParseLSN(start[up])
+			if err != nil {
+				return "", fmt.Errorf("node %s: start position %q: %w", l.Up, start[up], err)
+			}
+			originDone := originExists && progress >= want
 			err = s.conns[up].QueryRow(ctx, `
 SELECT count(*) > 0, COALESCE(bool_or(confirmed_flush_lsn >= $2::pg_lsn), false)
   FROM pg_replication_slots WHERE slot_name = $1`, l.Slot(), start[up]).Scan(&slotExists, &slotDone)
