@@ -63,8 +63,12 @@ of the medians (native seconds / pgmesh seconds: 1.0 = as fast as native).`,
 				fmt.Fprintf(cmd.OutOrStdout(), "PostgreSQL %d, %d pgbench transactions per round, %d rounds, %d pgmesh apply workers\n",
 					res.ServerVersion, res.Txns, len(res.Rounds)/2, res.Workers)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "native subscription: median %.2fs (%.0f txn/s)\n", res.NativeMedian, float64(res.Txns)/res.NativeMedian)
-			fmt.Fprintf(cmd.OutOrStdout(), "pgmesh link:         median %.2fs (%.0f txn/s)\n", res.PgmeshMedian, float64(res.Txns)/res.PgmeshMedian)
+			n, unit := res.Txns, "txn/s"
+			if res.BigRows > 0 {
+				n, unit = res.BigRows, "rows/s"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "native subscription: median %.2fs (%.0f %s)\n", res.NativeMedian, float64(n)/res.NativeMedian, unit)
+			fmt.Fprintf(cmd.OutOrStdout(), "pgmesh link:         median %.2fs (%.0f %s)\n", res.PgmeshMedian, float64(n)/res.PgmeshMedian, unit)
 			fmt.Fprintf(cmd.OutOrStdout(), "ratio native/pgmesh time: %.2f (pgmesh runs at %.0f%% of native speed)\n", res.Ratio, 100*res.Ratio)
 			fmt.Fprintf(cmd.OutOrStdout(), "pgmesh peak RSS (the agent runs in this process): %.0f MiB\n", res.PeakRSSMiB)
 			return nil

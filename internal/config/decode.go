@@ -23,8 +23,12 @@ const (
 	DefaultDDLCapture         = "auto"
 	DefaultListen             = "127.0.0.1:9187"
 	// DefaultApplyWorkers is agent.apply_workers when the file leaves it
-	// out (measured on a 2-core machine, see README "Benchmarks").
-	DefaultApplyWorkers = 2
+	// out. One: on the 2-core machine we measure on, the server's CPU is
+	// the limit, and a second session made `bench apply` slower (0.14 of
+	// native against 0.19, TPC-B scale 10), while under live load on every
+	// node parallel sessions of different links wait for each other (see
+	// README "Parallel apply"). Raise it on a server with idle cores.
+	DefaultApplyWorkers = 1
 	// MaxApplyWorkers bounds agent.apply_workers: each worker is one
 	// connection and one replication origin per inbound link.
 	MaxApplyWorkers = 16

@@ -120,7 +120,11 @@ func BenchApply(ctx context.Context, o ApplyBenchOptions) (*ApplyBenchResult, er
 				res.PeakRSSMiB = max(res.PeakRSSMiB, round.PeakRSSMiB)
 			}
 			res.Rounds = append(res.Rounds, round)
-			fmt.Fprintf(o.Out, "round %d  %-6s  %6.2fs  %8.0f txn/s  %5.0f MiB\n", r, which, secs, float64(o.Txns)/secs, round.PeakRSSMiB)
+			n, unit := o.Txns, "txn/s"
+			if o.BigRows > 0 {
+				n, unit = o.BigRows, "rows/s"
+			}
+			fmt.Fprintf(o.Out, "round %d  %-6s  %6.2fs  %8.0f %-6s  %5.0f MiB\n", r, which, secs, float64(n)/secs, unit, round.PeakRSSMiB)
 			if which == "native" {
 				native = append(native, secs)
 			} else {
