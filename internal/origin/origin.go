@@ -61,40 +61,12 @@ func List(ctx context.Context, q pg.Querier, up string) ([]string, error) {
 	return names, nil
 }
 
-// progressSQL reads the progress of a link ($1: the pattern of its origins,
-// $2: flush): the greatest remote end LSN committed under any of them, NULL
-// when none has committed anything. With flush true each origin's local
-// commit is flushed first, so the answer may be confirmed to the upstream.
-const progressSQL = `SELECT max(pg_catalog.pg_replication_origin_progress(roname, $2))::text
-  FROM pg_catalog.pg_replication_origin WHERE roname ~ $1`
-
 // Progress is the progress of the link from node up on the downstream q is
 // connected to (0: nothing applied yet): the position to resume after, or,
-// with flush, the position that is durable there.
+// with flush, the position that is durable there (LinkProgress).
 func Progress(ctx context.Context, q pg.Querier, up string, flush bool) (pglogrepl.LSN, error) {
-	var s *string
-	if err := q.QueryRow(ctx, progressSQL, pattern(up), flush).Scan(&s); err != nil {
-		return 0, fmt.Errorf("read the progress of the link from %s: %w", up, err)
-	}
-	return parse(up, s)
-}
-
-// ProgressConn is Progress on a bare connection (the apply sessions'); it
-// must not be in pipeline mode.
-func ProgressConn(ctx context.Context, conn *pgconn.PgConn, up string, flush bool) (pglogrepl.LSN, error) {
-	f := "false"
-	if flush {
-		f = "true"
-	}
-	res := conn.ExecParams(ctx, progressSQL, [][]byte{[]byte(pattern(up)), []byte(f)}, nil, nil, nil).Read()
-	if res.Err != nil {
-		return 0, fmt.Errorf("read the progress of the link from %s: %w", up, res.Err)
-	}
-	if len(res.Rows) != 1 || res.Rows[0][0] == nil {
-		return 0, nil
-	}
-	s := string(res.Rows[0][0])
-	return parse(up, &s)
+	lsn, _, err := LinkProgress(ctx, q, up, nil, flush)
+	return lsn, err
 }
 
 func parse(up string, s *string) (pglogrepl.LSN, error) {
