@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -96,16 +94,12 @@ func BenchMesh(ctx context.Context, o MeshBenchOptions) (*MeshBenchResult, error
 	}
 	dir := o.Dir
 	if dir == "" {
-		d, err := os.MkdirTemp("", "pgmesh-bench-")
+		d, remove, err := sandbox.TempDir("pgmesh-bench-")
 		if err != nil {
 			return nil, err
 		}
-		// As root the servers run as the postgres user, who must enter it.
-		if err := os.Chmod(d, 0o755); err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(d)
-		dir = filepath.Join(d, "cluster")
+		defer remove()
+		dir = d
 	}
 	cl, err := sandbox.Up(ctx, sandbox.Options{Dir: dir, Nodes: o.Nodes, BinDir: o.BinDir, DB: "native",
 		Logf: func(f string, a ...any) { fmt.Fprintf(o.Out, "  "+f+"\n", a...) }})

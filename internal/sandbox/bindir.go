@@ -106,9 +106,9 @@ func newestVersionDir(root string) string {
 
 var versionRE = regexp.MustCompile(`\(PostgreSQL\) (\d+)`)
 
-// serverMajor runs `postgres --version` (allowed as root) and returns the
-// major version.
-func serverMajor(ctx context.Context, binDir string) (int, error) {
+// ServerMajor runs `postgres --version` of binDir (allowed as root) and
+// returns the major version.
+func ServerMajor(ctx context.Context, binDir string) (int, error) {
 	out, err := exec.CommandContext(ctx, filepath.Join(binDir, "postgres"), "--version").CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("%s/postgres --version: %w: %s", binDir, err, strings.TrimSpace(string(out)))

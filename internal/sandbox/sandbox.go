@@ -146,7 +146,7 @@ func create(ctx context.Context, dir string, o Options) (_ *Cluster, err error) 
 	if err != nil {
 		return nil, err
 	}
-	major, err := serverMajor(ctx, binDir)
+	major, err := ServerMajor(ctx, binDir)
 	if err != nil {
 		return nil, err
 	}
