@@ -59,6 +59,8 @@ func TestInitConverges(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, 3, schema)
 	t.Logf("PostgreSQL %d", e.Major())
+	// Two apply workers: init creates an origin for each.
+	e.Config.Agent.ApplyWorkers = 2
 
 	rep, err := Init(ctx, e.Config, quiet)
 	if err != nil {
@@ -86,7 +88,7 @@ func TestInitConverges(t *testing.T) {
 		"n2: created origin pgmesh_n1", "n3: created origin pgmesh_n1",
 		"n1: created origin pgmesh_n2", "n3: created origin pgmesh_n2",
 		"n1: created origin pgmesh_n3", "n2: created origin pgmesh_n3",
-		// One more per link for its second apply worker (the default).
+		// One more per link for its second apply worker.
 		"n2: created origin pgmesh_n1_1", "n3: created origin pgmesh_n1_1",
 		"n1: created origin pgmesh_n2_1", "n3: created origin pgmesh_n2_1",
 		"n1: created origin pgmesh_n3_1", "n2: created origin pgmesh_n3_1",
