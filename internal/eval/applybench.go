@@ -315,6 +315,10 @@ func execSQL(ctx context.Context, dsn, sql string) error {
 	}
 	defer c.Close(ctx)
 	if _, err := c.Exec(ctx, sql); err != nil {
+		// A subscription's connection string carries a password.
+		if i := strings.Index(sql, " CONNECTION "); i >= 0 {
+			sql = sql[:i] + " CONNECTION …"
+		}
 		return fmt.Errorf("%s: %w", sql, err)
 	}
 	return nil

@@ -207,8 +207,14 @@ func (m *meshBench) runNative(ctx context.Context) (*MeshResult, error) {
 			if i == j {
 				continue
 			}
+			// The subscriber's walreceiver runs as the server's OS user,
+			// which cannot read the sandbox's password file.
+			pub, err := m.cl.ServerDSN(p.Name, "native", sandbox.Admin)
+			if err != nil {
+				return nil, err
+			}
 			sub := fmt.Sprintf(`CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION mesh WITH (origin = none, copy_data = false)`,
-				pg.Ident(n.Name+"_from_"+p.Name), pg.QuoteLiteral(m.dsnAs(j, "native", sandbox.Admin)))
+				pg.Ident(n.Name+"_from_"+p.Name), pg.QuoteLiteral(pub))
 			if err := execSQL(ctx, m.dsnAs(i, "native", sandbox.Admin), sub); err != nil {
 				return nil, fmt.Errorf("node %s: %w", n.Name, err)
 			}
