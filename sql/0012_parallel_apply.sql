@@ -34,11 +34,18 @@ AS $$ SELECT coalesce(pg_replication_origin_progress(origin, false) >= end_lsn, 
 -- transaction waiting for a local one, say), and the waiter wakes each time
 -- the session begins a transaction.
 
--- apply_gate takes the session's gate.
+-- apply_gate takes the session's gate, and first its life lock: the
+-- bigint key <gate> - 65536, which the session holds until it ends (or
+-- DISCARD ALL), never released on its own. A gate found open belongs to a
+-- session that is beginning a transaction this very moment, or that failed
+-- in the middle of it and takes the gate again before it runs anything
+-- else, or that is gone; only in the last case is its life lock free
+-- (apply_await). A session takes its gate again after such a failure with
+-- this function: the life lock is then held once more, which is harmless.
 CREATE OR REPLACE FUNCTION pgmesh.apply_gate(gate bigint) RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT pg_advisory_lock(gate) $$;
+AS $$ SELECT pg_advisory_lock(gate - 65536); SELECT pg_advisory_lock(gate) $$;
 
 -- apply_begin begins transaction <seq> on the session whose gate is
 -- <gate>: the transaction's lock, the lock of <prev> (the transaction the
@@ -180,7 +187,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     deadline timestamptz := clock_timestamp() + wait_timeout::interval;
-    open_seen int := 0;
 BEGIN
     LOOP
         EXIT WHEN pgmesh.apply_committed(origin, end_lsn);
@@ -197,12 +203,18 @@ BEGIN
         PERFORM pg_advisory_unlock_shared(link, seq);
         IF pg_try_advisory_lock_shared(gate) THEN
             -- The gate is open: its session is beginning a transaction
-            -- this very moment (a matter of microseconds), or is gone.
+            -- this very moment, or takes its gate again after a failure
+            -- (both a matter of moments, however long the server takes
+            -- to schedule it), or is gone: then its life lock is free.
             PERFORM pg_advisory_unlock_shared(gate);
-            open_seen := open_seen + 1;
-            IF open_seen > 100 THEN
+            IF pg_try_advisory_lock_shared(gate - 65536) THEN
+                PERFORM pg_advisory_unlock_shared(gate - 65536);
                 RAISE EXCEPTION 'pgmesh: the apply session of remote transaction % (origin %) is gone', seq, origin
                     USING ERRCODE = '55000';
+            END IF;
+            IF clock_timestamp() > deadline THEN
+                RAISE EXCEPTION 'pgmesh: waited too long for remote transaction % to commit', seq
+                    USING ERRCODE = '55P03';
             END IF;
             PERFORM pg_sleep(0.001);
         ELSE

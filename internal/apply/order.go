@@ -123,7 +123,9 @@ func (w *worker) linkText() []byte { return strconv.AppendInt(nil, int64(w.a.lin
 
 // gate is the key of the worker's gate: the link's id in the high half, the
 // worker's number in the low one (bigint advisory locks are a key space of
-// their own; the conflict statements' bigint keys are hashes).
+// their own; the conflict statements' bigint keys are hashes). The key
+// 65536 below is the session's life lock (apply_gate), which tells a
+// session that is gone from one that is beginning a transaction.
 func (w *worker) gate() int64 { return int64(w.a.link)<<32 | int64(0x7fff0000+w.id) }
 
 func (w *worker) gateText() []byte { return strconv.AppendInt(nil, w.gate(), 10) }
