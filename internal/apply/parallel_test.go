@@ -575,4 +575,7 @@ func TestParallelDeadlockAcrossLinks(t *testing.T) {
 			t.Errorf("a retry for another cause than a deadlock: %s", line)
 		}
 	}
+	if t.Failed() {
+		t.Logf("appliers' log:\n%s", log.String())
+	}
 }
