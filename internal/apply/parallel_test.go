@@ -564,9 +564,6 @@ func TestParallelDeadlockAcrossLinks(t *testing.T) {
 	if got := e.rows(t, "SELECT count(*) FROM slow"); !slices.Equal(got, []string{"3"}) {
 		t.Errorf("%q rows in slow, want 3", got)
 	}
-	if a.Stats().Txns != 2 || b.Stats().Txns != 2 {
-		t.Errorf("transactions applied: %d and %d, want 2 and 2", a.Stats().Txns, b.Stats().Txns)
-	}
 	if a.Stats().Retries+b.Stats().Retries == 0 {
 		t.Errorf("no retries: no deadlock")
 	}
