@@ -34,11 +34,18 @@ AS $$ SELECT coalesce(pg_replication_origin_progress(origin, false) >= end_lsn, 
 -- transaction waiting for a local one, say), and the waiter wakes each time
 -- the session begins a transaction.
 
--- apply_gate takes the session's gate.
+-- apply_gate takes the session's gate, and first its life lock: the
+-- bigint key <gate> - 65536, which the session holds until it ends (or
+-- DISCARD ALL), never released on its own. A gate found open belongs to a
+-- session that is beginning a transaction this very moment, or that failed
+-- in the middle of it and takes the gate again before it runs anything
+-- else, or that is gone; only in the last case is its life lock free
+-- (apply_await). A session takes its gate again after such a failure with
+-- this function: the life lock is then held once more, which is harmless.
 CREATE OR REPLACE FUNCTION pgmesh.apply_gate(gate bigint) RETURNS void
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT pg_advisory_lock(gate) $$;
+AS $$ SELECT pg_advisory_lock(gate - 65536); SELECT pg_advisory_lock(gate) $$;
 
 -- apply_begin begins transaction <seq> on the session whose gate is
 -- <gate>: the transaction's lock, the lock of <prev> (the transaction the
@@ -82,44 +89,29 @@ BEGIN
 END
 $$;
 
--- apply_waits_for_me: one of the sessions <holders> waits for this one
--- through a session that is not an apply session (application_name
--- 'pgmesh apply …'): a local transaction, which a serial apply would not
--- have blocked. A cycle among apply sessions alone is left to the
--- deadlock detector.
+-- apply_waits_for_me: one of the sessions <holders> waits for this one,
+-- directly or through others: a deadlock, whatever the sessions in it are.
+-- Through a local transaction, which a serial apply would not have
+-- blocked, this transaction must be the victim. Through apply sessions
+-- alone it spans several links (within a link every wait is for an
+-- earlier transaction, which never waits for a later one), and nobody
+-- else may ever see it: the waits of apply_wait_lock are steps shorter
+-- than deadlock_timeout, and the server's detector runs once per wait,
+-- after deadlock_timeout, in a session that waits for a row; the cycle
+-- may close after that moment (a row wait begun before the others).
 CREATE OR REPLACE FUNCTION pgmesh.apply_waits_for_me(holders int[]) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    me int := pg_backend_pid();
-    reached int[] := pgmesh.apply_blockers(holders);
-    l int;
-BEGIN
-    IF NOT me = ANY (reached) THEN
-        RETURN false;
-    END IF;
-    FOR l IN SELECT a.pid FROM pg_stat_activity a
-              WHERE a.pid = ANY (reached) AND a.pid <> me
-                AND a.application_name NOT LIKE 'pgmesh apply%'
-    LOOP
-        IF me = ANY (pgmesh.apply_blockers(ARRAY[l])) THEN
-            RETURN true;
-        END IF;
-    END LOOP;
-    RETURN false;
-END
-$$;
+AS $$ SELECT pg_backend_pid() = ANY (pgmesh.apply_blockers(holders)) $$;
 
 -- apply_wait_lock waits for the advisory lock (link, seq) in share mode
 -- until the transaction ends, or, with <gate>, for that session-level lock
--- (released at once) for one step at most. The wait goes in steps of 100 ms, each a lock wait
--- the other sessions' deadlock detectors see; between two, a cycle through
--- this session and a local transaction (the holder waits for the local
--- one, which waits for this one) ends the wait with a deadlock error: this
--- transaction, which the applier runs again at once, is the victim, and not
--- the local one. The
--- server's own detector would run once per wait, after deadlock_timeout,
+-- (released at once) for one step at most. The wait goes in steps of
+-- 100 ms, each a lock wait the other sessions' deadlock detectors see;
+-- between two, a cycle through this session (apply_waits_for_me) ends the
+-- wait with a deadlock error: this transaction, which the applier runs
+-- again at once, is the victim, and not a local one. The server's own
+-- detector would run once per wait, after deadlock_timeout,
 -- in whichever session of the cycle waited longest, often a local one
 -- that follows a lock order of its own and never deadlocks with a serial
 -- apply. Past <deadline> the wait ends with a lock timeout.
@@ -127,6 +119,7 @@ CREATE OR REPLACE FUNCTION pgmesh.apply_wait_lock(link int, seq int, gate bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 SET lock_timeout = '100ms'
+SET client_min_messages = error
 AS $$
 DECLARE
     holders int[];
@@ -141,7 +134,17 @@ BEGIN
             END IF;
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
-            NULL;
+            -- A lock granted in the instant the timeout struck stays
+            -- granted (the server keeps a grant it finds on its way out of
+            -- the wait), and a session-level one survives the error: a
+            -- share of the gate kept so would stop its session from ever
+            -- closing its gate again (it waits in apply_begin for this
+            -- session, which waits for it). This session takes the gate
+            -- in share mode nowhere else, so every hold it has is that one.
+            IF gate IS NOT NULL THEN
+                WHILE pg_advisory_unlock_shared(gate) LOOP
+                END LOOP;
+            END IF;
         END;
         SELECT array_agg(l.pid) INTO holders
           FROM pg_locks l
@@ -184,7 +187,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     deadline timestamptz := clock_timestamp() + wait_timeout::interval;
-    open_seen int := 0;
 BEGIN
     LOOP
         EXIT WHEN pgmesh.apply_committed(origin, end_lsn);
@@ -201,12 +203,18 @@ BEGIN
         PERFORM pg_advisory_unlock_shared(link, seq);
         IF pg_try_advisory_lock_shared(gate) THEN
             -- The gate is open: its session is beginning a transaction
-            -- this very moment (a matter of microseconds), or is gone.
+            -- this very moment, or takes its gate again after a failure
+            -- (both a matter of moments, however long the server takes
+            -- to schedule it), or is gone: then its life lock is free.
             PERFORM pg_advisory_unlock_shared(gate);
-            open_seen := open_seen + 1;
-            IF open_seen > 100 THEN
+            IF pg_try_advisory_lock_shared(gate - 65536) THEN
+                PERFORM pg_advisory_unlock_shared(gate - 65536);
                 RAISE EXCEPTION 'pgmesh: the apply session of remote transaction % (origin %) is gone', seq, origin
                     USING ERRCODE = '55000';
+            END IF;
+            IF clock_timestamp() > deadline THEN
+                RAISE EXCEPTION 'pgmesh: waited too long for remote transaction % to commit', seq
+                    USING ERRCODE = '55P03';
             END IF;
             PERFORM pg_sleep(0.001);
         ELSE

@@ -515,7 +515,17 @@ func (a *Applier) Close(ctx context.Context) error {
 	if dead {
 		a.stopWorkers()
 	}
-	a.wg.Wait()
+	// The workers commit what is queued; a transaction that keeps waiting
+	// (for another link's, or one that runs again and again) must not hold
+	// the close past ctx: then it is rolled back, as on a failure.
+	stopped := make(chan struct{})
+	go func() { a.wg.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		a.fail(fmt.Errorf("upstream %s: close apply session: %w", a.o.Upstream, ctx.Err()))
+		<-stopped
+	}
 	a.cancel()
 	var errs []error
 	if !dead {

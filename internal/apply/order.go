@@ -9,7 +9,7 @@ import (
 	"github.com/pgmesh/pgmesh/internal/conflict"
 )
 
-// Commit order across workers (sql/0010_parallel_apply.sql). Transaction
+// Commit order across workers (sql/0012_parallel_apply.sql). Transaction
 // number s holds the session-level advisory lock (link, s) from its BEGIN
 // until right after its COMMIT, retries included. A transaction
 //
@@ -26,11 +26,13 @@ import (
 // transaction that waits for a local one. Every wait is on a transaction
 // before it in the commit order, and a session runs its transactions in
 // that order, so the waits never form a cycle among the link's sessions
-// alone; a cycle through a local transaction (or another link) is found by
+// alone; a cycle through a local transaction or another link is found by
 // the waiting session itself (apply_wait_lock: between steps of 100 ms it
 // follows pg_blocking_pids from the session it waits for), which ends its
 // transaction with a deadlock error and runs it again: the victim is ours,
 // not the local transaction, which a serial apply would not have blocked.
+// No one else would find a cycle across links: the server's detector runs
+// once per wait, after deadlock_timeout, and the steps are shorter.
 //
 // Why that is exactly-once: a transaction commits only after its
 // predecessor committed (the predecessor's lock was free and its origin's
@@ -123,7 +125,9 @@ func (w *worker) linkText() []byte { return strconv.AppendInt(nil, int64(w.a.lin
 
 // gate is the key of the worker's gate: the link's id in the high half, the
 // worker's number in the low one (bigint advisory locks are a key space of
-// their own; the conflict statements' bigint keys are hashes).
+// their own; the conflict statements' bigint keys are hashes). The key
+// 65536 below is the session's life lock (apply_gate), which tells a
+// session that is gone from one that is beginning a transaction.
 func (w *worker) gate() int64 { return int64(w.a.link)<<32 | int64(0x7fff0000+w.id) }
 
 func (w *worker) gateText() []byte { return strconv.AppendInt(nil, w.gate(), 10) }

@@ -1,17 +1,22 @@
 package apply
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgmesh/pgmesh/internal/conflict"
+	"github.com/pgmesh/pgmesh/internal/origin"
+	"github.com/pgmesh/pgmesh/internal/setup"
 	"github.com/pgmesh/pgmesh/internal/stream"
 )
 
@@ -470,5 +475,104 @@ func TestParallelKeyGate(t *testing.T) {
 		if p == "" {
 			t.Errorf("origin %s never committed: both transactions ran on one session", e.origins[i])
 		}
+	}
+}
+
+// link adds a second link to the env's database: another upstream, with
+// n sessions of its own, applying onto the same tables.
+func (e *testEnv) link(t *testing.T, n int) *testEnv {
+	t.Helper()
+	o := &testEnv{dsn: e.dsn, origin: "pu" + strings.TrimPrefix(e.origin, "pt"), db: e.db}
+	for k := range n {
+		o.origins = append(o.origins, origin.Name(o.origin, k))
+	}
+	if err := setup.SyncNodes(context.Background(), e.db, []string{e.origin, o.origin, "n2"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range o.origins {
+		e.exec(t, "SELECT pg_replication_origin_create($1)", name)
+	}
+	t.Cleanup(func() {
+		for _, name := range o.origins {
+			if _, err := e.db.Exec(context.Background(), "SELECT pg_replication_origin_drop($1)", name); err != nil {
+				t.Errorf("drop origin: %v", err)
+			}
+		}
+	})
+	return o
+}
+
+// syncBuffer is a log destination that the workers write to while the
+// test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A deadlock across two links, every wait in it an apply session's, ends
+// at once with a deadlock error in one of the waits for an earlier
+// transaction. The server's detector never sees it: it runs once per
+// wait, after deadlock_timeout, and here both row waits began before the
+// cycle closed; the waits for an earlier transaction are steps shorter
+// than deadlock_timeout. Link A's second transaction locks x 1 and waits
+// (at its commit, after a sleep) for A's first, which waits for row x 2,
+// locked by B's second, which waits for B's first, which waits for x 1.
+func TestParallelDeadlockAcrossLinks(t *testing.T) {
+	e := newEnvN(t, 2)
+	f := e.link(t, 2)
+	ctx := context.Background()
+	e.exec(t, `CREATE TABLE x (id int PRIMARY KEY, n int NOT NULL)`)
+	e.exec(t, `INSERT INTO x VALUES (1, 0), (2, 0)`)
+	e.exec(t, `CREATE TABLE slow (id int PRIMARY KEY, s float8 NOT NULL)`)
+	e.exec(t, `CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(NEW.s); RETURN NEW; END$$`)
+	e.exec(t, `CREATE TRIGGER slow BEFORE INSERT ON slow FOR EACH ROW EXECUTE FUNCTION slow()`)
+	e.exec(t, `ALTER TABLE slow ENABLE ALWAYS TRIGGER slow`)
+	// Both upstreams had seen the local rows: no conflicts.
+	e.exec(t, `INSERT INTO pgmesh.peer_seen VALUES ($1, 'n2', now()), ($2, 'n2', now())`, e.origin, f.origin)
+	var log syncBuffer
+	logger := slog.New(slog.NewTextHandler(&log, nil))
+	a := e.applier(t, Options{Logger: logger})
+	b := f.applier(t, Options{Logger: logger})
+	a.noAffinity, b.noAffinity = true, true
+	x, slowRel := rel(1, "x", 'd', "*id", "n"), rel(2, "slow", 'd', "*id", "s")
+	ra, rb := newRemote(), newRemote()
+	ra.ts, rb.ts = ra.ts.AddDate(100, 0, 0), rb.ts.AddDate(100, 0, 1)
+	// First sessions: A waits for row 2 soon; B, later, for row 1.
+	ra.feed(t, a, ins(slowRel, "1", "0.2"), upd(x, nil, "2", "1"))
+	rb.feed(t, b, ins(slowRel, "2", "1"), upd(x, nil, "1", "2"))
+	// Second sessions: B's waits for B's first at once; A's only after
+	// both row waits have begun, and more than deadlock_timeout after A's.
+	rb.feed(t, b, upd(x, nil, "2", "2"))
+	ra.feed(t, a, upd(x, nil, "1", "1"), ins(slowRel, "3", "2.5"))
+	for _, ap := range []*Applier{a, b} {
+		if err := ap.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.rows(t, "SELECT count(*) FROM slow"); !slices.Equal(got, []string{"3"}) {
+		t.Errorf("%q rows in slow, want 3", got)
+	}
+	if a.Stats().Retries+b.Stats().Retries == 0 {
+		t.Errorf("no retries: no deadlock")
+	}
+	for _, line := range strings.Split(log.String(), "\n") {
+		if strings.Contains(line, "running it again") && !strings.Contains(line, "40P01") {
+			t.Errorf("a retry for another cause than a deadlock: %s", line)
+		}
+	}
+	if t.Failed() {
+		t.Logf("appliers' log:\n%s", log.String())
 	}
 }
