@@ -19,12 +19,58 @@
 -- the waiter through other sessions (apply_wait_lock): the waiter is the
 -- victim, and the applier runs it again at once.
 
+-- apply_progress: the end LSN of the last remote transaction committed
+-- under each of a link's origins, written in that transaction. The origin's
+-- own progress is not enough: PostgreSQL 16+ advances a session's origin to
+-- the LSN given to pg_replication_origin_xact_setup also when the
+-- transaction then aborts (RecordTransactionAbort), and an apply session
+-- can abort right after its origin setup when the agent is killed while the
+-- flight holding the COMMIT is still being sent. The origin would then
+-- claim a transaction that is not there: resumed after, the link would
+-- skip it for good, and another session of the link would commit past it.
+-- This row commits with the data or not at all. A link origin with no row
+-- (created before this table) reads its origin's progress, as before.
+CREATE TABLE pgmesh.apply_progress (
+    origin  text PRIMARY KEY,
+    end_lsn pg_lsn NOT NULL
+);
+
+INSERT INTO pgmesh.apply_progress
+SELECT o.roname, pg_catalog.pg_replication_origin_progress(o.roname, false)
+  FROM pg_catalog.pg_replication_origin o
+ WHERE o.roname ~ '^pgmesh_[a-z][a-z0-9_]*$' AND o.roname !~ '_repair$'
+   AND pg_catalog.pg_replication_origin_progress(o.roname, false) IS NOT NULL;
+
+-- note_applied records, in the applying transaction, that it commits the
+-- remote transaction ending at <end_lsn> under <origin>. Called once per
+-- remote transaction: no SET clause (its names are schema-qualified, and
+-- apply sessions pin search_path).
+CREATE OR REPLACE FUNCTION pgmesh.note_applied(origin text, end_lsn pg_lsn) RETURNS void
+LANGUAGE sql VOLATILE
+AS $$
+INSERT INTO pgmesh.apply_progress (origin, end_lsn) VALUES (note_applied.origin, note_applied.end_lsn)
+ON CONFLICT (origin) DO UPDATE SET end_lsn = EXCLUDED.end_lsn
+$$;
+
+-- origin_applied: how far the link origin <origin> has applied, committed
+-- (with <flush>, also durable): its row of apply_progress, bounded by the
+-- origin's progress, which pg_replication_origin_progress(…, true) flushes
+-- (the row's commit record is at or before the origin's last advance).
+CREATE OR REPLACE FUNCTION pgmesh.origin_applied(origin text, flush boolean) RETURNS pg_lsn
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT CASE WHEN p.end_lsn IS NULL THEN pg_replication_origin_progress(origin_applied.origin, origin_applied.flush)
+            ELSE least(pg_replication_origin_progress(origin_applied.origin, origin_applied.flush), p.end_lsn) END
+  FROM (SELECT 1) one LEFT JOIN pgmesh.apply_progress p ON p.origin = origin_applied.origin
+$$;
+
 -- apply_committed: the transaction that the session with origin <origin>
 -- applied up to <end_lsn> has committed.
 CREATE OR REPLACE FUNCTION pgmesh.apply_committed(origin text, end_lsn pg_lsn) RETURNS boolean
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT coalesce(pg_replication_origin_progress(origin, false) >= end_lsn, false) $$;
+AS $$ SELECT coalesce(pgmesh.origin_applied(origin, false) >= end_lsn, false) $$;
 
 -- Each apply session also holds its gate, a session-level advisory lock on
 -- a bigint key of its own, at every moment but the one in which it begins a
@@ -239,13 +285,14 @@ $$;
 
 -- apply_commit ends transaction <seq> once its predecessor (p_*) has
 -- committed: the seen claim (0005, skipped when claim_message is NULL), a
--- transaction id (a commit record even without changes), and the origin
+-- transaction id (a commit record even without changes), its row of
+-- apply_progress (under <self_origin>, the session's origin), and the origin
 -- setup for the commit, last because PostgreSQL advances the origin even
 -- when the transaction aborts after it. COMMIT follows in the same flight.
 CREATE OR REPLACE FUNCTION pgmesh.apply_commit(link int, p_seq int, p_origin text, p_end pg_lsn, p_gate bigint,
                                                wait_timeout text, end_lsn pg_lsn, commit_time timestamptz,
                                                claim_origin text, claim_prefix text, claim_message text,
-                                               claim_self text, claim_upstream text) RETURNS void
+                                               claim_self text, claim_upstream text, self_origin text) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -257,6 +304,7 @@ BEGIN
         PERFORM pgmesh.claim_seen(claim_origin, claim_prefix, claim_message, claim_self, claim_upstream, commit_time);
     END IF;
     PERFORM pg_current_xact_id();
+    PERFORM pgmesh.note_applied(self_origin, end_lsn);
     PERFORM pg_replication_origin_xact_setup(end_lsn, commit_time);
 END
 $$;

@@ -88,25 +88,29 @@ var PauseLock = [2]int32{28781, 0x6a6f696e}
 // stmtPause. A serial remote transaction ends with stmtConstraints, stmtClaim (see
 // seen.go), stmtXact and stmtCommit; a parallel one with stmtConstraints,
 // stmtEnd (wait, claim and origin setup) and stmtCommit.
-// PostgreSQL 15+ advances the session's origin to the LSN given to
+// PostgreSQL 16+ advances the session's origin to the LSN given to
 // pg_replication_origin_xact_setup even when the transaction then aborts, so
 // that call must come after everything that can fail: deferred constraint
 // triggers are fired before it (SET CONSTRAINTS ALL IMMEDIATE), and COMMIT
-// follows in the same flight, so only a crash can come in between. The xid
-// makes even a transaction whose changes all missed their rows write a
-// commit record, which advances the origin.
+// follows in the same flight, so only a crash of the agent (a flight cut
+// short) can come in between. For that case the same statement records the
+// end in pgmesh.apply_progress, which commits with the data or not at all:
+// the link's progress is read from there (pgmesh.origin_applied,
+// origin.LinkProgress), never from an origin alone. The xid makes even a
+// transaction whose changes all missed their rows write a commit record,
+// which advances the origin.
 var fixedStatements = []struct{ name, sql string }{
 	// Read committed whatever the server default: a serialization failure
 	// at COMMIT would come after the origin setup.
 	{stmtBegin, "BEGIN ISOLATION LEVEL READ COMMITTED"},
 	{stmtConstraints, "SET CONSTRAINTS ALL IMMEDIATE"},
-	{stmtXact, "SELECT pg_catalog.pg_current_xact_id(), pg_catalog.pg_replication_origin_xact_setup($1, $2)"},
+	{stmtXact, "SELECT pg_catalog.pg_current_xact_id(), pgmesh.note_applied($3, $1), pg_catalog.pg_replication_origin_xact_setup($1, $2)"},
 	{stmtCommit, "COMMIT"},
 	{stmtSeen, conflict.SeenSQL()},
 	{stmtClaim, "SELECT pgmesh.claim_seen($1, $2, $3, $4, $5, $6)"},
 	{stmtStart, "SELECT pgmesh.apply_begin($1, $2, $3, $4)"},
 	{stmtWait, "SELECT pgmesh.apply_await($1, $2, $3, $4, $5, $6)"},
-	{stmtEnd, "SELECT pgmesh.apply_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"},
+	{stmtEnd, "SELECT pgmesh.apply_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"},
 	{stmtRelease, "SELECT pgmesh.apply_release($1, $2)"},
 	{stmtPause, fmt.Sprintf("SELECT pg_catalog.pg_advisory_xact_lock_shared(%d, %d)", PauseLock[0], PauseLock[1])},
 }
@@ -202,11 +206,11 @@ func (w *worker) queueCommit(t *txn) error {
 		if t.claim {
 			w.queueClaim(t)
 		}
-		w.params = append(w.params[:0], end, ts)
+		w.params = append(w.params[:0], end, ts, []byte(w.origin))
 		w.pipe.SendQueryPrepared(stmtXact, w.params, nil, nil)
 		w.add(item{kind: itemXact, txn: t})
 	} else {
-		ps := make([][]byte, 13)
+		ps := make([][]byte, 14)
 		ps[0] = w.linkText()
 		if p := t.pred; p != nil && p.w != w && !w.a.isCommitted(p.seq) {
 			copy(ps[1:5], awaitParams(p))
@@ -214,8 +218,9 @@ func (w *worker) queueCommit(t *txn) error {
 		}
 		ps[6], ps[7] = end, ts
 		if t.claim {
-			copy(ps[8:], w.claimParams(t))
+			copy(ps[8:13], w.claimParams(t))
 		}
+		ps[13] = []byte(w.origin)
 		w.pipe.SendQueryPrepared(stmtEnd, ps, nil, nil)
 		w.add(item{kind: itemXact, txn: t})
 	}

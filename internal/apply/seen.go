@@ -215,7 +215,7 @@ func (w *worker) save(o op) error {
 	// The commit time is only the origin's bookkeeping here: the
 	// transaction writes no replicated row.
 	steps = append(steps,
-		step{"origin setup", stmtXact, [][]byte{[]byte(o.m.LSN.String()), []byte(formatTime(time.Now()))}},
+		step{"origin setup", stmtXact, [][]byte{[]byte(o.m.LSN.String()), []byte(formatTime(time.Now())), []byte(w.origin)}},
 		step{"COMMIT", stmtCommit, nil})
 	w.busy.Store(true)
 	defer w.busy.Store(false)

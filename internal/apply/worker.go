@@ -100,7 +100,7 @@ func newWorker(ctx context.Context, a *Applier, id int, s Session, parallel bool
 			return nil, 0, fmt.Errorf("apply session for upstream %s: take the session's gate: %w (run pgmesh init to install the current pgmesh schema)", up, res.Err)
 		}
 	}
-	res := w.conn.ExecParams(ctx, "SELECT pg_catalog.pg_replication_origin_progress($1, false)::text", [][]byte{[]byte(s.Origin)}, nil, nil, nil).Read()
+	res := w.conn.ExecParams(ctx, "SELECT pgmesh.origin_applied($1, false)::text", [][]byte{[]byte(s.Origin)}, nil, nil, nil).Read()
 	if res.Err != nil {
 		w.reset(context.WithoutCancel(ctx))
 		return nil, 0, fmt.Errorf("upstream %s: read progress of origin %s: %w", up, s.Origin, res.Err)

@@ -342,8 +342,8 @@ ON CONFLICT (singleton) DO UPDATE SET source = excluded.source, state = 'copying
 			return fmt.Errorf("node %s: %w", p.Name, err)
 		}
 		for _, o := range names {
-			if _, err := j.conns[p.Name].Exec(ctx, "SELECT pg_catalog.pg_replication_origin_advance($1, '0/0')", o); err != nil {
-				return fmt.Errorf("node %s: reset origin %s: %w (is an agent still applying a link from an earlier %s?)", p.Name, o, err, j.node.Name)
+			if err := origin.Set(ctx, j.conns[p.Name], o, 0); err != nil {
+				return fmt.Errorf("node %s: %w (is an agent still applying a link from an earlier %s?)", p.Name, err, j.node.Name)
 			}
 		}
 	}

@@ -52,8 +52,8 @@ func (j *joiner) seal(ctx context.Context, s *snapshot, seen map[string]time.Tim
 			return fmt.Errorf("node %s: %w", j.node.Name, err)
 		}
 		for _, o := range names {
-			if _, err := j.n.Exec(ctx, "SELECT pg_catalog.pg_replication_origin_advance($1, $2::pg_lsn)", o, lsn.String()); err != nil {
-				return fmt.Errorf("node %s: set origin %s to %s: %w", j.node.Name, o, lsn, err)
+			if err := origin.Set(ctx, j.n, o, lsn); err != nil {
+				return fmt.Errorf("node %s: %w", j.node.Name, err)
 			}
 		}
 	}

@@ -103,6 +103,9 @@ func Ensure(ctx context.Context, conn *pgx.Conn, up string, n int) ([]string, er
 			}
 			return created, fmt.Errorf("create origin %s: %w", name, err)
 		}
+		if err := Record(ctx, conn, name, 0); err != nil {
+			return created, err
+		}
 		created = append(created, name)
 	}
 	return created, nil
@@ -124,7 +127,9 @@ func Drop(ctx context.Context, conn *pgx.Conn, up string) error {
 }
 
 // LinkProgress returns the progress of the link from up on the node q is
-// connected to: the largest remote LSN over the origins of the link, with
+// connected to: the largest remote LSN committed over the origins of the
+// link (pgmesh.origin_applied: an origin's progress may include a
+// transaction that aborted after its origin setup, on PostgreSQL 16+), with
 // flush=true only what is durable; ok is false when no origin of the link
 // has progress (nothing applied yet, or no origin). nodes are the cluster's
 // node names: the origin of another node whose name reads as up's worker
@@ -143,7 +148,7 @@ func LinkProgress(ctx context.Context, q pg.Querier, up string, nodes []string, 
 	}
 	var s *string
 	err = q.QueryRow(ctx, `
-SELECT max(pg_catalog.pg_replication_origin_progress(o.roname, $3))::text
+SELECT max(pgmesh.origin_applied(o.roname, $3))::text
   FROM pg_catalog.pg_replication_origin o
  WHERE o.roname ~ $1 AND o.roname <> ALL ($2::text[])`, pattern(up), others, flush).Scan(&s)
 	if err != nil {
@@ -154,4 +159,30 @@ SELECT max(pg_catalog.pg_replication_origin_progress(o.roname, $3))::text
 	}
 	lsn, err = parse(up, s)
 	return lsn, err == nil, err
+}
+
+// Execer runs a statement: a *pgx.Conn or a pgx.Tx.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Record sets the committed progress of origin name (pgmesh.apply_progress,
+// which LinkProgress reads before the origin's own progress) to lsn: the
+// apply sessions record it with every transaction they commit; whatever
+// creates or moves a link origin otherwise records it too, or an origin
+// created anew under an old name would be read with an old row.
+func Record(ctx context.Context, q Execer, name string, lsn pglogrepl.LSN) error {
+	if _, err := q.Exec(ctx, "SELECT pgmesh.note_applied($1, $2::pg_lsn)", name, lsn.String()); err != nil {
+		return fmt.Errorf("record the progress of origin %s: %w", name, err)
+	}
+	return nil
+}
+
+// Set moves origin name to lsn (pg_replication_origin_advance) and records
+// it (Record).
+func Set(ctx context.Context, q Execer, name string, lsn pglogrepl.LSN) error {
+	if _, err := q.Exec(ctx, "SELECT pg_catalog.pg_replication_origin_advance($1, $2::pg_lsn)", name, lsn.String()); err != nil {
+		return fmt.Errorf("set origin %s to %s: %w", name, lsn, err)
+	}
+	return Record(ctx, q, name, lsn)
 }

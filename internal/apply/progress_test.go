@@ -1,0 +1,87 @@
+package apply
+
+import (
+	"context"
+	"testing"
+
+	"github.com/pgmesh/pgmesh/internal/origin"
+)
+
+// A transaction that aborts after its origin setup does not count as
+// applied. PostgreSQL 16+ advances the session's origin to the LSN given to
+// pg_replication_origin_xact_setup even when the transaction then aborts,
+// as it does when the agent is killed while the flight that holds the
+// COMMIT is being sent: the link's progress comes from
+// pgmesh.apply_progress, which commits with the data, so the link resumes
+// before that transaction and applies it. On PostgreSQL 15 the origin does
+// not move; the test then checks the same reading without the trap.
+func TestAbortAfterOriginSetupIsNotApplied(t *testing.T) {
+	ctx := context.Background()
+	e := newEnvN(t, 2)
+	e.exec(t, `CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	r := rel(1, "t", 'd', "*id", "v")
+	rm := newRemote()
+	a := e.applier(t, Options{})
+	first := rm.apply(t, a, ins(r, "1", "a"))
+	if err := a.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// What an apply session does for the next transaction, cut short after
+	// the origin setup: the backend ends before COMMIT.
+	b, c := rm.next()
+	conn := pinned(t, e.dsn)
+	for _, q := range []string{
+		"SELECT pg_catalog.pg_replication_origin_session_setup('" + e.origins[0] + "')",
+		"BEGIN",
+		"INSERT INTO public.t VALUES (2, 'b')",
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_current_xact_id(), pgmesh.note_applied($3, $1::pg_lsn), pg_catalog.pg_replication_origin_xact_setup($1::pg_lsn, $2::timestamptz)",
+		c.EndLSN.String(), b.CommitTime, e.origins[0]); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, "SELECT pg_catalog.pg_terminate_backend($1)", int(conn.PgConn().PID()))
+	// The backend is gone once its locks are: the origin is free.
+	e.exec(t, `DO $$BEGIN
+	  WHILE EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE application_name = 'pgmesh apply test' AND state = 'idle in transaction') LOOP
+	    PERFORM pg_catalog.pg_sleep(0.01);
+	  END LOOP; END$$`)
+
+	var raw string
+	if err := e.db.QueryRow(ctx, "SELECT coalesce(pg_catalog.pg_replication_origin_progress($1, false)::text, '')", e.origins[0]).Scan(&raw); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("origin %s after the abort: %s (applied: %s, aborted: %s)", e.origins[0], raw, first.EndLSN, c.EndLSN)
+	got, err := origin.Progress(ctx, e.db, e.origin, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != first.EndLSN {
+		t.Fatalf("link progress after a transaction aborted past its origin setup: %s, want %s (the last committed)", got, first.EndLSN)
+	}
+
+	// A new Applier resumes there and applies the transaction.
+	a = e.applier(t, Options{})
+	if p, err := a.Progress(ctx); err != nil || p != first.EndLSN {
+		t.Fatalf("Applier progress %s (%v), want %s", p, err, first.EndLSN)
+	}
+	if err := a.Begin(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Change(ctx, ins(r, "2", "b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Commit(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.rows(t, "SELECT id::text FROM t ORDER BY id"); len(got) != 2 {
+		t.Errorf("rows %q, want 1 and 2: the aborted transaction was skipped", got)
+	}
+}
