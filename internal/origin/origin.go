@@ -126,6 +126,13 @@ func Drop(ctx context.Context, conn *pgx.Conn, up string) error {
 	return nil
 }
 
+// linkProgressSQL reads the greatest progress among the origins that match
+// $1 but those in $2, through the function named by %s.
+const linkProgressSQL = `
+SELECT max(%s(o.roname, $3))::text
+  FROM pg_catalog.pg_replication_origin o
+ WHERE o.roname ~ $1 AND o.roname <> ALL ($2::text[])`
+
 // LinkProgress returns the progress of the link from up on the node q is
 // connected to: the largest remote LSN committed over the origins of the
 // link (pgmesh.origin_applied: an origin's progress may include a
@@ -147,10 +154,13 @@ func LinkProgress(ctx context.Context, q pg.Querier, up string, nodes []string, 
 		}
 	}
 	var s *string
-	err = q.QueryRow(ctx, `
-SELECT max(pgmesh.origin_applied(o.roname, $3))::text
-  FROM pg_catalog.pg_replication_origin o
- WHERE o.roname ~ $1 AND o.roname <> ALL ($2::text[])`, pattern(up), others, flush).Scan(&s)
+	err = q.QueryRow(ctx, fmt.Sprintf(linkProgressSQL, "pgmesh.origin_applied"), pattern(up), others, flush).Scan(&s)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (pe.Code == "3F000" || pe.Code == "42883") {
+		// A database without the pgmesh schema (diff and repair also
+		// compare plain databases): only the origins say anything.
+		err = q.QueryRow(ctx, fmt.Sprintf(linkProgressSQL, "pg_catalog.pg_replication_origin_progress"), pattern(up), others, flush).Scan(&s)
+	}
 	if err != nil {
 		return 0, false, fmt.Errorf("read the progress of the link from %s: %w", up, err)
 	}
