@@ -27,7 +27,7 @@ func TestHotRowContention(t *testing.T) {
 	env := sandboxtest.New(t, 2)
 	initMesh(t, env, 2, `CREATE TABLE hot (id int PRIMARY KEY, n int NOT NULL)`,
 		`INSERT INTO hot VALUES (1, 0), (2, 0)`)
-	agent := startAgent(t, env.ConfigPath)
+	agent := startAgentListening(t, env.ConfigPath)
 	ctx := context.Background()
 
 	var wg sync.WaitGroup
@@ -114,5 +114,19 @@ func TestHotRowContention(t *testing.T) {
 	}
 	if n := strings.Count(log, "link failed"); n > 0 {
 		t.Errorf("%d link restarts, want none", n)
+	}
+	// The retries in place are counted, per link.
+	counted := 0
+	for _, line := range strings.Split(agent.get(t, "/metrics"), "\n") {
+		if strings.HasPrefix(line, "pgmesh_link_apply_retries_total{") {
+			var n int
+			if _, err := fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%d", &n); err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			counted += n
+		}
+	}
+	if counted != retries {
+		t.Errorf("pgmesh_link_apply_retries_total sums to %d, the log says %d transactions ran again", counted, retries)
 	}
 }

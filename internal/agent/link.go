@@ -99,9 +99,11 @@ type linkSnapshot struct {
 	lastEndLSN     stream.LSN
 	lastCommitTime time.Time
 	// retries counts the sessions that failed, restarts the streaming
-	// sessions that ended and were started again.
-	retries, restarts uint64
-	lastErrAt         time.Time
+	// sessions that ended and were started again, applyRetries the remote
+	// transactions rolled back and run again in place (deadlock,
+	// serialization failure, lock timeout).
+	retries, restarts, applyRetries uint64
+	lastErrAt                       time.Time
 }
 
 // BlockedTxn is a remote transaction that failed to apply: the link
@@ -234,6 +236,7 @@ func refused(err error) bool {
 func addStats(s *linkSnapshot, st apply.Stats) {
 	s.txns += st.Txns
 	s.changes += st.Changes
+	s.applyRetries += st.Retries
 	if st.LastEndLSN > s.lastEndLSN {
 		s.lastEndLSN, s.lastCommitTime = st.LastEndLSN, st.LastCommitTime
 	}

@@ -37,6 +37,8 @@ var (
 		"Row changes and truncates in the remote transactions committed by this agent.")
 	descRetries = linkDesc("pgmesh_link_retries_total",
 		"Sessions of the link that failed (could not connect, or broke) and were retried after a backoff.")
+	descApplyRetries = linkDesc("pgmesh_link_apply_retries_total",
+		"Remote transactions rolled back and run again at once on the same session (deadlock, serialization failure or lock timeout): the link was not restarted.")
 	descRestarts = linkDesc("pgmesh_link_restarts_total",
 		"Streaming sessions that ended (failure or config reload) and were started again.")
 	descLastError = linkDesc("pgmesh_link_last_error_timestamp_seconds",
@@ -112,7 +114,7 @@ type collector struct{ a *Agent }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLinkUp, descLinkState, descLagSeconds, descLagBytes, descTxns, descChanges,
-		descRetries, descRestarts, descLastError, descBlockedSince, descConflicts, descDDLPending, descDDLFailed, descDDLOldest,
+		descRetries, descApplyRetries, descRestarts, descLastError, descBlockedSince, descConflicts, descDDLPending, descDDLFailed, descDDLOldest,
 		descRetained, descSafeWAL, descWALStatus, descSlotActive, descNodeUp, descClock, descTombstones, descConflictLog,
 		descReloadOK, descReloadAt, descNodeState, descCopyRows, descCopyEst, descCopyBytes, descCopyETA} {
 		ch <- d
@@ -145,6 +147,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descTxns, float64(s.txns), ls...)
 		counter(descChanges, float64(s.changes), ls...)
 		counter(descRetries, float64(s.retries), ls...)
+		counter(descApplyRetries, float64(s.applyRetries), ls...)
 		counter(descRestarts, float64(s.restarts), ls...)
 		gauge(descLastError, unixOrZero(s.lastErrAt), ls...)
 		if b := l.blockedTxn(); b != nil {
