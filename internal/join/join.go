@@ -38,7 +38,6 @@ import (
 	"github.com/pgmesh/pgmesh/internal/origin"
 	"github.com/pgmesh/pgmesh/internal/pg"
 	"github.com/pgmesh/pgmesh/internal/setup"
-	"github.com/pgmesh/pgmesh/internal/topology"
 )
 
 // Points at which Options.Hold is called, in order.
@@ -334,7 +333,7 @@ ON CONFLICT (singleton) DO UPDATE SET source = excluded.source, state = 'copying
 	// Every apply worker's origin of such a link is reset: the link's
 	// progress is the greatest among them.
 	for _, p := range j.peers {
-		if _, err := setup.EnsureOrigin(ctx, j.conns[p.Name], topology.OriginName(j.node.Name)); err != nil {
+		if _, err := origin.Ensure(ctx, j.conns[p.Name], j.node.Name, 1); err != nil {
 			return fmt.Errorf("node %s: %w", p.Name, err)
 		}
 		names, err := origin.List(ctx, j.conns[p.Name], j.node.Name)

@@ -37,8 +37,7 @@ func (j *joiner) seal(ctx context.Context, s *snapshot, seen map[string]time.Tim
 		return err
 	}
 	for _, p := range j.peers {
-		o := topology.OriginName(p.Name)
-		if _, err := setup.EnsureOrigin(ctx, j.n, o); err != nil {
+		if _, err := origin.Ensure(ctx, j.n, p.Name, 1); err != nil {
 			return fmt.Errorf("node %s: %w", j.node.Name, err)
 		}
 		// 0/0 when the source had applied nothing of the peer: the link

@@ -405,28 +405,6 @@ func verifySlot(ctx context.Context, conn *pgx.Conn, slot string) error {
 		slot, kind, orNone(plugin), orNone(database), current, pg.QuoteLiteral(slot))
 }
 
-// EnsureOrigin creates the replication origin name unless it exists, with
-// its committed progress (origin.Record) at the start.
-func EnsureOrigin(ctx context.Context, conn *pgx.Conn, name string) (bool, error) {
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT pg_replication_origin_oid($1) IS NOT NULL", name).Scan(&exists); err != nil {
-		return false, fmt.Errorf("read origin %s: %w", name, err)
-	}
-	if exists {
-		return false, nil
-	}
-	if _, err := conn.Exec(ctx, "SELECT pg_replication_origin_create($1)", name); err != nil {
-		if isCode(err, "23505") { // a concurrent init created it
-			return false, nil
-		}
-		return false, fmt.Errorf("create origin %s: %w", name, err)
-	}
-	if err := origin.Record(ctx, conn, name, 0); err != nil {
-		return false, err
-	}
-	return true, nil
-}
-
 func isCode(err error, code string) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == code
