@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"context"
 	"maps"
 	"slices"
 	"time"
@@ -252,13 +253,25 @@ func (a *Applier) exclusiveMessage(t *txn, m stream.Message) error {
 // outsideMessage hands a message sent outside any transaction to OnMessage
 // once everything before it has committed, and waits until it has run.
 func (a *Applier) outsideMessage(m stream.Message) error {
+	if err := a.runAlone(context.Background(), op{kind: opMessage, m: m}); err != nil {
+		return err
+	}
+	a.forgetTables()
+	return a.Err()
+}
+
+// runAlone hands o to the first worker once every transaction before it has
+// committed, makes the worker send what it holds, and waits until o has
+// run, the Applier failed, or ctx ended.
+func (a *Applier) runAlone(ctx context.Context, o op) error {
 	if a.last != nil {
 		if err := a.waitCommitted(a.last.seq); err != nil {
 			return err
 		}
 	}
 	done := make(chan struct{})
-	if err := a.push(a.workers[0], op{kind: opMessage, m: m, done: done}); err != nil {
+	o.done = done
+	if err := a.push(a.workers[0], o); err != nil {
 		return err
 	}
 	a.mu.Lock()
@@ -267,11 +280,12 @@ func (a *Applier) outsideMessage(m stream.Message) error {
 	a.mu.Unlock()
 	select {
 	case <-done:
+		return nil
 	case <-a.failed:
 		return a.Err()
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	a.forgetTables()
-	return a.Err()
 }
 
 // forgetTables makes every worker and the dispatcher look the local tables

@@ -165,29 +165,12 @@ func (a *Applier) saveMessages(ctx context.Context) error {
 	if a.cur != nil || a.held <= a.lastEnd || time.Since(a.heldSince) < saveDelay {
 		return nil
 	}
-	if a.last != nil {
-		if err := a.waitCommitted(a.last.seq); err != nil {
-			return err
-		}
-	}
 	var seen []seenEntry
 	for _, origin := range slices.Sorted(maps.Keys(a.received)) {
 		seen = append(seen, seenEntry{origin, a.received[origin]})
 	}
-	done := make(chan struct{})
-	if err := a.push(a.workers[0], op{kind: opSave, m: stream.Message{LSN: a.held}, seen: seen, done: done}); err != nil {
+	if err := a.runAlone(ctx, op{kind: opSave, m: stream.Message{LSN: a.held}, seen: seen}); err != nil {
 		return err
-	}
-	a.mu.Lock()
-	a.flushGen++
-	a.cond.Broadcast()
-	a.mu.Unlock()
-	select {
-	case <-done:
-	case <-a.failed:
-		return a.Err()
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 	clear(a.received)
 	a.lastEnd, a.saved = a.held, a.held
