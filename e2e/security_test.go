@@ -114,6 +114,11 @@ func TestApplicationRoleWrites(t *testing.T) {
 		`SELECT pgmesh.snowflake_nextval('s_step.t_id_seq')`,
 		`SELECT pg_logical_emit_message(false, 'pgmesh.seen', '{"node":"n2","seen":{"n1":"9999-01-01T00:00:00Z"}}')`,
 		`SELECT pg_replication_origin_session_setup('pgmesh_n2')`,
+		// Nor to move a link's committed progress (a link would skip or
+		// apply again what lies between).
+		`INSERT INTO pgmesh.apply_progress VALUES ('pgmesh_n2', '0/FFFFFFFF') ON CONFLICT (origin) DO UPDATE SET end_lsn = EXCLUDED.end_lsn`,
+		`SELECT pgmesh.note_applied('pgmesh_n2', '0/FFFFFFFF')`,
+		`SELECT pgmesh.origin_applied('pgmesh_n2', true)`,
 	} {
 		denied(t, apps[0], "", sql)
 	}
