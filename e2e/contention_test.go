@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgmesh/pgmesh/internal/sandbox"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
 )
 
@@ -43,7 +44,7 @@ func TestHotRowContention(t *testing.T) {
 	}
 	var n2done atomic.Bool
 	wg.Go(func() { // n1: row 1, then row 2
-		c, err := pgx.Connect(ctx, env.DSNs[0])
+		c, err := pgx.Connect(ctx, env.DSNAs(0, sandbox.App))
 		if err != nil {
 			errs <- err
 			return
@@ -67,7 +68,7 @@ func TestHotRowContention(t *testing.T) {
 	})
 	wg.Go(func() { // n2: row 2, a pause, then row 1
 		defer n2done.Store(true)
-		c, err := pgx.Connect(ctx, env.DSNs[1])
+		c, err := pgx.Connect(ctx, env.DSNAs(1, sandbox.App))
 		if err != nil {
 			errs <- err
 			return
