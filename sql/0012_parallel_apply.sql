@@ -9,7 +9,7 @@
 -- an in-place retry after a deadlock (a session-level lock survives the
 -- rollback). A transaction that must come after another one waits for that
 -- lock, a wait the deadlock detector sees, and then checks that the other
--- one did commit: the progress of its origin reached its end LSN. The check
+-- one did commit: its row of apply_progress (below) reached its end LSN. The check
 -- matters when the lock was released without a commit, which only the end of
 -- the other session does (a killed agent): then the waiter must not commit
 -- past it.
@@ -66,11 +66,21 @@ SELECT CASE WHEN p.end_lsn IS NULL THEN pg_replication_origin_progress(origin_ap
 $$;
 
 -- apply_committed: the transaction that the session with origin <origin>
--- applied up to <end_lsn> has committed.
+-- applied up to <end_lsn> has committed, and its changes are visible. Read
+-- from its row of apply_progress alone, which becomes visible with them: the
+-- origin's own progress moves when the commit record is written, before the
+-- transaction is visible (and on PostgreSQL 16+ also on an abort), so a
+-- waiter that went on then would judge its changes on a snapshot without
+-- the other's, and could commit before the other is visible. Every
+-- transaction waited for is applied in the waiter's run, by a session that
+-- writes that row.
 CREATE OR REPLACE FUNCTION pgmesh.apply_committed(origin text, end_lsn pg_lsn) RETURNS boolean
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT coalesce(pgmesh.origin_applied(origin, false) >= end_lsn, false) $$;
+AS $$
+SELECT coalesce((SELECT p.end_lsn >= apply_committed.end_lsn
+                   FROM pgmesh.apply_progress p WHERE p.origin = apply_committed.origin), false)
+$$;
 
 -- Each apply session also holds its gate, a session-level advisory lock on
 -- a bigint key of its own, at every moment but the one in which it begins a

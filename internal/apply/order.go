@@ -35,9 +35,11 @@ import (
 // once per wait, after deadlock_timeout, and the steps are shorter.
 //
 // Why that is exactly-once: a transaction commits only after its
-// predecessor committed (the predecessor's lock was free and its origin's
-// progress reached its end; a free lock without that progress means its
-// session is gone, and the waiter fails instead of committing). So at any
+// predecessor committed and is visible (the predecessor's lock was free and
+// its row of pgmesh.apply_progress, visible with its changes, reached its
+// end; a free lock without that row means its session is gone, and the
+// waiter fails instead of committing; the origin's own progress would move
+// already when the commit record is written). So at any
 // moment, and after any crash, the committed transactions are a prefix of
 // the upstream's stream, each one's end recorded in the origin of the
 // session that committed it; the greatest progress among the link's

@@ -85,3 +85,55 @@ func TestAbortAfterOriginSetupIsNotApplied(t *testing.T) {
 		t.Errorf("rows %q, want 1 and 2: the aborted transaction was skipped", got)
 	}
 }
+
+// A wait for another session's transaction (apply_committed) goes on only
+// once that transaction's changes are visible: it reads the transaction's
+// row of pgmesh.apply_progress, never the origin's progress, which moves
+// when the commit record is written, before the changes are visible (a
+// waiter that went on then committed before its predecessor was visible:
+// apply's TestParallelDeadlockAcrossLinks under load), and on PostgreSQL
+// 16+ also when the transaction aborts after its origin setup, which this
+// test does.
+func TestCommittedMeansVisible(t *testing.T) {
+	ctx := context.Background()
+	e := newEnvN(t, 2)
+	o := e.origins[1]
+	conn := pinned(t, e.dsn)
+	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_replication_origin_session_setup($1)", o); err != nil {
+		t.Fatal(err)
+	}
+	committed := func() bool {
+		t.Helper()
+		var ok bool
+		if err := e.db.QueryRow(ctx, "SELECT pgmesh.apply_committed($1, '0/5000')", o).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	end := func(finish string) {
+		t.Helper()
+		for _, q := range []string{"BEGIN",
+			"SELECT pg_catalog.pg_current_xact_id(), pgmesh.note_applied('" + o + "', '0/5000'), pg_catalog.pg_replication_origin_xact_setup('0/5000', now())",
+			finish} {
+			if _, err := conn.Exec(ctx, q); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+	}
+	end("ROLLBACK")
+	var raw string
+	if err := e.db.QueryRow(ctx, "SELECT coalesce(pg_catalog.pg_replication_origin_progress($1, false)::text, '')", o).Scan(&raw); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("origin %s after the abort: %q", o, raw)
+	if committed() {
+		t.Errorf("a transaction that aborted after its origin setup counts as committed")
+	}
+	end("COMMIT")
+	if !committed() {
+		t.Errorf("a committed transaction does not count as committed")
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_replication_origin_session_reset()"); err != nil {
+		t.Fatal(err)
+	}
+}
