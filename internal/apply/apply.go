@@ -215,6 +215,10 @@ type Applier struct {
 	ctx    context.Context // the workers'; cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// stopping counts the stopWorkers loops that fail started: Close resets
+	// the sessions only after them, or a cancel request they sent just as
+	// the worker ended could interrupt the reset's statements.
+	stopping sync.WaitGroup
 
 	// Dispatcher state, the stream's goroutine only.
 	cur     *txn       // remote transaction being received
@@ -534,6 +538,9 @@ func (a *Applier) Close(ctx context.Context) error {
 		}
 	}
 	a.fail(errors.New("apply session closed"))
+	// Every cancel request sent has been acknowledged: it reached a
+	// session idle between statements, which ignores it.
+	a.stopping.Wait()
 	for _, w := range a.workers {
 		errs = append(errs, w.reset(ctx)...)
 	}
@@ -552,7 +559,11 @@ func (a *Applier) fail(err error) error {
 		a.err = err
 		close(a.failed)
 		a.cond.Broadcast()
-		go a.stopWorkers()
+		a.stopping.Add(1)
+		go func() {
+			defer a.stopping.Done()
+			a.stopWorkers()
+		}()
 	}
 	return a.err
 }
