@@ -298,8 +298,11 @@ func TestApplyRetriesDeadlock(t *testing.T) {
 			if got := e.rows(t, "SELECT id, n FROM t ORDER BY id"); !slices.Equal(got, want) {
 				t.Errorf("rows %q, want %q", got, want)
 			}
-			if st := a.Stats(); st.Txns != 1 || (st.Retries != 1 && !localVictim) {
-				t.Errorf("%d retries, %d transactions; want 1, 1", st.Retries, st.Txns)
+			// The retried transaction may lock row 1 again before the local
+			// one, woken by the rollback, takes it: a second deadlock, and
+			// a second retry (seen on a loaded machine).
+			if st := a.Stats(); st.Txns != 1 || (st.Retries == 0 && !localVictim) {
+				t.Errorf("%d retries, %d transactions; want at least 1, and 1", st.Retries, st.Txns)
 			}
 			// It goes on applying.
 			r.apply(t, a, upd(tr, nil, "1", "2"))
