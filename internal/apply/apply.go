@@ -516,10 +516,8 @@ func (a *Applier) Close(ctx context.Context) error {
 	dead := a.err != nil
 	a.cond.Broadcast()
 	a.mu.Unlock()
-	if dead {
-		a.stopWorkers()
-	}
-	// The workers commit what is queued; a transaction that keeps waiting
+	// The workers commit what is queued (after a failure, the stop loop
+	// that fail started interrupts them); a transaction that keeps waiting
 	// (for another link's, or one that runs again and again) must not hold
 	// the close past ctx: then it is rolled back, as on a failure.
 	stopped := make(chan struct{})
