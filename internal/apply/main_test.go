@@ -68,8 +68,16 @@ func newEnvN(t testing.TB, n int) *testEnv {
 	if err := setup.SyncNodes(context.Background(), e.db, []string{e.origin, "n2"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, o := range e.origins {
-		e.exec(t, "SELECT pg_replication_origin_create($1)", o)
+	e.createOrigins(t, e.origins)
+	return e
+}
+
+// createOrigins creates the replication origins names, dropped when the
+// test ends.
+func (e *testEnv) createOrigins(t testing.TB, names []string) {
+	t.Helper()
+	for _, name := range names {
+		e.exec(t, "SELECT pg_replication_origin_create($1)", name)
 	}
 	t.Cleanup(func() {
 		// After the appliers' cleanups (registered later, run earlier).
@@ -77,13 +85,12 @@ func newEnvN(t testing.TB, n int) *testEnv {
 		// test ends: tests with several sessions do not run in parallel
 		// (t.Parallel), so that no other test ends while theirs wait for
 		// their first session.
-		for _, o := range e.origins {
-			if _, err := e.db.Exec(context.Background(), "SELECT pg_replication_origin_drop($1)", o); err != nil {
+		for _, name := range names {
+			if _, err := e.db.Exec(context.Background(), "SELECT pg_replication_origin_drop($1)", name); err != nil {
 				t.Errorf("drop origin: %v", err)
 			}
 		}
 	})
-	return e
 }
 
 // connect opens a session of pgmesh's role with the role's own search_path,

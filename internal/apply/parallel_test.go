@@ -492,16 +492,7 @@ func (e *testEnv) link(t *testing.T, n int) *testEnv {
 	if err := setup.SyncNodes(context.Background(), e.db, []string{e.origin, o.origin, "n2"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range o.origins {
-		e.exec(t, "SELECT pg_replication_origin_create($1)", name)
-	}
-	t.Cleanup(func() {
-		for _, name := range o.origins {
-			if _, err := e.db.Exec(context.Background(), "SELECT pg_replication_origin_drop($1)", name); err != nil {
-				t.Errorf("drop origin: %v", err)
-			}
-		}
-	})
+	e.createOrigins(t, o.origins)
 	return o
 }
 
