@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgmesh/pgmesh/internal/apply"
 	"github.com/pgmesh/pgmesh/internal/config"
 	"github.com/pgmesh/pgmesh/internal/sandbox"
 	"github.com/pgmesh/pgmesh/internal/sandbox/sandboxtest"
@@ -500,5 +501,57 @@ func TestSandboxNeedsPasswords(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestAdvisoryLocksOnlyDelay: PostgreSQL lets every role take any advisory
+// lock, pgmesh's keys too. An application session that holds the lock every
+// apply transaction shares (apply.PauseLock) and all 64 key gates stalls
+// the link into its node, visibly (the apply session waits for it in
+// pg_locks), and does nothing more: once it lets go, every change arrives,
+// none is lost, none is logged as a conflict.
+func TestAdvisoryLocksOnlyDelay(t *testing.T) {
+	env := sandboxtest.New(t, 2)
+	ctx := context.Background()
+	initMesh(t, env, 2, `CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	startAgent(t, env.ConfigPath)
+	cs := conns(t, env, 2)
+	writer := env.App(t, 0)
+	sqlOn(t, writer, `INSERT INTO t SELECT g, 'old' FROM generate_series(1, 5) g`)
+	waitConverged(t, env, cs, "t", "id")
+
+	attacker := env.App(t, 1)
+	sqlOn(t, attacker, `SELECT pg_catalog.pg_advisory_lock($1, $2)`, apply.PauseLock[0], apply.PauseLock[1])
+	// The key gates (sql/0010_key_gates.sql).
+	sqlOn(t, attacker, `SELECT pg_catalog.pg_advisory_lock(1885826408, g) FROM generate_series(0, 63) g`)
+	sqlOn(t, writer, `INSERT INTO t SELECT g, 'new' FROM generate_series(6, 10) g`)
+	sqlOn(t, writer, `UPDATE t SET v = 'updated' WHERE id = 2`)
+	sqlOn(t, writer, `DELETE FROM t WHERE id = 1`)
+	pid := attacker.PgConn().PID()
+	eventually(t, time.Minute, "n2's apply session waits for the application's lock", func() (bool, string) {
+		var n int
+		err := cs[1].QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_locks l
+		  WHERE l.locktype = 'advisory' AND NOT l.granted AND $1::int = ANY (pg_catalog.pg_blocking_pids(l.pid))`, pid).Scan(&n)
+		return err == nil && n > 0, fmt.Sprint(n, err)
+	})
+	var applied int
+	if err := cs[1].QueryRow(ctx, `SELECT count(*) FROM t WHERE id > 5 OR v <> 'old'`).Scan(&applied); err != nil || applied != 0 {
+		t.Errorf("n2 applied %d changes (%v) while every apply transaction waits for the lock", applied, err)
+	}
+
+	sqlOn(t, attacker, `SELECT pg_catalog.pg_advisory_unlock_all()`)
+	st := waitConverged(t, env, cs, "t", "id")
+	if st.Rows != 9 {
+		t.Errorf("%d rows on every node, want 9", st.Rows)
+	}
+	var v string
+	if err := cs[1].QueryRow(ctx, `SELECT v FROM t WHERE id = 2`).Scan(&v); err != nil || v != "updated" {
+		t.Errorf("row 2 on n2: %q (%v), want updated", v, err)
+	}
+	for i, c := range cs {
+		var n int
+		if err := c.QueryRow(ctx, `SELECT count(*) FROM pgmesh.conflict_log`).Scan(&n); err != nil || n != 0 {
+			t.Errorf("n%d: %d conflicts logged (%v), want none", i+1, n, err)
+		}
 	}
 }
